@@ -1,0 +1,174 @@
+//! The [`Sink`] trait and the types it speaks in: [`Outcome`], [`Guarantee`], [`Health`] and
+//! [`SinkError`].
+//!
+//! # The contract
+//!
+//! The relay owns ordering, durability of its input and the cursor; a sink owns the broker.
+//! The relay calls [`Sink::open`] once with the state the sink asked to keep at the last
+//! checkpoint, then calls [`Sink::send`] with batches of envelopes in journal order, never
+//! concurrently. For every envelope of a batch, `send` returns exactly one [`Outcome`], in the
+//! same order:
+//!
+//! - [`Outcome::Delivered`]: the broker has confirmed the event as durably as the sink's
+//!   [`Guarantee`] says (a Kafka delivery report with `acks=all`, a JetStream PubAck, an AMQP
+//!   publisher confirm, an `fsync` for a file). A sink must never report an event delivered on
+//!   the strength of having written it to a socket or a client-side buffer alone, unless its
+//!   guarantee is [`Guarantee::AtMostOnce`] and it says so.
+//! - [`Outcome::Retry`]: the event was not delivered and may be on a later attempt (broker
+//!   down, timeout, back-pressure). The relay backs off and sends it again, and never moves its
+//!   cursor past it until it is delivered or rejected.
+//! - [`Outcome::Rejected`]: the broker will never take this event as it is (too large,
+//!   unroutable, refused by policy). The relay counts it, logs the reason, and moves on; it is
+//!   never silently dropped.
+//!
+//! After `send` returns, the relay calls [`Sink::checkpoint_state`] and stores the value
+//! atomically with its cursor (the cursor is the position of the first event not yet delivered
+//! or rejected). On a restart, that value comes back through [`Sink::open`], which lets a sink
+//! undo writes that went out after the last checkpoint: the file sink cuts its file back to
+//! the length it had at the checkpoint, so a crash never leaves a repeated line.
+//!
+//! Because the relay re-sends every event past the cursor after a crash, a sink whose
+//! broker cannot tell repeats apart offers at-least-once delivery; a sink that can (JetStream
+//! message ids, Kafka tail reads, file truncation) offers exactly-once. Each sink states which
+//! through [`Sink::guarantee`], and the README's table repeats it.
+
+use crate::Envelope;
+use std::fmt;
+use std::future::Future;
+
+/// What a sink promises about each event the relay hands it, across crashes of the relay and
+/// outages of the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Every event reaches the destination once: repeats after a crash are detected and
+    /// removed by the sink.
+    ExactlyOnce,
+    /// Every event reaches the destination at least once; after a crash the events that were
+    /// sent but not yet confirmed are sent again.
+    AtLeastOnce,
+    /// An event reaches the destination at most once; it can be lost if the broker or the
+    /// connection fails after the relay handed it over.
+    AtMostOnce,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::ExactlyOnce => "exactly-once",
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::AtMostOnce => "at-most-once",
+        })
+    }
+}
+
+/// The fate of one event handed to [`Sink::send`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// Confirmed by the destination.
+    Delivered,
+    /// Not delivered this time; the relay will send it again after a back-off.
+    Retry(SinkError),
+    /// Refused for good; the relay counts and logs it and moves on.
+    Rejected(SinkError),
+}
+
+impl Outcome {
+    /// True for [`Outcome::Delivered`].
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered)
+    }
+}
+
+/// A sink's own view of whether it can deliver right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Delivering normally.
+    Healthy,
+    /// Not delivering, with the reason an operator should read.
+    Unhealthy(String),
+}
+
+/// What kind of failure a [`SinkError`] is, so callers can decide without parsing messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// The destination could not be reached or dropped the connection.
+    Unavailable,
+    /// The destination refused the event or the request (policy, size, routing).
+    Refused,
+    /// Local input/output failed (disk full, permission denied, missing directory).
+    Io,
+    /// The sink is misconfigured; retrying will not help until the operator changes it.
+    Config,
+    /// Anything else.
+    Other,
+}
+
+/// An error from a sink: a kind to match on, a message for the operator, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// What kind of failure this is.
+    pub kind: SinkErrorKind,
+    /// What happened and, where it helps, what to do about it.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkError {
+    /// A new error with no underlying cause.
+    pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
+        SinkError { kind, message: message.into(), source: None }
+    }
+
+    /// A new error caused by `source`.
+    pub fn with_source(
+        kind: SinkErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SinkError { kind, message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    /// The message followed by every cause in the chain, for logs.
+    pub fn report(&self) -> String {
+        let mut text = self.message.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            cause = error.source();
+        }
+        text
+    }
+}
+
+/// A destination for Nomad events. See the module documentation for the full contract.
+pub trait Sink: Send {
+    /// The guarantee this sink offers with its current configuration.
+    fn guarantee(&self) -> Guarantee;
+
+    /// Prepares the sink, given the state it returned from [`Sink::checkpoint_state`] at the
+    /// last saved cursor (`None` on a first start). Called once, before any `send`.
+    fn open(
+        &mut self,
+        saved_state: Option<serde_json::Value>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Delivers a batch and returns one outcome per envelope, in order. Must not return until
+    /// each outcome is final for this attempt.
+    fn send(&mut self, batch: &[Envelope]) -> impl Future<Output = Vec<Outcome>> + Send;
+
+    /// Pushes out anything buffered and releases what the sink holds, before shutdown.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The sink's view of its own health.
+    fn health(&self) -> Health;
+
+    /// State to keep atomically with the relay's cursor, returned to [`Sink::open`] on the
+    /// next start. `None` if the sink keeps none.
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+}

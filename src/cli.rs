@@ -1,0 +1,84 @@
+//! The command line: `run`, `validate`, `tail`, `replay` and `checkpoint show`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Relays HashiCorp Nomad's event stream to Kafka, NATS, RabbitMQ, files or stdout, without
+/// losing or repeating events across crashes. Logs go to standard error.
+#[derive(Debug, Parser)]
+#[command(name = "nomad-relay", version)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "NOMAD_RELAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow Nomad and deliver every event to the configured sinks.
+    Run {
+        /// Configuration file (TOML). Without it: built-in defaults (journal in ./data, events on stdout).
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print what it configures.
+    Validate {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print Nomad's events on stdout as they arrive, without journal or sinks.
+    Tail {
+        /// Configuration file (TOML); only its `[nomad]` table is used.
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Start at this index (inclusive) instead of `nomad.start`.
+        #[arg(long)]
+        index: Option<u64>,
+    },
+    /// Deliver events again from the journal to one sink (the relay must be stopped).
+    Replay {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The sink to deliver to.
+        #[arg(long)]
+        sink: String,
+        /// First Nomad index to deliver (inclusive).
+        #[arg(long)]
+        from_index: u64,
+        /// Last Nomad index to deliver (inclusive; default: everything the sink already had).
+        #[arg(long)]
+        to_index: Option<u64>,
+    },
+    /// Inspect saved positions.
+    Checkpoint {
+        /// What to do with checkpoints.
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
+}
+
+/// `checkpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointAction {
+    /// Print the source checkpoint, the journal's extent and every sink's cursor.
+    Show {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,162 @@
+//! The subcommands other than `run`: `validate`, `tail`, `replay` and `checkpoint show`.
+
+use crate::config::Config;
+use crate::cursor;
+use crate::journal::{self, reader::{Batch, JournalReader}};
+use crate::relay::{RelayError, journal_dir, lock_data_dir};
+use crate::routing::Router;
+use crate::sinks::AnySink;
+use crate::source::resume::Resume;
+use crate::source::Source;
+use crate::stats::SourceStats;
+use nomad_relay_sink_api::{Outcome, Sink};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// `validate`: prints a summary of a valid configuration.
+pub fn validate(config: &Config) -> String {
+    let mut text = String::from("configuration is valid\n");
+    text.push_str(&format!("data_dir: {}\n", config.data_dir.display()));
+    text.push_str(&format!("nomad: {} (namespace {}, topics {})\n", config.nomad.address.to_vec().join(", "), config.nomad.namespace, config.nomad.topics.join(",")));
+    for (name, sink) in &config.sinks {
+        text.push_str(&format!("sink {name}: {:?}\n", sink.kind));
+    }
+    text.push_str(&format!("routes: {}\n", if config.routes.is_empty() { "none (every event to every sink)".to_owned() } else { config.routes.len().to_string() }));
+    text
+}
+
+/// `tail`: prints events from Nomad until `shutdown`.
+pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let start = index.map(crate::config::StartAt::Index).unwrap_or(config.nomad.start);
+    let resume = Resume::new(None, start, true);
+    let (tx, mut rx) = mpsc::channel(64);
+    let source = Source::new(config.nomad, resume, tx, Arc::new(SourceStats::default()))
+        .map_err(|e| RelayError::Other(e.to_string()))?;
+    let task = tokio::spawn(source.run(shutdown.clone()));
+    let mut stdout = tokio::io::stdout();
+    while let Some(events) = rx.recv().await {
+        let mut buffer = Vec::new();
+        for event in events {
+            buffer.extend_from_slice(&event.raw);
+            buffer.push(b'\n');
+        }
+        if stdout.write_all(&buffer).await.and(stdout.flush().await).is_err() {
+            shutdown.cancel();
+            break;
+        }
+    }
+    let _ = task.await;
+    Ok(())
+}
+
+/// `checkpoint show`: a human-readable report.
+pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
+    let recovered = journal::recover(&journal_dir(&config.data_dir), false)?;
+    let mut out = String::new();
+    match &recovered.checkpoint {
+        Some(checkpoint) => out.push_str(&format!(
+            "source: resumes at Nomad index {} ({} events already journaled at it)\n",
+            checkpoint.index,
+            checkpoint.seen.len()
+        )),
+        None => out.push_str(&format!("source: nothing journaled yet; first start at {:?}\n", config.nomad.start)),
+    }
+    let bytes: u64 = recovered.segments.iter().map(|s| s.len).sum();
+    out.push_str(&format!(
+        "journal: records {}..={} in {} segments, {} bytes\n",
+        recovered.oldest,
+        recovered.head,
+        recovered.segments.len(),
+        bytes
+    ));
+    for name in config.sinks.keys() {
+        match cursor::load(&config.data_dir, name)? {
+            Some(cursor) => out.push_str(&format!(
+                "sink {name}: next record {}, last Nomad index {}, {} records pending\n",
+                cursor.next_seq,
+                cursor.last_index,
+                (recovered.head + 1).saturating_sub(cursor.next_seq)
+            )),
+            None => out.push_str(&format!("sink {name}: no cursor yet (starts at the oldest journaled record)\n")),
+        }
+    }
+    Ok(out)
+}
+
+/// `replay`: delivers the journaled events with Nomad index in `from..=to` to one sink again.
+/// Events past the sink's cursor are left to `run`, so nothing is delivered twice by the two.
+pub async fn replay(config: Config, sink_name: &str, from_index: u64, to_index: Option<u64>) -> Result<String, RelayError> {
+    let Some(sink_config) = config.sinks.get(sink_name) else {
+        let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+        return Err(RelayError::Other(format!("no sink named `{sink_name}`; configured sinks are {}", known.join(", "))));
+    };
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let dir = journal_dir(&config.data_dir);
+    let recovered = journal::recover(&dir, true)?;
+    let Some(mut cursor) = cursor::load(&config.data_dir, sink_name)? else {
+        return Err(RelayError::Other(format!("sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it")));
+    };
+    let delivered_through = cursor.next_seq.saturating_sub(1).min(recovered.head);
+    let mut sink = AnySink::from_config(&sink_config.kind);
+    sink.open(cursor.sink_state.clone()).await.map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
+    let router = Router::new(config.routes.clone());
+    let mut reader = JournalReader::new(dir.clone(), recovered.oldest);
+    let (mut replayed, mut skipped_rejected) = (0u64, 0u64);
+    let mut first_index = None;
+    let mut last_index = 0;
+    loop {
+        let batch = match reader.read(delivered_through, sink_config.common.batch_size, 16 << 20)? {
+            Batch::Events(events) if events.is_empty() => break,
+            Batch::Events(events) => events,
+            Batch::Skipped { .. } => continue,
+        };
+        let mut past_end = false;
+        let mut chosen = Vec::new();
+        for event in batch {
+            if to_index.is_some_and(|to| event.id.index > to) {
+                past_end = true;
+                break;
+            }
+            if event.id.index >= from_index && router.routes_to(sink_name, &event) {
+                chosen.push(event);
+            }
+        }
+        let outcomes = sink.send(&chosen).await;
+        for (event, outcome) in chosen.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => {
+                    replayed += 1;
+                    first_index.get_or_insert(event.id.index);
+                    last_index = event.id.index;
+                }
+                Outcome::Rejected(_) => skipped_rejected += 1,
+                Outcome::Retry(error) => {
+                    return Err(RelayError::Other(format!(
+                        "sink `{sink_name}` failed during replay after {replayed} events: {}; nothing was recorded, run the replay again",
+                        error.report()
+                    )));
+                }
+            }
+        }
+        if past_end {
+            break;
+        }
+    }
+    sink.flush().await.map_err(|e| RelayError::Other(e.report()))?;
+    cursor.sink_state = sink.checkpoint_state();
+    let data_dir = config.data_dir.clone();
+    cursor::save(&data_dir, &cursor)?;
+    let mut summary = format!("replayed {replayed} events to sink `{sink_name}`");
+    if let Some(first) = first_index {
+        summary.push_str(&format!(" (Nomad indexes {first}..={last_index})"));
+    }
+    if skipped_rejected > 0 {
+        summary.push_str(&format!("; {skipped_rejected} rejected by the sink"));
+    }
+    if recovered.oldest > 1 {
+        summary.push_str(&format!("; the journal keeps records from {} on, older ones were removed by retention", recovered.oldest));
+    }
+    Ok(summary)
+}

@@ -1,0 +1,689 @@
+//! The relay's configuration: one TOML file, overridable by `NOMAD_RELAY_…` variables, with
+//! Nomad's own CLI variables (`NOMAD_ADDR`, `NOMAD_TOKEN`, …) honoured underneath.
+//!
+//! Precedence, lowest first: built-in defaults, Nomad's CLI variables, the TOML file,
+//! `NOMAD_RELAY_` variables (`__` separates levels: `NOMAD_RELAY_NOMAD__ADDRESS`). Unknown
+//! keys and bad values are rejected with the key's path and a hint; every check that can be
+//! made without the network is made here, at load time, so `validate` catches it.
+
+use crate::units::{ByteSize, HumanDuration};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use nomad_relay_sink_api::Template;
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Topics subscribed to by default: every standard topic a non-management ACL token can be
+/// granted. `NodePool`, the `ACL*` topics and unknown topics need a management token, and
+/// `Variable` exists only from Nomad 2.0 (older servers treat it as unknown, which also needs
+/// management), so they are opt-in.
+pub const DEFAULT_TOPICS: &[&str] = &[
+    "Job",
+    "Allocation",
+    "Evaluation",
+    "Deployment",
+    "Node",
+    "Service",
+    "CSIVolume",
+    "CSIPlugin",
+    "HostVolume",
+];
+
+/// A configuration that failed to load or validate.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        let mut lines = Vec::new();
+        for error in error {
+            let path = error.path.join(".");
+            let mut line = if path.is_empty() {
+                error.kind.to_string()
+            } else {
+                format!("`{path}`: {}", error.kind)
+            };
+            if let Some(metadata) = &error.metadata {
+                let source = metadata.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                line.push_str(&format!(" (from {}{})", metadata.name, if source.is_empty() { String::new() } else { format!(" {source}") }));
+            }
+            lines.push(line);
+        }
+        ConfigError(format!("invalid configuration: {}", lines.join("; ")))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the journal, cursors and lock file live.
+    pub data_dir: PathBuf,
+    /// The Nomad cluster to follow.
+    pub nomad: NomadConfig,
+    /// Journal sizing and retention.
+    pub journal: JournalConfig,
+    /// Configured sinks, by name.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Routing rules; empty means every event goes to every sink.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    nomad: NomadConfig,
+    #[serde(default)]
+    journal: JournalConfig,
+    #[serde(default)]
+    sinks: BTreeMap<String, Dict>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// A value that may be written as one item or a list of items.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(value) => vec![value.clone()],
+            OneOrMany::Many(values) => values.clone(),
+        }
+    }
+}
+
+/// A secret string (token, password): never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Where to start reading when the journal is empty (first start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest event Nomad still holds in its buffer.
+    #[default]
+    Oldest,
+    /// Only events published after the relay connects.
+    Now,
+    /// The given index (inclusive).
+    Index(u64),
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Index(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Index(index) => Ok(StartAt::Index(index)),
+            Raw::Text(text) => match text.as_str() {
+                "oldest" => Ok(StartAt::Oldest),
+                "now" => Ok(StartAt::Now),
+                other => other.parse().map(StartAt::Index).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{other}` is not a start position; use \"oldest\", \"now\" or an index number"
+                    ))
+                }),
+            },
+        }
+    }
+}
+
+/// How to reach Nomad and what to ask it for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NomadConfig {
+    /// One address or several, tried in turn (`http://` or `https://`).
+    pub address: OneOrMany<String>,
+    /// ACL token sent as `X-Nomad-Token`.
+    pub token: Option<Secret>,
+    /// File holding the token, re-read before every connection (takes precedence over
+    /// `token`).
+    pub token_file: Option<PathBuf>,
+    /// Region to stream from (default: the agent's own).
+    pub region: Option<String>,
+    /// Namespace filter; `*` means every namespace.
+    pub namespace: String,
+    /// Topics to subscribe to, as `Topic` or `Topic:Key`.
+    pub topics: Vec<String>,
+    /// Where to start when the journal is empty.
+    pub start: StartAt,
+    /// Reconnect when no byte arrived for this long (Nomad heartbeats every 30 s).
+    pub idle_timeout: HumanDuration,
+    /// Time allowed to connect and receive response headers.
+    pub connect_timeout: HumanDuration,
+    /// Longest NDJSON line accepted; a longer one is skipped and recorded as a gap.
+    pub max_line_bytes: ByteSize,
+    /// Ask for gzip (only servers before 1.11.2 compress the stream).
+    pub compression: bool,
+    /// Journal a `NomadRelay`/`GapDetected` event when Nomad may have dropped events.
+    pub gap_markers: bool,
+    /// TLS settings for `https://` addresses.
+    pub tls: TlsConfig,
+    /// Reconnect back-off.
+    pub reconnect: ReconnectConfig,
+}
+
+impl Default for NomadConfig {
+    fn default() -> Self {
+        NomadConfig {
+            address: OneOrMany::One("http://127.0.0.1:4646".to_owned()),
+            token: None,
+            token_file: None,
+            region: None,
+            namespace: "*".to_owned(),
+            topics: DEFAULT_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
+            start: StartAt::Oldest,
+            idle_timeout: HumanDuration(Duration::from_secs(90)),
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
+            max_line_bytes: ByteSize(64 << 20),
+            compression: true,
+            gap_markers: true,
+            tls: TlsConfig::default(),
+            reconnect: ReconnectConfig::default(),
+        }
+    }
+}
+
+/// TLS and mTLS settings for the Nomad connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed Nomad's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Name to verify the server certificate against instead of the address's host (Nomad's
+    /// certificates name `server.<region>.nomad`).
+    pub server_name: Option<String>,
+    /// Accept any server certificate. For testing only: it removes the protection TLS gives.
+    pub skip_verify: bool,
+}
+
+/// Reconnect back-off for the Nomad connection: jittered, exponential, never giving up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First delay after a dropped connection.
+    pub min_delay: HumanDuration,
+    /// Longest delay between attempts.
+    pub max_delay: HumanDuration,
+    /// First delay after Nomad refused the token or the topics.
+    pub denied_min_delay: HumanDuration,
+    /// Longest delay between attempts while Nomad keeps refusing.
+    pub denied_max_delay: HumanDuration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            min_delay: HumanDuration(Duration::from_millis(500)),
+            max_delay: HumanDuration(Duration::from_secs(30)),
+            denied_min_delay: HumanDuration(Duration::from_secs(30)),
+            denied_max_delay: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Journal sizing and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Most bytes the journal may hold. Delivered events are removed to stay under it; when
+    /// undelivered events fill it, the relay stops reading Nomad (or drops the oldest events
+    /// of sinks set to `when_full = "drop_oldest"`).
+    pub max_bytes: ByteSize,
+    /// Delivered events are kept for replay at most this long.
+    pub max_age: HumanDuration,
+    /// Size at which a journal segment file is closed and a new one started.
+    pub segment_bytes: ByteSize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_bytes: ByteSize(2 << 30),
+            max_age: HumanDuration(Duration::from_secs(24 * 3600)),
+            segment_bytes: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// What a sink does when the journal is full because it is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Keep every event for this sink; the relay stops reading Nomad until it catches up.
+    #[default]
+    Block,
+    /// Let the journal drop this sink's oldest undelivered events (counted and logged).
+    DropOldest,
+}
+
+/// Settings every sink has.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommonSinkConfig {
+    /// What to do when the journal is full because this sink is behind.
+    pub when_full: WhenFull,
+    /// Most events handed to the sink in one batch.
+    pub batch_size: usize,
+    /// First delay before re-sending events the sink could not deliver.
+    pub retry_min_delay: HumanDuration,
+    /// Longest delay between re-sends (retries never stop).
+    pub retry_max_delay: HumanDuration,
+}
+
+impl Default for CommonSinkConfig {
+    fn default() -> Self {
+        CommonSinkConfig {
+            when_full: WhenFull::Block,
+            batch_size: 1000,
+            retry_min_delay: HumanDuration(Duration::from_millis(200)),
+            retry_max_delay: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+const COMMON_SINK_KEYS: &[&str] = &["when_full", "batch_size", "retry_min_delay", "retry_max_delay"];
+
+/// One configured sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Settings every sink has.
+    pub common: CommonSinkConfig,
+    /// The sink's own settings, by type.
+    pub kind: SinkKindConfig,
+}
+
+/// Sink-specific settings, selected by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkKindConfig {
+    /// NDJSON file, exactly-once.
+    File(FileSinkConfig),
+    /// Standard output, one event per line.
+    Stdout(StdoutSinkConfig),
+}
+
+/// `type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The NDJSON file to append to (created if missing; its directory must exist).
+    pub path: PathBuf,
+}
+
+/// `type = "stdout"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
+
+/// One routing rule: events matching every non-empty selector go to `sinks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic globs (`Allocation`, `ACL*`); empty matches every topic.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Type globs (`Job*`, `PlanResult`); empty matches every type.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Namespace globs; empty matches every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Key globs (object ids); empty matches every key.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Names of the sinks that receive matching events.
+    pub sinks: Vec<String>,
+}
+
+/// Where `load` reads from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources<'a> {
+    /// The TOML file, if any.
+    pub file: Option<&'a Path>,
+    /// Read Nomad's and the relay's environment variables.
+    pub environment: bool,
+}
+
+/// Nomad's CLI variables and the config keys they set.
+const NOMAD_VARIABLES: &[(&str, &str)] = &[
+    ("NOMAD_ADDR", "nomad.address"),
+    ("NOMAD_TOKEN", "nomad.token"),
+    ("NOMAD_REGION", "nomad.region"),
+    ("NOMAD_NAMESPACE", "nomad.namespace"),
+    ("NOMAD_CACERT", "nomad.tls.ca_file"),
+    ("NOMAD_CLIENT_CERT", "nomad.tls.cert_file"),
+    ("NOMAD_CLIENT_KEY", "nomad.tls.key_file"),
+    ("NOMAD_TLS_SERVER_NAME", "nomad.tls.server_name"),
+    ("NOMAD_SKIP_VERIFY", "nomad.tls.skip_verify"),
+];
+
+/// Built-in configuration used when no file is given: stdout sink, journal in `./data`.
+pub const EMBEDDED_DEFAULTS: &str = r#"
+data_dir = "./data"
+[sinks.stdout]
+type = "stdout"
+"#;
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if sources.environment {
+            for (variable, key) in NOMAD_VARIABLES {
+                if let Ok(value) = std::env::var(variable) {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    let value = if *variable == "NOMAD_SKIP_VERIFY" {
+                        Value::from(matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+                    } else {
+                        Value::from(value)
+                    };
+                    figment = figment.merge(Serialized::default(key, value));
+                }
+            }
+        }
+        match sources.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError(format!(
+                        "configuration file {} does not exist; write one (see config.example.toml) or run without --config for the built-in defaults",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::string(EMBEDDED_DEFAULTS)),
+        }
+        if sources.environment {
+            figment = figment.merge(Env::prefixed("NOMAD_RELAY_").split("__"));
+        }
+        let raw: RawConfig = figment.extract()?;
+        Config::from_raw(raw)
+    }
+
+    /// Loads a configuration from TOML text only (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = Figment::from(Toml::string(text)).extract()?;
+        Config::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut sinks = BTreeMap::new();
+        for (name, table) in raw.sinks {
+            sinks.insert(name.clone(), parse_sink(&name, table)?);
+        }
+        let config = Config {
+            data_dir: raw.data_dir,
+            nomad: raw.nomad,
+            journal: raw.journal,
+            sinks,
+            routes: raw.routes,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
+        if self.sinks.is_empty() {
+            return fail("no sinks configured: add a `[sinks.NAME]` table with `type = \"file\"` or `type = \"stdout\"`".into());
+        }
+        for name in self.sinks.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return fail(format!("`sinks.{name}`: a sink name may use only letters, digits, `-` and `_` (it names the sink's cursor file)"));
+            }
+        }
+        let addresses = self.nomad.address.to_vec();
+        if addresses.is_empty() {
+            return fail("`nomad.address`: give at least one address, such as \"http://127.0.0.1:4646\"".into());
+        }
+        for address in &addresses {
+            let Ok(url) = reqwest::Url::parse(address) else {
+                return fail(format!("`nomad.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""));
+            };
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return fail(format!("`nomad.address`: `{address}` must start with http:// or https://"));
+            }
+        }
+        if self.nomad.topics.is_empty() {
+            return fail("`nomad.topics`: subscribe to at least one topic (remove the key for the defaults)".into());
+        }
+        let mut wildcard_topics = BTreeSet::new();
+        let mut keyed_topics = BTreeSet::new();
+        for topic in &self.nomad.topics {
+            let parts: Vec<&str> = topic.split(':').collect();
+            match parts.as_slice() {
+                [name] if !name.is_empty() => {
+                    wildcard_topics.insert(*name);
+                }
+                [name, "*"] if !name.is_empty() => {
+                    wildcard_topics.insert(*name);
+                }
+                [name, _key] if !name.is_empty() => {
+                    keyed_topics.insert(*name);
+                }
+                _ => {
+                    return fail(format!(
+                        "`nomad.topics`: `{topic}` is not `Topic` or `Topic:Key` (Nomad refuses more than one `:`)"
+                    ));
+                }
+            }
+        }
+        if let Some(topic) = wildcard_topics.intersection(&keyed_topics).next() {
+            return fail(format!(
+                "`nomad.topics`: `{topic}` is listed both whole and with a key; Nomad then delivers only the keyed events (the wildcard is lost), so list it one way"
+            ));
+        }
+        if self.nomad.idle_timeout.0 < Duration::from_millis(100) {
+            return fail("`nomad.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production".into());
+        }
+        if self.nomad.max_line_bytes.0 < 1024 {
+            return fail("`nomad.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)".into());
+        }
+        let tls = &self.nomad.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return fail("`nomad.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither".into());
+        }
+        if self.journal.segment_bytes.0 < 4096 {
+            return fail("`journal.segment_bytes`: must be at least 4KiB".into());
+        }
+        if self.journal.max_bytes.0 < 2 * self.journal.segment_bytes.0 {
+            return fail(format!(
+                "`journal.max_bytes`: must be at least twice `journal.segment_bytes` ({} bytes)",
+                self.journal.segment_bytes.0
+            ));
+        }
+        for (name, sink) in &self.sinks {
+            if sink.common.batch_size == 0 {
+                return fail(format!("`sinks.{name}.batch_size`: must be at least 1"));
+            }
+        }
+        for (position, route) in self.routes.iter().enumerate() {
+            if route.sinks.is_empty() {
+                return fail(format!("`routes[{position}].sinks`: name at least one sink"));
+            }
+            for sink in &route.sinks {
+                if !self.sinks.contains_key(sink) {
+                    let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+                    return fail(format!(
+                        "`routes[{position}].sinks`: no sink named `{sink}`; configured sinks are {}",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a template from a config value, naming the key on error.
+    pub fn template(key: &str, source: &str) -> Result<Template, ConfigError> {
+        Template::parse(source).map_err(|error| ConfigError(format!("`{key}`: {error}")))
+    }
+}
+
+fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
+    let mut common = Dict::new();
+    for key in COMMON_SINK_KEYS {
+        if let Some(value) = table.remove(*key) {
+            common.insert((*key).to_owned(), value);
+        }
+    }
+    let context = |error: figment::Error| {
+        let mut text = String::new();
+        for error in error {
+            let path = error.path.join(".");
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            if path.is_empty() {
+                text.push_str(&format!("`sinks.{name}`: {}", error.kind));
+            } else {
+                text.push_str(&format!("`sinks.{name}.{path}`: {}", error.kind));
+            }
+        }
+        ConfigError(format!("invalid configuration: {text}"))
+    };
+    if !table.contains_key("type") {
+        return Err(ConfigError(format!(
+            "`sinks.{name}.type`: missing; set it to \"file\" or \"stdout\""
+        )));
+    }
+    let common: CommonSinkConfig =
+        Value::from(common).deserialize().map_err(context)?;
+    let kind: SinkKindConfig = Value::from(table).deserialize().map_err(context)?;
+    Ok(SinkConfig { common, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_from_the_issue_loads() {
+        let config = Config::from_toml(
+            r#"
+            data_dir = "./data"
+            [nomad]
+            address = "http://127.0.0.1:4646"
+            [sinks.out]
+            type = "file"
+            path = "./events.ndjson"
+            "#,
+        )
+        .expect("minimal config");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.nomad.namespace, "*");
+        assert_eq!(config.nomad.topics.len(), DEFAULT_TOPICS.len());
+        assert!(matches!(&config.sinks["out"].kind, SinkKindConfig::File(file) if file.path == Path::new("./events.ndjson")));
+        assert_eq!(config.sinks["out"].common.when_full, WhenFull::Block);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let error = Config::from_toml(
+            r#"
+            [nomad]
+            adress = "http://x"
+            [sinks.out]
+            type = "stdout"
+            "#,
+        )
+        .expect_err("typo");
+        assert!(error.to_string().contains("nomad"), "{error}");
+        assert!(error.to_string().contains("adress"), "{error}");
+    }
+
+    #[test]
+    fn unknown_sink_key_names_the_sink() {
+        let error = Config::from_toml(
+            r#"
+            [sinks.out]
+            type = "file"
+            pth = "x"
+            "#,
+        )
+        .expect_err("typo");
+        let text = error.to_string();
+        assert!(text.contains("sinks.out"), "{text}");
+        assert!(text.contains("pth"), "{text}");
+    }
+
+    #[test]
+    fn unknown_sink_type_lists_the_known_ones() {
+        let error = Config::from_toml("[sinks.out]\ntype = \"fiel\"\n").expect_err("bad type");
+        let text = error.to_string();
+        assert!(text.contains("fiel") && text.contains("file") && text.contains("stdout"), "{text}");
+    }
+
+    #[test]
+    fn route_to_missing_sink_is_rejected() {
+        let error = Config::from_toml(
+            "[sinks.out]\ntype = \"stdout\"\n[[routes]]\ntopics = [\"Job\"]\nsinks = [\"nope\"]\n",
+        )
+        .expect_err("missing sink");
+        assert!(error.to_string().contains("no sink named `nope`"), "{error}");
+    }
+
+    #[test]
+    fn mixed_wildcard_and_keyed_topic_is_rejected() {
+        let error = Config::from_toml(
+            "[nomad]\ntopics = [\"Job\", \"Job:web\"]\n[sinks.out]\ntype = \"stdout\"\n",
+        )
+        .expect_err("wildcard loss");
+        assert!(error.to_string().contains("wildcard is lost"), "{error}");
+    }
+
+    #[test]
+    fn bad_duration_and_start_are_explained() {
+        let error = Config::from_toml("[nomad]\nidle_timeout = \"5 fortnights\"\n[sinks.out]\ntype = \"stdout\"\n")
+            .expect_err("bad duration");
+        assert!(error.to_string().contains("nomad.idle_timeout"), "{error}");
+        let error = Config::from_toml("[nomad]\nstart = \"yesterday\"\n[sinks.out]\ntype = \"stdout\"\n")
+            .expect_err("bad start");
+        assert!(error.to_string().contains("oldest"), "{error}");
+        let config = Config::from_toml("[nomad]\nstart = 1234\n[sinks.out]\ntype = \"stdout\"\n").expect("index");
+        assert_eq!(config.nomad.start, StartAt::Index(1234));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let config = Config::from_toml("[nomad]\ntoken = \"s3cr3t\"\n[sinks.out]\ntype = \"stdout\"\n").expect("token");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+}

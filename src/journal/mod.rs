@@ -1,0 +1,262 @@
+//! The journal: a durable, append-only log of every event received from Nomad, between the
+//! source and the sink workers.
+//!
+//! It lets the relay take Nomad's stream at Nomad's pace (Nomad keeps only a small buffer and
+//! drops subscribers that lag), lets each sink go at its own pace from its own cursor, and
+//! makes replay from an index possible for as long as retention keeps the events.
+//!
+//! On disk it is a directory of segment files named by the sequence number of their first
+//! record (`00000000000000000001.seg`), each a run of checksummed [`record`]s. One writer
+//! thread appends ([`writer`]), grouping every batch that is waiting into one write and one
+//! `fsync`; readers ([`reader`]) only ever read records up to the published durable head, so
+//! no sink sees an event before it is on disk.
+//!
+//! Recovery after a crash reads the last segment, cuts off a record torn by the crash, and
+//! yields the source's checkpoint: the highest Nomad index journaled and the ids journaled
+//! at it (see [`crate::source::resume`]).
+
+pub mod board;
+pub mod reader;
+pub mod record;
+pub mod writer;
+
+use crate::source::resume::Checkpoint;
+use nomad_relay_sink_api::EventId;
+use record::{HEADER_LEN, header, peek};
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tracing::warn;
+
+/// A journal operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading or writing a file failed.
+    #[error("journal {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The journal's content is not what was written.
+    #[error("journal {path} is damaged at byte {offset}: {reason}")]
+    Damaged {
+        /// The segment.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: path.to_owned(), source }
+}
+
+/// One segment file.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// When it was last written.
+    pub modified: SystemTime,
+}
+
+/// The file name of the segment starting at `first_seq`.
+pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.seg"))
+}
+
+/// The segments in `dir`, oldest first.
+pub fn list_segments(dir: &Path) -> Result<Vec<Segment>, JournalError> {
+    let mut segments = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let Some(first_seq) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let metadata = match entry.metadata() {
+            Ok(metadata) => metadata,
+            // Removed by retention while we listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        segments.push(Segment {
+            first_seq,
+            path,
+            len: metadata.len(),
+            modified: metadata.modified().unwrap_or_else(|_| SystemTime::now()),
+        });
+    }
+    segments.sort_by_key(|s| s.first_seq);
+    Ok(segments)
+}
+
+/// What a scan of one segment found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes of whole, valid records from the start.
+    valid_len: u64,
+    /// Sequence of the last valid record.
+    last_seq: Option<u64>,
+    /// Index of the first valid record.
+    first_index: Option<u64>,
+    /// Highest index and the ids at it.
+    tail: Option<(u64, HashSet<EventId>)>,
+    /// A reason the scan stopped before the end of the file.
+    stopped: Option<String>,
+}
+
+fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
+    let file = File::open(&segment.path).map_err(io_error(&segment.path))?;
+    let file_len = file.metadata().map_err(io_error(&segment.path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut scan = Scan::default();
+    let mut body = Vec::new();
+    let mut expected_seq = segment.first_seq;
+    loop {
+        let mut head = [0u8; HEADER_LEN];
+        match reader.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                if scan.valid_len < file_len {
+                    scan.stopped = Some("a record header cut short".into());
+                }
+                break;
+            }
+            Err(e) => return Err(io_error(&segment.path)(e)),
+        }
+        let (len, crc) = header(&head);
+        if scan.valid_len + (HEADER_LEN + len) as u64 > file_len {
+            scan.stopped = Some("a record cut short".into());
+            break;
+        }
+        body.resize(len, 0);
+        reader.read_exact(&mut body).map_err(io_error(&segment.path))?;
+        if crc32fast::hash(&body) != crc {
+            scan.stopped = Some("a record whose checksum does not match".into());
+            break;
+        }
+        let Some((seq, id)) = peek(&body) else {
+            scan.stopped = Some("a record too short for its fields".into());
+            break;
+        };
+        if seq != expected_seq {
+            scan.stopped = Some(format!("sequence {seq} where {expected_seq} was expected"));
+            break;
+        }
+        expected_seq += 1;
+        scan.valid_len += (HEADER_LEN + len) as u64;
+        scan.last_seq = Some(seq);
+        scan.first_index.get_or_insert(id.index);
+        match &mut scan.tail {
+            Some((index, ids)) if *index == id.index => {
+                ids.insert(id);
+            }
+            _ => scan.tail = Some((id.index, HashSet::from([id]))),
+        }
+    }
+    Ok(scan)
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Sequence of the last durable record (0 when the journal is empty).
+    pub head: u64,
+    /// Sequence of the oldest record still kept.
+    pub oldest: u64,
+    /// The source's checkpoint, `None` when nothing was ever journaled.
+    pub checkpoint: Option<Checkpoint>,
+    /// The segments, oldest first.
+    pub segments: Vec<Segment>,
+}
+
+/// Reads the journal in `dir`. With `repair`, a torn last record is cut off (the writer
+/// needs a clean end); without it, the journal is only read (for `checkpoint show`).
+pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, JournalError> {
+    let mut segments = list_segments(dir)?;
+    let Some(last) = segments.last().cloned() else {
+        return Ok(Recovered { head: 0, oldest: 1, checkpoint: None, segments });
+    };
+    let scan = scan_segment(&last)?;
+    if let Some(reason) = &scan.stopped {
+        let cut = last.len - scan.valid_len;
+        warn!(
+            segment = %last.path.display(),
+            "journal: discarding the last {cut} bytes of the newest segment ({reason}); this is what a crash during a write leaves, and those events will be fetched from Nomad again"
+        );
+        if repair {
+            let file = fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
+            file.set_len(scan.valid_len).map_err(io_error(&last.path))?;
+            file.sync_all().map_err(io_error(&last.path))?;
+            if let Some(segment) = segments.last_mut() {
+                segment.len = scan.valid_len;
+            }
+        }
+    }
+    let head = scan.last_seq.unwrap_or(last.first_seq - 1);
+    let oldest = segments.first().map(|s| s.first_seq).unwrap_or(1);
+    // The ids at the highest index may start in earlier segments.
+    let mut tail = scan.tail;
+    let mut continues_back = scan.first_index.is_none() || scan.first_index == tail.as_ref().map(|t| t.0);
+    for segment in segments.iter().rev().skip(1) {
+        if !continues_back {
+            break;
+        }
+        let earlier = scan_segment(segment)?;
+        match (&mut tail, earlier.tail) {
+            (None, found) => {
+                tail = found;
+                continues_back = earlier.first_index == tail.as_ref().map(|t| t.0);
+            }
+            (Some((index, ids)), Some((earlier_index, earlier_ids))) if *index == earlier_index => {
+                ids.extend(earlier_ids);
+                continues_back = earlier.first_index == Some(*index);
+            }
+            _ => continues_back = false,
+        }
+    }
+    let checkpoint = tail.map(|(index, seen)| Checkpoint { index, seen });
+    Ok(Recovered { head, oldest, checkpoint, segments })
+}
+
+/// Seeks `reader` to the record with sequence `seq` in `segment`, returning its offset, or
+/// `None` if the segment ends before it.
+fn seek_to(reader: &mut BufReader<File>, segment: &Segment, seq: u64) -> Result<Option<u64>, JournalError> {
+    let mut offset = 0u64;
+    let mut current = segment.first_seq;
+    while current < seq {
+        reader.seek(SeekFrom::Start(offset)).map_err(io_error(&segment.path))?;
+        let mut head = [0u8; HEADER_LEN];
+        match reader.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io_error(&segment.path)(e)),
+        }
+        let (len, _) = header(&head);
+        offset += (HEADER_LEN + len) as u64;
+        current += 1;
+    }
+    reader.seek(SeekFrom::Start(offset)).map_err(io_error(&segment.path))?;
+    Ok(Some(offset))
+}

@@ -1,0 +1,155 @@
+//! Sequential reading of the journal from a cursor, for sink workers and `replay`.
+//!
+//! A reader never reads past the durable head it is given, so it only sees records that are
+//! complete and on disk. If retention removed the records it needs next (only possible for a
+//! sink with `when_full = "drop_oldest"`), it says so with [`Batch::Skipped`] and carries on
+//! from the oldest record kept.
+
+use super::record::{self, HEADER_LEN, header};
+use super::{JournalError, Segment, io_error, list_segments, seek_to};
+use bytes::Bytes;
+use nomad_relay_sink_api::Envelope;
+use std::fs::File;
+use std::io::{self, BufReader, Read as _, Seek, SeekFrom};
+use std::path::PathBuf;
+
+/// What one call to [`JournalReader::read`] produced.
+#[derive(Debug)]
+pub enum Batch {
+    /// The next events, possibly none when the reader is at the head.
+    Events(Vec<Envelope>),
+    /// Records `from..to` were removed before this reader got them.
+    Skipped {
+        /// First missing sequence.
+        from: u64,
+        /// First sequence still kept.
+        to: u64,
+    },
+}
+
+struct Open {
+    segment: Segment,
+    reader: BufReader<File>,
+    offset: u64,
+}
+
+/// Reads journal records in order from a starting sequence.
+pub struct JournalReader {
+    dir: PathBuf,
+    next_seq: u64,
+    open: Option<Open>,
+}
+
+impl JournalReader {
+    /// A reader whose first record will be `next_seq`.
+    pub fn new(dir: PathBuf, next_seq: u64) -> Self {
+        JournalReader { dir, next_seq: next_seq.max(1), open: None }
+    }
+
+    /// The sequence of the next record this reader returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Reads up to `max_events` records (and about `max_bytes`) with sequence at most `head`.
+    pub fn read(&mut self, head: u64, max_events: usize, max_bytes: usize) -> Result<Batch, JournalError> {
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut retried = false;
+        while self.next_seq <= head && events.len() < max_events && bytes < max_bytes {
+            if self.open.is_none() {
+                if let Some(skipped) = self.position()? {
+                    if events.is_empty() {
+                        return Ok(skipped);
+                    }
+                    break;
+                }
+            }
+            let Some(open) = self.open.as_mut() else { break };
+            let mut head_bytes = [0u8; HEADER_LEN];
+            match open.reader.read_exact(&mut head_bytes) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // This segment is finished; the next record starts the next segment.
+                    self.open = None;
+                    let next = super::segment_path(&self.dir, self.next_seq);
+                    if !next.exists() {
+                        return Err(JournalError::Damaged {
+                            path: next,
+                            offset: 0,
+                            reason: format!("record {} is missing: its segment does not exist", self.next_seq),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(io_error(&open.segment.path)(e)),
+            }
+            let (len, crc) = header(&head_bytes);
+            let mut body = vec![0u8; len];
+            let read = open.reader.read_exact(&mut body);
+            let valid = read.is_ok() && crc32fast::hash(&body) == crc;
+            let decoded = if valid { record::decode(Bytes::from(body)).ok() } else { None };
+            match decoded {
+                Some(event) if event.seq == self.next_seq => {
+                    open.offset += (HEADER_LEN + len) as u64;
+                    bytes += event.raw.len();
+                    self.next_seq += 1;
+                    events.push(event);
+                    retried = false;
+                }
+                _ if !retried => {
+                    // Bytes read ahead of the head may have been rewritten after a failed
+                    // write; read the record again from the file before calling it damaged.
+                    retried = true;
+                    open.reader.seek(SeekFrom::Start(open.offset)).map_err(io_error(&open.segment.path))?;
+                }
+                _ => {
+                    return Err(JournalError::Damaged {
+                        path: open.segment.path.clone(),
+                        offset: open.offset,
+                        reason: format!("record {} does not decode or fails its checksum", self.next_seq),
+                    });
+                }
+            }
+        }
+        Ok(Batch::Events(events))
+    }
+
+    /// Opens the segment holding `next_seq` and seeks to it. Returns `Some(Skipped)` when the
+    /// record was removed by retention.
+    fn position(&mut self) -> Result<Option<Batch>, JournalError> {
+        let segments = list_segments(&self.dir)?;
+        let Some(segment) = segments.iter().rev().find(|s| s.first_seq <= self.next_seq).cloned() else {
+            return match segments.first() {
+                Some(oldest) => {
+                    let skipped = Batch::Skipped { from: self.next_seq, to: oldest.first_seq };
+                    self.next_seq = oldest.first_seq;
+                    Ok(Some(skipped))
+                }
+                None => Err(JournalError::Damaged {
+                    path: self.dir.clone(),
+                    offset: 0,
+                    reason: "the journal has no segments".into(),
+                }),
+            };
+        };
+        let file = match File::open(&segment.path) {
+            Ok(file) => file,
+            // Removed by retention between listing and opening: list again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.position(),
+            Err(e) => return Err(io_error(&segment.path)(e)),
+        };
+        let mut reader = BufReader::with_capacity(256 << 10, file);
+        match seek_to(&mut reader, &segment, self.next_seq)? {
+            Some(offset) => self.open = Some(Open { segment, reader, offset }),
+            None => {
+                return Err(JournalError::Damaged {
+                    path: segment.path.clone(),
+                    offset: segment.len,
+                    reason: format!("record {} should be in this segment but it ends before", self.next_seq),
+                });
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,263 @@
+//! The journal's single writer: appends batches from the source with one `fsync` per group,
+//! publishes the durable head, rolls segments, and applies retention.
+//!
+//! It runs on its own thread (every call here blocks on the disk). Batches that arrive while
+//! a write is in progress are grouped into the next write, so the number of `fsync`s per
+//! event falls as the rate rises. When the journal is full of events some sink still needs,
+//! the writer stops taking batches; the source's channel fills and the source stops reading
+//! Nomad, and the writer says so. A failed write (a full disk, say) is logged with what to
+//! do, cut back, and retried; nothing is published until it is on disk.
+
+use super::board::CursorBoard;
+use super::record::encode;
+use super::{JournalError, Segment, io_error, segment_path};
+use crate::config::JournalConfig;
+use nomad_relay_sink_api::Envelope;
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+/// Most bytes grouped into one write.
+const GROUP_BYTES: usize = 8 << 20;
+
+/// The journal writer (run with [`JournalWriter::run`] on a dedicated thread).
+pub struct JournalWriter {
+    dir: PathBuf,
+    config: JournalConfig,
+    segments: VecDeque<Segment>,
+    active: File,
+    next_seq: u64,
+    total_bytes: u64,
+    head: watch::Sender<u64>,
+    board: Arc<CursorBoard>,
+    stopping: Arc<AtomicBool>,
+    full: bool,
+}
+
+impl JournalWriter {
+    /// Opens the writer on a recovered journal whose last durable record is `head`.
+    pub fn open(
+        dir: &Path,
+        config: JournalConfig,
+        segments: Vec<Segment>,
+        head: u64,
+        board: Arc<CursorBoard>,
+        stopping: Arc<AtomicBool>,
+    ) -> Result<(JournalWriter, watch::Receiver<u64>), JournalError> {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mut segments: VecDeque<Segment> = segments.into();
+        if segments.is_empty() {
+            segments.push_back(create_segment(dir, head + 1)?);
+        }
+        let last = segments.back().cloned().ok_or_else(|| JournalError::Damaged {
+            path: dir.to_owned(),
+            offset: 0,
+            reason: "no segment to write to".into(),
+        })?;
+        let active = OpenOptions::new().append(true).open(&last.path).map_err(io_error(&last.path))?;
+        let total_bytes = segments.iter().map(|s| s.len).sum();
+        let (head_tx, head_rx) = watch::channel(head);
+        Ok((
+            JournalWriter {
+                dir: dir.to_owned(),
+                config,
+                segments,
+                active,
+                next_seq: head + 1,
+                total_bytes,
+                head: head_tx,
+                board,
+                stopping,
+                full: false,
+            },
+            head_rx,
+        ))
+    }
+
+    /// Writes batches from `batches` until every sender is gone.
+    pub fn run(mut self, mut batches: mpsc::Receiver<Vec<Envelope>>) {
+        let mut encoded = Vec::with_capacity(1 << 20);
+        while let Some(first) = batches.blocking_recv() {
+            let mut group = vec![first];
+            let mut size: usize = group[0].iter().map(|e| e.raw.len()).sum();
+            while size < GROUP_BYTES {
+                match batches.try_recv() {
+                    Ok(batch) => {
+                        size += batch.iter().map(|e| e.raw.len()).sum::<usize>();
+                        group.push(batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.wait_for_room(size as u64);
+            encoded.clear();
+            let mut seq = self.next_seq;
+            for event in group.iter().flatten() {
+                match encode(seq, event, &mut encoded) {
+                    Ok(()) => seq += 1,
+                    Err(e) => error!("journal: dropping event {}: {e}", event.id),
+                }
+            }
+            self.append(&encoded);
+            self.next_seq = seq;
+            self.head.send_replace(seq - 1);
+            if self.segments.back().map(|s| s.len).unwrap_or(0) >= self.config.segment_bytes.0 {
+                self.roll();
+            }
+        }
+        if let Err(e) = self.active.sync_all() {
+            error!("journal: final sync failed: {e}");
+        }
+    }
+
+    /// Writes and syncs `bytes` to the active segment, retrying until it succeeds.
+    fn append(&mut self, bytes: &[u8]) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let Some(segment) = self.segments.back_mut() else { return };
+            let result = self.active.write_all(bytes).and_then(|()| self.active.sync_data());
+            match result {
+                Ok(()) => {
+                    segment.len += bytes.len() as u64;
+                    segment.modified = SystemTime::now();
+                    self.total_bytes += bytes.len() as u64;
+                    return;
+                }
+                Err(e) => {
+                    error!(
+                        segment = %segment.path.display(),
+                        "journal: cannot write {} bytes: {e}. The relay is not reading Nomad until this succeeds; free disk space in {} or fix its permissions. Retrying in {delay:?}.",
+                        bytes.len(),
+                        self.dir.display()
+                    );
+                    // Cut off whatever part of the write landed, so the segment stays whole.
+                    if let Err(e) = self.active.set_len(segment.len) {
+                        error!("journal: cannot cut back {}: {e}", segment.path.display());
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn roll(&mut self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match create_segment(&self.dir, self.next_seq) {
+                Ok(segment) => match OpenOptions::new().append(true).open(&segment.path) {
+                    Ok(file) => {
+                        if let Err(e) = self.active.sync_all() {
+                            warn!("journal: sync before roll failed: {e}");
+                        }
+                        self.active = file;
+                        self.segments.push_back(segment);
+                        return;
+                    }
+                    Err(e) => error!("journal: cannot open new segment {}: {e}", segment.path.display()),
+                },
+                Err(e) => error!("journal: cannot start a new segment: {e}; retrying in {delay:?}"),
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Applies retention and, while the journal is too full for `incoming` more bytes,
+    /// waits for sinks to move.
+    fn wait_for_room(&mut self, incoming: u64) {
+        loop {
+            self.remove_segments(incoming, true);
+            if self.total_bytes + incoming <= self.config.max_bytes.0 || self.segments.len() <= 1 {
+                break;
+            }
+            // Full of events every sink needs; sinks that accept drops give theirs up first.
+            if self.remove_segments(incoming, false) {
+                continue;
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            if !self.full {
+                self.full = true;
+                let oldest_end = self.segments.get(1).map(|s| s.first_seq).unwrap_or(self.next_seq);
+                let behind: Vec<String> = self
+                    .board
+                    .behind(oldest_end, false)
+                    .into_iter()
+                    .map(|(name, seq)| format!("`{name}` (at journal record {seq})"))
+                    .collect();
+                warn!(
+                    "journal full: {} bytes of events not yet delivered reach `journal.max_bytes` ({}); waiting for sink {} before reading more from Nomad. Nomad drops a subscriber that lags past its event buffer, which will show as a gap. Fix the sink, raise `journal.max_bytes`, or set `when_full = \"drop_oldest\"` on sinks that may lose old events.",
+                    self.total_bytes,
+                    self.config.max_bytes.0,
+                    behind.join(", ")
+                );
+            }
+            self.board.wait_moved(Duration::from_secs(1));
+        }
+        if self.full {
+            self.full = false;
+            info!("journal has room again; reading from Nomad resumes");
+        }
+    }
+
+    /// Removes segments every relevant sink has passed when they are older than the replay
+    /// window or the journal needs room. Returns whether any was removed.
+    fn remove_segments(&mut self, incoming: u64, include_drop_oldest: bool) -> bool {
+        let min_next = self.board.min_next_seq(include_drop_oldest).unwrap_or(u64::MAX);
+        let max_age = self.config.max_age.0;
+        let now = SystemTime::now();
+        let mut removed = false;
+        while self.segments.len() > 1 {
+            let (Some(oldest), Some(next)) = (self.segments.front(), self.segments.get(1)) else { break };
+            let passed = next.first_seq <= min_next;
+            let needs_room = self.total_bytes + incoming > self.config.max_bytes.0;
+            let too_old = now.duration_since(oldest.modified).map(|age| age > max_age).unwrap_or(false);
+            if !passed || !(needs_room || too_old) {
+                break;
+            }
+            if !include_drop_oldest {
+                for (name, seq) in self.board.behind(next.first_seq, true) {
+                    warn!(
+                        "journal full: dropping records {}..{} that sink `{name}` (when_full = \"drop_oldest\") has not delivered",
+                        seq.max(oldest.first_seq),
+                        next.first_seq
+                    );
+                }
+            }
+            let path = oldest.path.clone();
+            let len = oldest.len;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    error!("journal: cannot remove {}: {e}", path.display());
+                    break;
+                }
+            }
+            self.segments.pop_front();
+            self.total_bytes -= len;
+            removed = true;
+        }
+        removed
+    }
+}
+
+fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, JournalError> {
+    let path = segment_path(dir, first_seq);
+    File::create(&path).and_then(|f| f.sync_all()).map_err(io_error(&path))?;
+    sync_dir(dir)?;
+    Ok(Segment { first_seq, path, len: 0, modified: SystemTime::now() })
+}
+
+/// Makes a directory's entries durable (new or renamed files).
+pub fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}

@@ -1,0 +1,104 @@
+//! The `nomad-relay` binary: parses the command line, sets up logging on standard error,
+//! and runs the chosen subcommand. Exit status: 0 on success, 1 on a runtime failure, 2 on
+//! a configuration error.
+
+use clap::Parser;
+use nomad_relay::cli::{CheckpointAction, Cli, Command, LogFormat};
+use nomad_relay::config::{Config, Sources};
+use nomad_relay::{commands, relay};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("NOMAD_RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(Sources { file: config.as_deref(), environment: true }).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Run { config } => {
+            let config = match load(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            relay::run(config, shutdown_on_signal()).await.map(|()| None)
+        }
+        Command::Validate { config } => match load(&config) {
+            Ok(config) => Ok(Some(commands::validate(&config))),
+            Err(code) => return code,
+        },
+        Command::Tail { config, index } => match load(&config) {
+            Ok(config) => commands::tail(config, index, shutdown_on_signal()).await.map(|()| None),
+            Err(code) => return code,
+        },
+        Command::Replay { config, sink, from_index, to_index } => match load(&config) {
+            Ok(config) => commands::replay(config, &sink, from_index, to_index).await.map(Some),
+            Err(code) => return code,
+        },
+        Command::Checkpoint { action: CheckpointAction::Show { config } } => match load(&config) {
+            Ok(config) => commands::checkpoint_show(&config).map(Some),
+            Err(code) => return code,
+        },
+    };
+    match result {
+        Ok(Some(text)) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once, which is
+/// safe because the journal and the cursors are durable.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                return;
+            }
+        };
+        for count in 0.. {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if count > 0 {
+                tracing::warn!("second signal: exiting now (journal and cursors are durable)");
+                std::process::exit(130);
+            }
+            cancel.cancel();
+        }
+    });
+    token
+}

@@ -1,0 +1,175 @@
+//! Wires the relay together for `run`: lock the data directory, recover the journal, start
+//! the journal writer, the Nomad source and one worker per sink, and stop them in order when
+//! asked: the source stops reading, the writer makes what it has durable, workers finish the
+//! batch in hand and save their cursors.
+
+use crate::config::{Config, WhenFull};
+use crate::cursor::{self, CURSOR_VERSION, Cursor};
+use crate::journal::board::CursorBoard;
+use crate::journal::writer::JournalWriter;
+use crate::journal::{self, JournalError};
+use crate::routing::Router;
+use crate::sinks::AnySink;
+use crate::source::resume::Resume;
+use crate::source::Source;
+use crate::stats::{SinkStats, SourceStats};
+use crate::worker::SinkWorker;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// How long workers get to finish their batch at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the relay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The journal or a cursor.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Anything else, with the reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Holds the data directory's lock file for as long as it lives.
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Creates `data_dir` and takes its lock, so two relays never share one journal.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, RelayError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        RelayError::Other(format!("cannot create data_dir {}: {e}", data_dir.display()))
+    })?;
+    let path = data_dir.join("LOCK");
+    let file = File::create(&path).map_err(|e| RelayError::Other(format!("cannot create {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RelayError::Other(format!(
+            "{} is in use by another nomad-relay process; stop it first, or give this one its own `data_dir`",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(RelayError::Other(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// The journal directory under `data_dir`.
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+/// Runs the relay until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let journal_dir = journal_dir(&config.data_dir);
+    let dir = journal_dir.clone();
+    let recovered = tokio::task::spawn_blocking(move || journal::recover(&dir, true))
+        .await
+        .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))??;
+
+    let mut cursors = Vec::new();
+    for name in config.sinks.keys() {
+        let cursor = cursor::load(&config.data_dir, name)?;
+        cursors.push((name.clone(), cursor));
+    }
+    // A journal that is empty but whose sinks have cursors was removed by hand: continue
+    // numbering after the furthest cursor so no cursor points into the future.
+    let mut head = recovered.head;
+    let furthest = cursors.iter().filter_map(|(_, c)| c.as_ref().map(|c| c.next_seq)).max().unwrap_or(1);
+    if recovered.segments.is_empty() {
+        head = head.max(furthest.saturating_sub(1));
+    } else if furthest > head + 1 {
+        return Err(RelayError::Other(format!(
+            "a sink cursor is at journal record {furthest} but the journal in {} ends at {head}; the journal was replaced or restored from an older copy. Remove the cursors in {} to re-deliver everything it holds",
+            journal_dir.display(),
+            config.data_dir.join("cursors").display()
+        )));
+    }
+    let oldest = if recovered.segments.is_empty() { head + 1 } else { recovered.oldest };
+    match &recovered.checkpoint {
+        Some(checkpoint) => info!(index = checkpoint.index, journal_head = head, "resuming from the journal"),
+        None => info!(start = ?config.nomad.start, "journal is empty; first start"),
+    }
+
+    let board = Arc::new(CursorBoard::default());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let router = Arc::new(Router::new(config.routes.clone()));
+    let mut workers = Vec::new();
+    for (name, saved) in cursors {
+        let sink_config = &config.sinks[&name];
+        let cursor = saved.unwrap_or(Cursor {
+            version: CURSOR_VERSION,
+            sink: name.clone(),
+            next_seq: oldest,
+            last_index: 0,
+            sink_state: None,
+        });
+        let slot = board.register(&name, cursor.next_seq, sink_config.common.when_full == WhenFull::DropOldest);
+        workers.push((name.clone(), cursor, slot));
+    }
+    let (writer, head_rx) =
+        JournalWriter::open(&journal_dir, config.journal.clone(), recovered.segments, head, board.clone(), stopping.clone())?;
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let writer_thread = std::thread::Builder::new()
+        .name("journal-writer".into())
+        .spawn(move || writer.run(events_rx))
+        .map_err(|e| RelayError::Other(format!("cannot start the journal writer: {e}")))?;
+
+    let source_stats = Arc::new(SourceStats::default());
+    let resume = Resume::new(recovered.checkpoint, config.nomad.start, config.nomad.gap_markers);
+    let source = Source::new(config.nomad.clone(), resume, events_tx, source_stats)
+        .map_err(|e| RelayError::Other(e.to_string()))?;
+
+    let tracker = TaskTracker::new();
+    let source_shutdown = shutdown.child_token();
+    tracker.spawn(source.run(source_shutdown.clone()));
+    let worker_shutdown = CancellationToken::new();
+    for (name, cursor, slot) in workers {
+        let sink_config = &config.sinks[&name];
+        let worker = SinkWorker {
+            name: name.clone(),
+            sink: AnySink::from_config(&sink_config.kind),
+            settings: sink_config.common.clone(),
+            cursor,
+            data_dir: config.data_dir.clone(),
+            journal_dir: journal_dir.clone(),
+            router: router.clone(),
+            board: board.clone(),
+            slot,
+            head: head_rx.clone(),
+            stats: Arc::new(SinkStats::default()),
+        };
+        let token = worker_shutdown.clone();
+        let stop_all = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = worker.run(token).await {
+                error!(sink = %name, "sink worker stopped: {e}");
+                stop_all.cancel();
+            }
+        });
+    }
+    tracker.close();
+
+    shutdown.cancelled().await;
+    info!("shutting down: no longer reading from Nomad; finishing batches in flight and saving cursors");
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    board.wake();
+    source_shutdown.cancel();
+    worker_shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("some sinks did not finish within {SHUTDOWN_GRACE:?}; their cursors stay at the last confirmed batch");
+    }
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        error!("the journal writer ended abnormally");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Splits Nomad's response body into NDJSON lines.
+//!
+//! Bytes arrive in pieces of any size: a line can span many reads and one read can hold many
+//! lines. Lines are handed out as zero-copy [`Bytes`] slices of the receive buffer. A line
+//! longer than the configured limit is not buffered: its bytes are discarded as they arrive
+//! and it is reported once, with its length and the first bytes (which carry its `Index`), so
+//! the caller can record a gap. Whatever is left when the stream ends is a partial line and is
+//! never parsed.
+
+use bytes::{Bytes, BytesMut};
+
+/// How many leading bytes of an over-long line are kept to identify it.
+const OVERSIZED_PREFIX: usize = 64;
+
+/// One item out of the splitter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// A complete line, without its `\n`.
+    Line(Bytes),
+    /// A line longer than the limit was skipped.
+    Oversized {
+        /// Its full length in bytes, without the `\n`.
+        length: u64,
+        /// Its first bytes, for its `Index`.
+        prefix: Bytes,
+    },
+}
+
+/// Incremental NDJSON line splitter with a line-length limit.
+#[derive(Debug)]
+pub struct LineSplitter {
+    buffer: BytesMut,
+    max_line: usize,
+    /// Set while discarding an over-long line: its length so far and its prefix.
+    discarding: Option<(u64, Bytes)>,
+}
+
+impl LineSplitter {
+    /// A splitter that accepts lines of up to `max_line` bytes.
+    pub fn new(max_line: usize) -> Self {
+        LineSplitter { buffer: BytesMut::new(), max_line, discarding: None }
+    }
+
+    /// Feeds one received chunk and appends every finished piece to `out`.
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
+        while !chunk.is_empty() {
+            if let Some((length, _)) = &mut self.discarding {
+                match memchr(chunk) {
+                    Some(newline) => {
+                        *length += newline as u64;
+                        if let Some((length, prefix)) = self.discarding.take() {
+                            out.push(Piece::Oversized { length, prefix });
+                        }
+                        chunk = &chunk[newline + 1..];
+                    }
+                    None => {
+                        *length += chunk.len() as u64;
+                        return;
+                    }
+                }
+                continue;
+            }
+            match memchr(chunk) {
+                Some(newline) => {
+                    let line_len = self.buffer.len() + newline;
+                    if line_len > self.max_line {
+                        let length = line_len as u64;
+                        let prefix = self.prefix_with(&chunk[..newline]);
+                        self.buffer.clear();
+                        out.push(Piece::Oversized { length, prefix });
+                    } else {
+                        self.buffer.extend_from_slice(&chunk[..newline]);
+                        out.push(Piece::Line(self.buffer.split().freeze()));
+                    }
+                    chunk = &chunk[newline + 1..];
+                }
+                None => {
+                    if self.buffer.len() + chunk.len() > self.max_line {
+                        let prefix = self.prefix_with(chunk);
+                        let length = (self.buffer.len() + chunk.len()) as u64;
+                        self.buffer.clear();
+                        self.discarding = Some((length, prefix));
+                    } else {
+                        self.buffer.extend_from_slice(chunk);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn prefix_with(&self, more: &[u8]) -> Bytes {
+        let mut prefix = Vec::with_capacity(OVERSIZED_PREFIX);
+        prefix.extend_from_slice(&self.buffer[..self.buffer.len().min(OVERSIZED_PREFIX)]);
+        let wanted = OVERSIZED_PREFIX - prefix.len();
+        prefix.extend_from_slice(&more[..more.len().min(wanted)]);
+        Bytes::from(prefix)
+    }
+
+    /// Ends the stream: returns the unfinished last line (never to be parsed as an event;
+    /// legacy Nomad appends its error text here) and resets the splitter.
+    pub fn finish(&mut self) -> Bytes {
+        self.discarding = None;
+        self.buffer.split().freeze()
+    }
+
+    /// Bytes held for the line in progress.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+fn memchr(haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&byte| byte == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(chunks: &[&[u8]], max: usize) -> (Vec<Piece>, Bytes) {
+        let mut splitter = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            splitter.push(chunk, &mut out);
+        }
+        let rest = splitter.finish();
+        (out, rest)
+    }
+
+    #[test]
+    fn lines_split_across_chunks_are_joined() {
+        let (pieces, rest) = split_all(&[b"{\"In", b"dex\":1}\n{}", b"\n{\"a\":", b"2}\npart"], 1024);
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Line(Bytes::from_static(b"{\"Index\":1}")),
+                Piece::Line(Bytes::from_static(b"{}")),
+                Piece::Line(Bytes::from_static(b"{\"a\":2}")),
+            ]
+        );
+        assert_eq!(rest, Bytes::from_static(b"part"));
+    }
+
+    #[test]
+    fn every_byte_offset_split_gives_the_same_lines() {
+        let text = b"{\"Index\":5,\"Events\":[]}\n{}\n{\"Index\":6}\n";
+        for cut in 0..text.len() {
+            let (pieces, rest) = split_all(&[&text[..cut], &text[cut..]], 1024);
+            assert_eq!(pieces.len(), 3, "cut at {cut}");
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_line_is_reported_once_and_the_next_line_survives() {
+        let mut big = b"{\"Index\":77,\"Events\":[".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 500));
+        big.extend_from_slice(b"]}\n{\"Index\":78}\n");
+        let chunks: Vec<&[u8]> = big.chunks(7).collect();
+        let (pieces, _) = split_all(&chunks, 100);
+        assert_eq!(pieces.len(), 2);
+        match &pieces[0] {
+            Piece::Oversized { length, prefix } => {
+                assert_eq!(*length, 524);
+                assert!(prefix.starts_with(b"{\"Index\":77,"));
+            }
+            other => panic!("expected oversized, got {other:?}"),
+        }
+        assert_eq!(pieces[1], Piece::Line(Bytes::from_static(b"{\"Index\":78}")));
+    }
+
+    #[test]
+    fn line_of_exactly_the_limit_is_accepted() {
+        let (pieces, _) = split_all(&[b"12345\n"], 5);
+        assert_eq!(pieces, vec![Piece::Line(Bytes::from_static(b"12345"))]);
+        let (pieces, _) = split_all(&[b"123456\n"], 5);
+        assert!(matches!(pieces[0], Piece::Oversized { length: 6, .. }));
+    }
+}

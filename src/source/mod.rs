@@ -1,0 +1,322 @@
+//! The Nomad source: follows `GET /v1/event/stream` for ever and hands every new event to
+//! the journal.
+//!
+//! One connection at a time, to one of the configured addresses (tried in turn on failure).
+//! The source asks to resume at the journal's checkpoint (see [`resume`] for the contract),
+//! splits the body into lines whatever the chunking ([`framing`]), parses only envelopes
+//! ([`frame`]), and sends each line's new events to the journal writer, waiting when the
+//! journal is full: Nomad then drops this subscriber once it lags past its buffer, which the
+//! next connection reports as a gap, rather than the relay losing events silently.
+//!
+//! Every byte received resets an idle watchdog. Connections that fail are retried with
+//! jittered exponential back-off that never gives up; a subscription Nomad refuses (401/403,
+//! or the modern server's "200 then close before the first heartbeat") is explained in terms
+//! of the ACL each topic needs and retried on a longer back-off, never in a hot loop.
+
+pub mod frame;
+pub mod framing;
+pub mod permissions;
+pub mod resume;
+pub mod tls;
+
+use crate::config::NomadConfig;
+use crate::stats::{SourceStats, add};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use frame::{Frame, index_from_prefix, parse_line};
+use framing::{LineSplitter, Piece};
+use futures_util::StreamExt;
+use nomad_relay_sink_api::Envelope;
+use resume::Resume;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Where the source sends each line's new events.
+pub type EventSender = mpsc::Sender<Vec<Envelope>>;
+
+/// A source that cannot start (bad TLS files, for example).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(String);
+
+/// How one connection ended.
+enum Ended {
+    /// The stream ran and ended (EOF, reset, idle timeout).
+    Dropped { streamed: bool, reason: String },
+    /// Nomad refused the subscription.
+    Refused(String),
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// The Nomad source.
+pub struct Source {
+    config: NomadConfig,
+    addresses: Vec<String>,
+    client: reqwest::Client,
+    resume: Resume,
+    out: EventSender,
+    stats: Arc<SourceStats>,
+}
+
+impl Source {
+    /// Prepares a source that resumes as `resume` says and sends events to `out`.
+    pub fn new(
+        config: NomadConfig,
+        resume: Resume,
+        out: EventSender,
+        stats: Arc<SourceStats>,
+    ) -> Result<Source, SourceError> {
+        let tls = tls::client_config(&config.tls).map_err(|e| SourceError(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .http1_only()
+            .gzip(config.compression)
+            .deflate(config.compression)
+            .connect_timeout(config.connect_timeout.0)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("nomad-relay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SourceError(format!("cannot build the HTTP client: {e}")))?;
+        let addresses = config.address.to_vec();
+        Ok(Source { config, addresses, client, resume, out, stats })
+    }
+
+    /// Follows the stream until `shutdown` is cancelled or the receiver of events is gone.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let reconnect = self.config.reconnect.clone();
+        let builder = |min: Duration, max: Duration| {
+            ExponentialBuilder::default()
+                .with_min_delay(min)
+                .with_max_delay(max)
+                .with_jitter()
+                .without_max_times()
+        };
+        let normal = builder(reconnect.min_delay.0, reconnect.max_delay.0);
+        let denied = builder(reconnect.denied_min_delay.0, reconnect.denied_max_delay.0);
+        let mut normal_delays = normal.build();
+        let mut denied_delays = denied.build();
+        let mut address = 0usize;
+        let mut attempts = 0u64;
+        loop {
+            if attempts > 0 {
+                add(&self.stats.reconnects, 1);
+            }
+            attempts += 1;
+            let url = self.addresses[address % self.addresses.len()].clone();
+            let delay = match self.stream_once(&url, &shutdown).await {
+                Ended::Shutdown => return,
+                Ended::Dropped { streamed, reason } => {
+                    denied_delays = denied.build();
+                    if streamed {
+                        normal_delays = normal.build();
+                        info!(nomad = %url, "event stream ended ({reason}); reconnecting at index {}", self.resume.request_index());
+                    } else {
+                        address += 1;
+                        warn!(nomad = %url, "event stream failed: {reason}");
+                    }
+                    normal_delays.next().unwrap_or(reconnect.max_delay.0)
+                }
+                Ended::Refused(reason) => {
+                    address += 1;
+                    let delay = denied_delays.next().unwrap_or(reconnect.denied_max_delay.0);
+                    error!(
+                        nomad = %url,
+                        "Nomad refused the event stream subscription: {reason}. {}. Retrying in {:.0?}.",
+                        permissions::explain(&self.config.topics, &self.config.namespace),
+                        delay
+                    );
+                    delay
+                }
+            };
+            if self.out.is_closed() {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn token(&self) -> Result<Option<String>, String> {
+        if let Some(path) = &self.config.token_file {
+            return std::fs::read_to_string(path)
+                .map(|text| Some(text.trim().to_owned()))
+                .map_err(|e| format!("cannot read `nomad.token_file` {}: {e}", path.display()));
+        }
+        Ok(self.config.token.as_ref().map(|t| t.0.clone()))
+    }
+
+    fn url(&self, address: &str) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/event/stream", address.trim_end_matches('/')))
+            .map_err(|e| format!("bad address `{address}`: {e}"))?;
+        {
+            let mut query = url.query_pairs_mut();
+            for topic in &self.config.topics {
+                query.append_pair("topic", topic);
+            }
+            query.append_pair("namespace", &self.config.namespace);
+            if let Some(region) = &self.config.region {
+                query.append_pair("region", region);
+            }
+            query.append_pair("index", &self.resume.request_index().to_string());
+        }
+        Ok(url)
+    }
+
+    async fn stream_once(&mut self, address: &str, shutdown: &CancellationToken) -> Ended {
+        let url = match self.url(address) {
+            Ok(url) => url,
+            Err(reason) => return Ended::Dropped { streamed: false, reason },
+        };
+        let mut request = self.client.get(url.clone());
+        match self.token() {
+            Ok(Some(token)) if !token.is_empty() => request = request.header("X-Nomad-Token", token),
+            Ok(_) => {}
+            Err(reason) => return Ended::Dropped { streamed: false, reason },
+        }
+        debug!(%url, "connecting to Nomad's event stream");
+        let response = tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            response = tokio::time::timeout(self.config.connect_timeout.0 * 2, request.send()) => response,
+        };
+        let response = match response {
+            Err(_) => return Ended::Dropped { streamed: false, reason: format!("no response headers within {:?}", self.config.connect_timeout.0 * 2) },
+            Ok(Err(e)) => return Ended::Dropped { streamed: false, reason: error_chain(&e) },
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.trim().chars().take(500).collect();
+            return match status.as_u16() {
+                401 | 403 => Ended::Refused(format!("HTTP {status}: {body}")),
+                400 => Ended::Refused(format!("HTTP {status} (check `nomad.topics`, `nomad.namespace` and `nomad.region`): {body}")),
+                // Nomad before 1.9.6 answered a permission denial with 500.
+                500 if body.contains("Permission denied") => Ended::Refused(format!("HTTP {status}: {body}")),
+                _ => Ended::Dropped { streamed: false, reason: format!("HTTP {status}: {body}") },
+            };
+        }
+        self.resume.on_connect();
+        let mut splitter = LineSplitter::new(self.config.max_line_bytes.0 as usize);
+        let mut pieces = Vec::new();
+        let mut saw_line = false;
+        let mut body = response.bytes_stream();
+        let idle = self.config.idle_timeout.0;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                next = tokio::time::timeout(idle, body.next()) => next,
+            };
+            let chunk: Bytes = match next {
+                Err(_) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    return Ended::Dropped {
+                        streamed: saw_line,
+                        reason: format!("no data for {idle:?} (Nomad sends a heartbeat every 30 s); the connection is presumed dead"),
+                    };
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    let partial = splitter.pending();
+                    return Ended::Dropped { streamed: saw_line, reason: format!("{} ({partial} bytes of an unfinished line discarded)", error_chain(&e)) };
+                }
+                Ok(None) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    let rest = splitter.finish();
+                    if !saw_line {
+                        return Ended::Refused(
+                            "Nomad answered 200 and closed the stream before its first heartbeat, which is how Nomad 1.11.2+ reports a refused token, a missing capability, an unknown region or a disabled event broker".to_owned(),
+                        );
+                    }
+                    let reason = if rest.is_empty() {
+                        "Nomad closed the connection".to_owned()
+                    } else if rest.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !rest.starts_with(b"{") {
+                        format!("Nomad ended the stream saying: {}", String::from_utf8_lossy(&rest[..rest.len().min(300)]))
+                    } else {
+                        format!("Nomad closed the connection mid-line ({} bytes of an unfinished line discarded)", rest.len())
+                    };
+                    return Ended::Dropped { streamed: true, reason };
+                }
+            };
+            add(&self.stats.bytes_read, chunk.len() as u64);
+            splitter.push(&chunk, &mut pieces);
+            for piece in pieces.drain(..) {
+                if !saw_line {
+                    saw_line = true;
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    info!(nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
+                }
+                let outcome = match piece {
+                    Piece::Line(line) => match parse_line(&line) {
+                        Ok(Frame::Heartbeat) => continue,
+                        Ok(Frame::Data { index, events }) => {
+                            self.stats.last_index.fetch_max(index, Ordering::Relaxed);
+                            self.resume.on_line(index, events)
+                        }
+                        Err(e) => {
+                            add(&self.stats.lines_skipped, 1);
+                            error!(nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {e}");
+                            let index = index_from_prefix(&line);
+                            self.resume.on_skipped_line(index, &format!("a malformed line of {} bytes was skipped: {}", line.len(), e.reason))
+                        }
+                    },
+                    Piece::Oversized { length, prefix } => {
+                        add(&self.stats.lines_skipped, 1);
+                        let index = index_from_prefix(&prefix);
+                        error!(
+                            nomad = %address,
+                            "skipping a line of {length} bytes at index {} : it exceeds `nomad.max_line_bytes` ({} bytes); raise the limit to receive such lines",
+                            index.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+                            self.config.max_line_bytes.0
+                        );
+                        self.resume.on_skipped_line(index, &format!("a line of {length} bytes exceeds nomad.max_line_bytes and was skipped"))
+                    }
+                };
+                if let Some(gap) = outcome.gap {
+                    add(&self.stats.gaps, 1);
+                    warn!(
+                        last_index = gap.last_index,
+                        resumed_index = gap.resumed_index,
+                        "possible gap in Nomad's events: the relay had index {} and Nomad resumed at {}; events in between may have been dropped from Nomad's buffer",
+                        gap.last_index, gap.resumed_index
+                    );
+                }
+                if outcome.events.is_empty() {
+                    continue;
+                }
+                let count = outcome.events.len() as u64;
+                let sent = tokio::select! {
+                    _ = shutdown.cancelled() => return Ended::Shutdown,
+                    sent = self.out.send(outcome.events) => sent,
+                };
+                if sent.is_err() {
+                    return Ended::Shutdown;
+                }
+                add(&self.stats.events_journaled, count);
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}

@@ -1,0 +1,385 @@
+//! Where to resume Nomad's stream, and which received events are new.
+//!
+//! # The checkpoint contract
+//!
+//! The source's checkpoint is the journal's head: an event counts as received once it is
+//! journaled, and on start the checkpoint is read back from the journal as `(N, ids at N)`,
+//! the highest Index journaled and the ids of the events journaled with it. Nomad's `index`
+//! parameter is inclusive and several lines can share one Index, so the relay reconnects with
+//! `index=N` (never `N+1`, which would lose the later lines of N), drops lines below N (Nomad
+//! re-sends its newest batch when asked for an index it does not have yet), and drops events
+//! at N whose id it already journaled.
+//!
+//! An event's id is `(Index, digest of Topic/Type/Namespace/Key, occurrence)`, where the
+//! occurrence counts earlier events with the same digest at the same Index across lines, so
+//! repeats of one object at one Index stay distinct while replays of them match. Exact repeats
+//! inside one line come from Nomad's key-filter quirk and are dropped.
+//!
+//! After a reconnect, if the first data line has an Index above N, Nomad no longer held N:
+//! events between may be lost. That is reported and, unless disabled, journaled as a
+//! `NomadRelay`/`GapDetected` event so every sink and consumer sees it.
+
+use super::frame::RawEvent;
+use crate::config::StartAt;
+use bytes::Bytes;
+use nomad_relay_sink_api::{Envelope, EventId};
+use std::collections::{HashMap, HashSet};
+
+/// Topic of the events the relay itself adds to the stream.
+pub const RELAY_TOPIC: &str = "NomadRelay";
+/// Type of the gap marker event.
+pub const GAP_TYPE: &str = "GapDetected";
+
+/// What the journal says was received last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Highest Index journaled.
+    pub index: u64,
+    /// Ids journaled at that Index.
+    pub seen: HashSet<EventId>,
+}
+
+/// A possible loss of events reported by the resume logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The last Index the relay had.
+    pub last_index: u64,
+    /// The Index the stream resumed at.
+    pub resumed_index: u64,
+}
+
+/// The result of one data line.
+#[derive(Debug, Default)]
+pub struct LineOutcome {
+    /// Events to journal, in order (a gap marker first when there is one).
+    pub events: Vec<Envelope>,
+    /// Set when this line revealed a gap.
+    pub gap: Option<Gap>,
+    /// The line was older than the checkpoint and was skipped.
+    pub stale: bool,
+    /// Events dropped because they were already journaled.
+    pub already_journaled: usize,
+    /// Exact repeats inside the line that were dropped.
+    pub repeated_in_line: usize,
+}
+
+/// Resume and de-duplication state for one Nomad source.
+#[derive(Debug)]
+pub struct Resume {
+    checkpoint: Checkpoint,
+    /// Whether `checkpoint` came from the journal (so a jump past it is a gap).
+    have_checkpoint: bool,
+    start: StartAt,
+    gap_markers: bool,
+    /// Index of the lines currently arriving, and occurrence counts at it.
+    line_index: u64,
+    occurrences: HashMap<u64, u32>,
+    awaiting_first_line: bool,
+}
+
+/// The stable digest of an event's identity fields.
+pub fn digest(topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for field in [topic, event_type, namespace, key] {
+        hasher.update(&(field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.digest()
+}
+
+impl Resume {
+    /// Resume state from the journal's checkpoint (`None` when the journal is empty).
+    pub fn new(checkpoint: Option<Checkpoint>, start: StartAt, gap_markers: bool) -> Self {
+        let have_checkpoint = checkpoint.is_some();
+        Resume {
+            checkpoint: checkpoint.unwrap_or_default(),
+            have_checkpoint,
+            start,
+            gap_markers,
+            line_index: 0,
+            occurrences: HashMap::new(),
+            awaiting_first_line: true,
+        }
+    }
+
+    /// The `index` query parameter for the next connection.
+    pub fn request_index(&self) -> u64 {
+        if self.have_checkpoint {
+            return self.checkpoint.index;
+        }
+        match self.start {
+            StartAt::Oldest => 0,
+            StartAt::Index(index) => index.min(i64::MAX as u64),
+            // Nomad has no "start at the end": asking for a future index makes it send only
+            // its newest batch, which `on_line` then skips.
+            StartAt::Now => i64::MAX as u64,
+        }
+    }
+
+    /// The current checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Call when a new connection starts: Nomad re-sends every line from the requested
+    /// Index, so occurrence counting starts over.
+    pub fn on_connect(&mut self) {
+        self.line_index = 0;
+        self.occurrences.clear();
+        self.awaiting_first_line = true;
+    }
+
+    /// Processes one data line.
+    pub fn on_line(&mut self, index: u64, events: Vec<RawEvent>) -> LineOutcome {
+        let mut outcome = LineOutcome::default();
+        let first_line = std::mem::replace(&mut self.awaiting_first_line, false);
+        if first_line && !self.have_checkpoint && self.start == StartAt::Now {
+            // The newest batch Nomad held when we connected: it is the past.
+            self.advance_to(index);
+            for event in &events {
+                let id = self.next_id(index, event);
+                self.checkpoint.seen.insert(id);
+            }
+            self.have_checkpoint = true;
+            outcome.stale = true;
+            return outcome;
+        }
+        if self.have_checkpoint && index < self.checkpoint.index {
+            outcome.stale = true;
+            return outcome;
+        }
+        if index != self.line_index {
+            self.line_index = index;
+            self.occurrences.clear();
+        }
+        if first_line && self.have_checkpoint && index > self.checkpoint.index && self.checkpoint.index > 0 {
+            let gap = Gap { last_index: self.checkpoint.index, resumed_index: index };
+            outcome.gap = Some(gap);
+            if self.gap_markers {
+                let payload = format!("{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}}}}}", gap.last_index);
+                let marker = self.marker(index, &payload);
+                self.record(index, marker, &mut outcome);
+            }
+        }
+        let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
+        for event in events {
+            let digest = digest(&event.topic, &event.event_type, &event.namespace, &event.key);
+            if !in_line.insert(digest) {
+                outcome.repeated_in_line += 1;
+                continue;
+            }
+            let occurrence = self.bump(digest);
+            let id = EventId { index, digest, occurrence };
+            let envelope = Envelope {
+                seq: 0,
+                id,
+                topic: event.topic,
+                event_type: event.event_type,
+                key: event.key,
+                namespace: event.namespace,
+                raw: event.raw,
+            };
+            self.accept(index, envelope, &mut outcome);
+        }
+        outcome
+    }
+
+    /// Processes a line that could not be read (too long, or not a valid frame): journals a
+    /// gap marker at its Index (or at the checkpoint when its Index is unreadable), saying
+    /// why. A replay of the same line after a reconnect yields no second marker.
+    pub fn on_skipped_line(&mut self, index: Option<u64>, reason: &str) -> LineOutcome {
+        let mut outcome = LineOutcome::default();
+        self.awaiting_first_line = false;
+        let index = index.unwrap_or(self.checkpoint.index).max(self.checkpoint.index);
+        if index != self.line_index {
+            self.line_index = index;
+            self.occurrences.clear();
+        }
+        outcome.gap = Some(Gap { last_index: self.checkpoint.index, resumed_index: index });
+        let reason = serde_json::Value::from(reason).to_string();
+        let payload = format!(
+            "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index},\"Reason\":{reason}}}}}",
+            self.checkpoint.index
+        );
+        let marker = self.marker(index, &payload);
+        self.record(index, marker, &mut outcome);
+        outcome
+    }
+
+    fn marker(&mut self, index: u64, payload: &str) -> Envelope {
+        let digest = digest(RELAY_TOPIC, GAP_TYPE, "", "");
+        let occurrence = self.bump(digest);
+        let raw = format!(
+            "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{GAP_TYPE}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
+        );
+        Envelope {
+            seq: 0,
+            id: EventId { index, digest, occurrence },
+            topic: RELAY_TOPIC.to_owned(),
+            event_type: GAP_TYPE.to_owned(),
+            key: String::new(),
+            namespace: String::new(),
+            raw: Bytes::from(raw),
+        }
+    }
+
+    fn record(&mut self, index: u64, marker: Envelope, outcome: &mut LineOutcome) {
+        self.accept(index, marker, outcome);
+    }
+
+    fn accept(&mut self, index: u64, envelope: Envelope, outcome: &mut LineOutcome) {
+        if self.have_checkpoint && index == self.checkpoint.index && self.checkpoint.seen.contains(&envelope.id) {
+            outcome.already_journaled += 1;
+            return;
+        }
+        self.advance_to(index);
+        self.have_checkpoint = true;
+        self.checkpoint.seen.insert(envelope.id);
+        outcome.events.push(envelope);
+    }
+
+    fn advance_to(&mut self, index: u64) {
+        if index != self.checkpoint.index {
+            self.checkpoint.index = index;
+            self.checkpoint.seen.clear();
+        }
+    }
+
+    fn next_id(&mut self, index: u64, event: &RawEvent) -> EventId {
+        if index != self.line_index {
+            self.line_index = index;
+            self.occurrences.clear();
+        }
+        let digest = digest(&event.topic, &event.event_type, &event.namespace, &event.key);
+        EventId { index, digest, occurrence: self.bump(digest) }
+    }
+
+    fn bump(&mut self, digest: u64) -> u32 {
+        let count = self.occurrences.entry(digest).or_insert(0);
+        let occurrence = *count;
+        *count += 1;
+        occurrence
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(topic: &str, key: &str) -> RawEvent {
+        RawEvent {
+            topic: topic.into(),
+            event_type: "JobRegistered".into(),
+            key: key.into(),
+            namespace: "default".into(),
+            raw: Bytes::from(format!("{{\"Topic\":\"{topic}\",\"Key\":\"{key}\"}}")),
+        }
+    }
+
+    fn keys(outcome: &LineOutcome) -> Vec<String> {
+        outcome.events.iter().map(|e| format!("{}:{}", e.topic, e.key)).collect()
+    }
+
+    #[test]
+    fn resumes_inclusively_and_drops_what_was_journaled() {
+        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        assert_eq!(resume.request_index(), 0);
+        resume.on_connect();
+        let first = resume.on_line(10, vec![event("Job", "web")]);
+        assert_eq!(keys(&first), ["Job:web"]);
+        // The connection drops before the second line of index 10 arrives.
+        let checkpoint = resume.checkpoint().clone();
+        let mut resume = Resume::new(Some(checkpoint), StartAt::Oldest, true);
+        assert_eq!(resume.request_index(), 10, "reconnect with index=N, not N+1");
+        resume.on_connect();
+        let replayed = resume.on_line(10, vec![event("Job", "web")]);
+        assert!(replayed.events.is_empty());
+        assert_eq!(replayed.already_journaled, 1);
+        let second = resume.on_line(10, vec![event("Evaluation", "e1")]);
+        assert_eq!(keys(&second), ["Evaluation:e1"]);
+        assert!(second.gap.is_none());
+    }
+
+    #[test]
+    fn repeats_of_one_object_across_lines_of_one_index_are_distinct() {
+        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        resume.on_connect();
+        let a = resume.on_line(7, vec![event("CSIVolume", "v")]);
+        let b = resume.on_line(7, vec![event("CSIVolume", "v")]);
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(b.events.len(), 1);
+        assert_ne!(a.events[0].id, b.events[0].id);
+        // Replaying both lines after a restart journals neither again.
+        let mut resume = Resume::new(Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+        resume.on_connect();
+        assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
+        assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
+        assert_eq!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.len(), 1);
+    }
+
+    #[test]
+    fn exact_repeats_inside_one_line_are_dropped() {
+        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        resume.on_connect();
+        let outcome = resume.on_line(3, vec![event("Allocation", "a"), event("Allocation", "a"), event("Allocation", "b")]);
+        assert_eq!(keys(&outcome), ["Allocation:a", "Allocation:b"]);
+        assert_eq!(outcome.repeated_in_line, 1);
+    }
+
+    #[test]
+    fn stale_lines_below_the_checkpoint_are_skipped() {
+        let checkpoint = Checkpoint { index: 50, seen: HashSet::new() };
+        let mut resume = Resume::new(Some(checkpoint), StartAt::Oldest, true);
+        resume.on_connect();
+        let outcome = resume.on_line(40, vec![event("Job", "x")]);
+        assert!(outcome.stale && outcome.events.is_empty());
+    }
+
+    #[test]
+    fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
+        let mut resume = Resume::new(Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
+        resume.on_connect();
+        let outcome = resume.on_line(90, vec![event("Job", "x")]);
+        assert_eq!(outcome.gap, Some(Gap { last_index: 50, resumed_index: 90 }));
+        assert_eq!(outcome.events.len(), 2);
+        assert_eq!(
+            std::str::from_utf8(&outcome.events[0].raw).expect("utf8"),
+            r#"{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":90,"Payload":{"Gap":{"LastIndex":50,"ResumedIndex":90}}}"#
+        );
+        // Only the first line after a connect can reveal a gap.
+        let later = resume.on_line(120, vec![event("Job", "y")]);
+        assert!(later.gap.is_none());
+    }
+
+    #[test]
+    fn gap_markers_can_be_turned_off() {
+        let mut resume = Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, false);
+        resume.on_connect();
+        let outcome = resume.on_line(9, vec![event("Job", "x")]);
+        assert!(outcome.gap.is_some());
+        assert_eq!(keys(&outcome), ["Job:x"]);
+    }
+
+    #[test]
+    fn start_now_skips_the_newest_batch_nomad_already_had() {
+        let mut resume = Resume::new(None, StartAt::Now, true);
+        assert_eq!(resume.request_index(), i64::MAX as u64);
+        resume.on_connect();
+        assert!(resume.on_line(100, vec![event("Job", "old")]).events.is_empty());
+        assert_eq!(keys(&resume.on_line(101, vec![event("Job", "new")])), ["Job:new"]);
+    }
+
+    #[test]
+    fn oversized_line_leaves_a_marker_once() {
+        let mut resume = Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, true);
+        resume.on_connect();
+        resume.on_line(5, vec![event("Job", "a")]);
+        let outcome = resume.on_skipped_line(Some(6), "a line of 1073741824 bytes exceeds nomad.max_line_bytes");
+        assert_eq!(outcome.events.len(), 1);
+        assert!(std::str::from_utf8(&outcome.events[0].raw).expect("utf8").contains("exceeds nomad.max_line_bytes"));
+        // After a reconnect at 6, the same line is skipped again without a second marker.
+        let mut resume = Resume::new(Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+        resume.on_connect();
+        assert!(resume.on_skipped_line(Some(6), "again").events.is_empty());
+    }
+}

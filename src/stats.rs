@@ -1,0 +1,47 @@
+//! Counters the relay keeps about itself: the source's connection and gaps, each sink's
+//! deliveries. Plain atomics shared by reference; the metrics endpoint and the logs read them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The Nomad source's counters.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Whether a stream is open and has sent its first line.
+    pub connected: AtomicBool,
+    /// Connections attempted after the first.
+    pub reconnects: AtomicU64,
+    /// Highest Index seen on the stream.
+    pub last_index: AtomicU64,
+    /// Possible losses detected (jumps past the checkpoint, skipped lines).
+    pub gaps: AtomicU64,
+    /// Body bytes received.
+    pub bytes_read: AtomicU64,
+    /// Events journaled.
+    pub events_journaled: AtomicU64,
+    /// Lines that could not be read (malformed or too long).
+    pub lines_skipped: AtomicU64,
+}
+
+/// One sink's counters.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Events the sink confirmed.
+    pub delivered: AtomicU64,
+    /// Delivery attempts that had to be retried.
+    pub retried: AtomicU64,
+    /// Events the destination refused for good.
+    pub rejected: AtomicU64,
+    /// Events dropped from the journal before this sink got them (`when_full = "drop_oldest"`).
+    pub dropped: AtomicU64,
+    /// Journal sequence of the next event to deliver.
+    pub cursor: AtomicU64,
+    /// Nomad index of the last event passed.
+    pub cursor_index: AtomicU64,
+    /// Whether the last attempt succeeded.
+    pub healthy: AtomicBool,
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}

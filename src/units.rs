@@ -1,0 +1,144 @@
+//! Human-friendly durations (`"90s"`, `"500ms"`, `"7d"`) and sizes (`"64MiB"`, `1048576`) for
+//! the configuration file, with errors that say which forms are accepted.
+
+use serde::{Deserialize, Deserializer, de};
+use std::fmt;
+use std::time::Duration;
+
+/// A duration written as `"<number><unit>"` with unit `ms`, `s`, `m`, `h` or `d`, or as a
+/// plain number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+/// A byte count written as a plain integer or as `"<number><unit>"` with unit `B`, `KiB`,
+/// `MiB`, `GiB` or `TiB` (`KB`, `MB`, `GB` are read as their binary counterparts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+/// Parses a duration such as `90s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write it like \"500ms\", \"90s\", \"5m\", \"24h\" or \"7d\""))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e12 {
+        return Err(format!("duration `{text}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a size such as `64MiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write it like 1048576, \"512KiB\", \"64MiB\" or \"2GiB\""))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!("unknown size unit `{other}` in `{text}`; use B, KiB, MiB, GiB or TiB"));
+        }
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size `{text}` is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+struct NumberOrText<T> {
+    expecting: &'static str,
+    from_number: fn(u64) -> T,
+    from_text: fn(&str) -> Result<T, String>,
+}
+
+impl<'de, T> de::Visitor<'de> for NumberOrText<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<T, E> {
+        Ok((self.from_number)(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<T, E> {
+        u64::try_from(value)
+            .map(self.from_number)
+            .map_err(|_| E::custom(format!("{value} is negative; {}", self.expecting)))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+        (self.from_text)(value).map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(NumberOrText {
+                expecting: "a duration such as \"90s\" or a number of seconds",
+                from_number: |seconds| Duration::from_secs(seconds),
+                from_text: parse_duration,
+            })
+            .map(HumanDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(NumberOrText {
+                expecting: "a size such as \"64MiB\" or a number of bytes",
+                from_number: |bytes| bytes,
+                from_text: parse_size,
+            })
+            .map(ByteSize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2 << 30));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! How the relay copes with what Nomad does on the wire: evicted checkpoints (gaps), a
+//! restarted server with an empty buffer, refused subscriptions in both framings, a silent
+//! connection, huge and malformed lines, and several lines sharing one Index.
+
+mod support;
+
+use nomad_emulator::{AclConfig, AclToken, Batch, Cut, EmulatorConfig, Event, Framing};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn job_event(key: &str, event_type: &str, payload_bytes: usize) -> Event {
+    Event {
+        topic: "Job".into(),
+        event_type: event_type.into(),
+        key: key.into(),
+        namespace: "default".into(),
+        filter_keys: None,
+        payload: format!(r#"{{"Job":{{"ID":"{key}","Meta":{{"pad":"{}"}}}}}}"#, "x".repeat(payload_bytes)),
+    }
+}
+
+fn job(index: u64, key: &str) -> Batch {
+    Batch { index, events: vec![job_event(key, "JobRegistered", 100)] }
+}
+
+fn gap_line(last: u64, resumed: u64) -> String {
+    format!(
+        r#"{{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":{resumed},"Payload":{{"Gap":{{"LastIndex":{last},"ResumedIndex":{resumed}}}}}}}"#
+    )
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_checkpoint_is_reported_as_a_gap_marker_every_sink_receives() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 10, ..EmulatorConfig::default() }).await;
+    for index in [5, 8, 9] {
+        emulator.publish(job(index, &format!("before-{index}")));
+    }
+    let scratch = Scratch::new();
+    let extra = format!("[sinks.audit]\ntype = \"file\"\npath = \"{}\"\n[[routes]]\ntopics = [\"Node\"]\nsinks = [\"audit\"]\n[[routes]]\ntopics = [\"*\"]\nsinks = [\"out\"]\n", scratch.path("audit.ndjson").display());
+    let config = scratch.config(&emulator.url(), "", &extra);
+    let mut relay = Relay::start(&config);
+    eventually("3 events", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    assert!(relay.terminate().success());
+
+    // While the relay is down, Nomad moves on and evicts index 9 from its 10-batch buffer.
+    for index in 20..40 {
+        emulator.publish(job(index, &format!("after-{index}")));
+    }
+    let mut relay = Relay::start(&config);
+    eventually("the events Nomad still had", WAIT, || (scratch.lines("events.ndjson").len() == 3 + 1 + 10).then_some(())).await;
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines[3], gap_line(9, 30));
+    let retained: Vec<Batch> = emulator.published().into_iter().filter(|b| b.index >= 30).collect();
+    assert_lines_equal(&lines[4..], &expected_lines(&retained, DEFAULT_TOPICS));
+    // The route sends only Node events to `audit`, but the gap marker reaches it too.
+    eventually("the marker in the audit sink", WAIT, || (scratch.lines("audit.ndjson") == vec![gap_line(9, 30)]).then_some(())).await;
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("possible gap"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nomad_with_an_empty_buffer_is_followed_and_flagged() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(100, "a"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    emulator.restart(false);
+    emulator.wait_for_connections(2).await;
+    emulator.publish(job(150, "b"));
+    eventually("the marker and the new event", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines[1], gap_line(100, 150));
+    assert_eq!(lines[2], job(150, "b").events[0].to_json(150));
+    assert!(relay.terminate().success());
+}
+
+fn acl_emulator_config(framing: Framing) -> EmulatorConfig {
+    EmulatorConfig {
+        framing,
+        acl: Some(AclConfig {
+            tokens: vec![AclToken {
+                secret: "good-token".into(),
+                management: false,
+                namespace_capabilities: HashMap::from([("default".to_owned(), vec!["read-job".to_owned()])]),
+                node_read: true,
+                expires_at: None,
+            }],
+        }),
+        ..EmulatorConfig::default()
+    }
+}
+
+async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, expected_text: &str) {
+    let emulator = emulator(acl_emulator_config(framing)).await;
+    emulator.publish(job(10, "web"));
+    let scratch = Scratch::new();
+    let token_file = scratch.path("token");
+    std::fs::write(&token_file, "wrong-token\n").unwrap();
+    let config = scratch.config(
+        &emulator.url(),
+        &format!("namespace = \"default\"\ntopics = [\"Job\", \"Node\"]\ntoken_file = \"{}\"", token_file.display()),
+        "",
+    );
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_connections(2).await;
+    let requests = emulator.requests();
+    let pause = requests[1].at.duration_since(requests[0].at);
+    assert!(pause >= Duration::from_millis(900), "a refusal must back off (denied_min_delay = 1s), got {pause:?}");
+    let log = eventually("the refusal explained", WAIT, || {
+        let log = relay.log();
+        log.contains("refused").then_some(log)
+    })
+    .await;
+    assert!(log.contains(expected_text), "{log}");
+    assert!(log.contains("Job need namespace capability `read-job` in namespace `default`"), "{log}");
+    assert!(log.contains("Node need `node { policy = \"read\" }`"), "{log}");
+    assert!(!log.contains("wrong-token"), "tokens never appear in logs");
+    assert_eq!(requests[0].token.as_deref(), Some("wrong-token"));
+
+    // The operator fixes the token file; the next attempt reads it again and gets through.
+    std::fs::write(&token_file, "good-token\n").unwrap();
+    eventually("the event after the fix", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_refusal_200_then_close_is_reported_as_a_permission_problem() {
+    refused_subscription_is_explained_and_retried_slowly(Framing::Modern, "closed the stream before its first heartbeat").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_refusal_403_is_reported_as_a_permission_problem() {
+    refused_subscription_is_explained_and_retried_slowly(Framing::Legacy, "HTTP 403 Forbidden: Permission denied").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_dropped_by_the_watchdog() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "idle_timeout = \"1s\"", "");
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_open_streams(1).await;
+    emulator.set_stalled(true);
+    let stalled_at = Instant::now();
+    emulator.wait_for_connections(2).await;
+    assert!(stalled_at.elapsed() >= Duration::from_millis(900), "reconnected before the idle timeout");
+    emulator.set_stalled(false);
+    emulator.publish(job(7, "after-stall"));
+    eventually("the event after the stall", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("no data for 1s"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_many_megabytes_is_relayed_intact() {
+    let emulator = emulator(EmulatorConfig { fragment_writes: Some(3), ..EmulatorConfig::default() }).await;
+    let huge = Batch {
+        index: 42,
+        events: (0..40).map(|i| Event { topic: "Allocation".into(), key: format!("alloc-{i}"), ..job_event("x", "PlanResult", 512 << 10) }).collect(),
+    };
+    emulator.publish(huge);
+    emulator.publish(job(43, "after"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("41 events", Duration::from_secs(60), || (scratch.lines("events.ndjson").len() == 41).then_some(())).await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected_lines(&emulator.published(), DEFAULT_TOPICS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_over_the_limit_becomes_a_gap_marker_not_a_crash() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(10, "small"));
+    emulator.publish(Batch { index: 11, events: vec![job_event("big", "JobRegistered", 2 << 20)] });
+    emulator.publish(job(12, "next"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "max_line_bytes = \"1MiB\"", "");
+    let mut relay = Relay::start(&config);
+    eventually("3 lines", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines[0], job(10, "small").events[0].to_json(10));
+    assert_eq!(index_and_type(&lines[1]), (11, "GapDetected".to_owned()));
+    assert!(lines[1].contains("exceeds nomad.max_line_bytes"), "{}", lines[1]);
+    assert_eq!(lines[2], job(12, "next").events[0].to_json(12));
+    assert!(relay.is_running());
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("exceeds `nomad.max_line_bytes`"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_line_is_reported_and_skipped() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(10, "good"));
+    let mut broken = job_event("broken", "JobRegistered", 10);
+    broken.payload = "{\"Job\":".into();
+    emulator.publish(Batch { index: 11, events: vec![broken] });
+    emulator.publish(job(12, "also-good"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("3 lines", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(index_and_type(&lines[1]), (11, "GapDetected".to_owned()));
+    assert!(lines[1].contains("malformed line"), "{}", lines[1]);
+    assert_eq!(lines[2], job(12, "also-good").events[0].to_json(12));
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("not a valid event frame"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_lines_with_one_index_survive_a_cut_between_them() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(10, "web"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("the job line", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    // The evaluation line of the same raft index is cut half-way; the relay must reconnect
+    // with index=10 (inclusive), skip the job line it has, and take the evaluation line.
+    emulator.cut_connections(Cut::MidLine);
+    let evaluation = Event {
+        topic: "Evaluation".into(),
+        event_type: "JobRegistered".into(),
+        key: "eval-1".into(),
+        namespace: "default".into(),
+        filter_keys: Some(vec!["web".into(), "".into()]),
+        payload: r#"{"Evaluation":{"ID":"eval-1","JobID":"web"}}"#.into(),
+    };
+    emulator.publish(Batch { index: 10, events: vec![evaluation] });
+    emulator.wait_for_connections(2).await;
+    emulator.publish(job(11, "next"));
+    eventually("3 events", WAIT, || (scratch.lines("events.ndjson").len() >= 3).then_some(())).await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected_lines(&emulator.published(), DEFAULT_TOPICS));
+    let second = &emulator.requests()[1];
+    assert_eq!(second.index, Some(10), "resume is inclusive: index=N, not N+1");
+}

@@ -431,7 +431,11 @@ impl Config {
             None => figment = figment.merge(Toml::string(EMBEDDED_DEFAULTS)),
         }
         if sources.environment {
-            figment = figment.merge(Env::prefixed("NOMAD_RELAY_").split("__"));
+            // NOMAD_RELAY_LOG, NOMAD_RELAY_LOG_FORMAT and NOMAD_RELAY_CONFIG belong to the
+            // command line, not to the file's keys.
+            figment = figment.merge(
+                Env::prefixed("NOMAD_RELAY_").ignore(&["LOG", "LOG_FORMAT", "CONFIG"]).split("__"),
+            );
         }
         let raw: RawConfig = figment.extract()?;
         Config::from_raw(raw)

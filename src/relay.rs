@@ -16,7 +16,7 @@ use crate::stats::{SinkStats, SourceStats};
 use crate::worker::SinkWorker;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -128,8 +128,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .map_err(|e| RelayError::Other(e.to_string()))?;
 
     let tracker = TaskTracker::new();
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let fail = {
+        let failure = failure.clone();
+        let shutdown = shutdown.clone();
+        move |reason: String| {
+            error!("{reason}; stopping");
+            failure.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+            shutdown.cancel();
+        }
+    };
     let source_shutdown = shutdown.child_token();
-    tracker.spawn(source.run(source_shutdown.clone()));
+    {
+        let source_shutdown = source_shutdown.clone();
+        let fail = fail.clone();
+        tracker.spawn(async move {
+            source.run(source_shutdown.clone()).await;
+            if !source_shutdown.is_cancelled() {
+                fail("the journal writer stopped taking events".to_owned());
+            }
+        });
+    }
     let worker_shutdown = CancellationToken::new();
     for (name, cursor, slot) in workers {
         let sink_config = &config.sinks[&name];
@@ -147,11 +166,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             stats: Arc::new(SinkStats::default()),
         };
         let token = worker_shutdown.clone();
-        let stop_all = shutdown.clone();
+        let fail = fail.clone();
         tracker.spawn(async move {
             if let Err(e) = worker.run(token).await {
-                error!(sink = %name, "sink worker stopped: {e}");
-                stop_all.cancel();
+                fail(format!("the worker of sink `{name}` failed: {e}"));
             }
         });
     }
@@ -170,6 +188,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     if !matches!(joined, Ok(Ok(()))) {
         error!("the journal writer ended abnormally");
     }
-    info!("stopped");
-    Ok(())
+    let failure = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
+    match failure {
+        Some(reason) => Err(RelayError::Other(reason)),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
 }

@@ -121,9 +121,16 @@ async fn sigterm_mid_run_loses_nothing_and_the_restart_repeats_nothing() {
     let generator = emulator.generator(GeneratorConfig { rate: Some(3_000.0), total_events: Some(6_000), seed: 4, ..GeneratorConfig::default() });
     let publishing = tokio::spawn(generator.run());
     let mut relay = Relay::start(&config);
+    let mut seen = 0;
     for _ in 0..3 {
-        eventually("some progress", WAIT, || (scratch.lines("events.ndjson").len() > 100).then_some(())).await;
-        assert!(relay.terminate().success(), "SIGTERM is a clean exit");
+        // Wait for this instance's own progress, so the signal arrives mid-run.
+        seen = eventually("some progress", WAIT, || {
+            let now = scratch.lines("events.ndjson").len();
+            (now > seen + 100).then_some(now)
+        })
+        .await;
+        let status = relay.terminate();
+        assert!(status.success(), "SIGTERM is a clean exit, got {status:?}: {}", relay.log());
         relay = Relay::start(&config);
     }
     publishing.await.unwrap();

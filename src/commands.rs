@@ -2,12 +2,15 @@
 
 use crate::config::Config;
 use crate::cursor;
-use crate::journal::{self, reader::{Batch, JournalReader}};
+use crate::journal::{
+    self,
+    reader::{Batch, JournalReader},
+};
 use crate::relay::{RelayError, journal_dir, lock_data_dir};
 use crate::routing::Router;
 use crate::sinks::AnySink;
-use crate::source::resume::Resume;
 use crate::source::Source;
+use crate::source::resume::Resume;
 use crate::stats::SourceStats;
 use nomad_relay_sink_api::{Outcome, Sink};
 use std::sync::Arc;
@@ -19,11 +22,23 @@ use tokio_util::sync::CancellationToken;
 pub fn validate(config: &Config) -> String {
     let mut text = String::from("configuration is valid\n");
     text.push_str(&format!("data_dir: {}\n", config.data_dir.display()));
-    text.push_str(&format!("nomad: {} (namespace {}, topics {})\n", config.nomad.address.to_vec().join(", "), config.nomad.namespace, config.nomad.topics.join(",")));
+    text.push_str(&format!(
+        "nomad: {} (namespace {}, topics {})\n",
+        config.nomad.address.to_vec().join(", "),
+        config.nomad.namespace,
+        config.nomad.topics.join(",")
+    ));
     for (name, sink) in &config.sinks {
         text.push_str(&format!("sink {name}: {:?}\n", sink.kind));
     }
-    text.push_str(&format!("routes: {}\n", if config.routes.is_empty() { "none (every event to every sink)".to_owned() } else { config.routes.len().to_string() }));
+    text.push_str(&format!(
+        "routes: {}\n",
+        if config.routes.is_empty() {
+            "none (every event to every sink)".to_owned()
+        } else {
+            config.routes.len().to_string()
+        }
+    ));
     text
 }
 
@@ -61,7 +76,9 @@ pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
             checkpoint.index,
             checkpoint.seen.len()
         )),
-        None => out.push_str(&format!("source: nothing journaled yet; first start at {:?}\n", config.nomad.start)),
+        None => {
+            out.push_str(&format!("source: nothing journaled yet; first start at {:?}\n", config.nomad.start))
+        }
     }
     let bytes: u64 = recovered.segments.iter().map(|s| s.len).sum();
     out.push_str(&format!(
@@ -79,7 +96,9 @@ pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
                 cursor.last_index,
                 (recovered.head + 1).saturating_sub(cursor.next_seq)
             )),
-            None => out.push_str(&format!("sink {name}: no cursor yet (starts at the oldest journaled record)\n")),
+            None => {
+                out.push_str(&format!("sink {name}: no cursor yet (starts at the oldest journaled record)\n"))
+            }
         }
     }
     Ok(out)
@@ -87,20 +106,32 @@ pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
 
 /// `replay`: delivers the journaled events with Nomad index in `from..=to` to one sink again.
 /// Events past the sink's cursor are left to `run`, so nothing is delivered twice by the two.
-pub async fn replay(config: Config, sink_name: &str, from_index: u64, to_index: Option<u64>) -> Result<String, RelayError> {
+pub async fn replay(
+    config: Config,
+    sink_name: &str,
+    from_index: u64,
+    to_index: Option<u64>,
+) -> Result<String, RelayError> {
     let Some(sink_config) = config.sinks.get(sink_name) else {
         let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
-        return Err(RelayError::Other(format!("no sink named `{sink_name}`; configured sinks are {}", known.join(", "))));
+        return Err(RelayError::Other(format!(
+            "no sink named `{sink_name}`; configured sinks are {}",
+            known.join(", ")
+        )));
     };
     let _lock = lock_data_dir(&config.data_dir)?;
     let dir = journal_dir(&config.data_dir);
     let recovered = journal::recover(&dir, true)?;
     let Some(mut cursor) = cursor::load(&config.data_dir, sink_name)? else {
-        return Err(RelayError::Other(format!("sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it")));
+        return Err(RelayError::Other(format!(
+            "sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it"
+        )));
     };
     let delivered_through = cursor.next_seq.saturating_sub(1).min(recovered.head);
     let mut sink = AnySink::from_config(&sink_config.kind);
-    sink.open(cursor.sink_state.clone()).await.map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
+    sink.open(cursor.sink_state.clone())
+        .await
+        .map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
     let router = Router::new(config.routes.clone());
     let mut reader = JournalReader::new(dir.clone(), recovered.oldest);
     let (mut replayed, mut skipped_rejected) = (0u64, 0u64);
@@ -156,7 +187,10 @@ pub async fn replay(config: Config, sink_name: &str, from_index: u64, to_index: 
         summary.push_str(&format!("; {skipped_rejected} rejected by the sink"));
     }
     if recovered.oldest > 1 {
-        summary.push_str(&format!("; the journal keeps records from {} on, older ones were removed by retention", recovered.oldest));
+        summary.push_str(&format!(
+            "; the journal keeps records from {} on, older ones were removed by retention",
+            recovered.oldest
+        ));
     }
     Ok(summary)
 }

@@ -43,14 +43,15 @@ impl From<figment::Error> for ConfigError {
         let mut lines = Vec::new();
         for error in error {
             let path = error.path.join(".");
-            let mut line = if path.is_empty() {
-                error.kind.to_string()
-            } else {
-                format!("`{path}`: {}", error.kind)
-            };
+            let mut line =
+                if path.is_empty() { error.kind.to_string() } else { format!("`{path}`: {}", error.kind) };
             if let Some(metadata) = &error.metadata {
                 let source = metadata.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
-                line.push_str(&format!(" (from {}{})", metadata.name, if source.is_empty() { String::new() } else { format!(" {source}") }));
+                line.push_str(&format!(
+                    " (from {}{})",
+                    metadata.name,
+                    if source.is_empty() { String::new() } else { format!(" {source}") }
+                ));
             }
             lines.push(line);
         }
@@ -433,9 +434,8 @@ impl Config {
         if sources.environment {
             // NOMAD_RELAY_LOG, NOMAD_RELAY_LOG_FORMAT and NOMAD_RELAY_CONFIG belong to the
             // command line, not to the file's keys.
-            figment = figment.merge(
-                Env::prefixed("NOMAD_RELAY_").ignore(&["LOG", "LOG_FORMAT", "CONFIG"]).split("__"),
-            );
+            figment = figment
+                .merge(Env::prefixed("NOMAD_RELAY_").ignore(&["LOG", "LOG_FORMAT", "CONFIG"]).split("__"));
         }
         let raw: RawConfig = figment.extract()?;
         Config::from_raw(raw)
@@ -470,23 +470,31 @@ impl Config {
         }
         for name in self.sinks.keys() {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return fail(format!("`sinks.{name}`: a sink name may use only letters, digits, `-` and `_` (it names the sink's cursor file)"));
+                return fail(format!(
+                    "`sinks.{name}`: a sink name may use only letters, digits, `-` and `_` (it names the sink's cursor file)"
+                ));
             }
         }
         let addresses = self.nomad.address.to_vec();
         if addresses.is_empty() {
-            return fail("`nomad.address`: give at least one address, such as \"http://127.0.0.1:4646\"".into());
+            return fail(
+                "`nomad.address`: give at least one address, such as \"http://127.0.0.1:4646\"".into(),
+            );
         }
         for address in &addresses {
             let Ok(url) = reqwest::Url::parse(address) else {
-                return fail(format!("`nomad.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""));
+                return fail(format!(
+                    "`nomad.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""
+                ));
             };
             if url.scheme() != "http" && url.scheme() != "https" {
                 return fail(format!("`nomad.address`: `{address}` must start with http:// or https://"));
             }
         }
         if self.nomad.topics.is_empty() {
-            return fail("`nomad.topics`: subscribe to at least one topic (remove the key for the defaults)".into());
+            return fail(
+                "`nomad.topics`: subscribe to at least one topic (remove the key for the defaults)".into(),
+            );
         }
         let mut wildcard_topics = BTreeSet::new();
         let mut keyed_topics = BTreeSet::new();
@@ -518,11 +526,16 @@ impl Config {
             return fail("`nomad.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production".into());
         }
         if self.nomad.max_line_bytes.0 < 1024 {
-            return fail("`nomad.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)".into());
+            return fail(
+                "`nomad.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)"
+                    .into(),
+            );
         }
         let tls = &self.nomad.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return fail("`nomad.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither".into());
+            return fail(
+                "`nomad.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither".into(),
+            );
         }
         if self.journal.segment_bytes.0 < 4096 {
             return fail("`journal.segment_bytes`: must be at least 4KiB".into());
@@ -584,12 +597,9 @@ fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
         ConfigError(format!("invalid configuration: {text}"))
     };
     if !table.contains_key("type") {
-        return Err(ConfigError(format!(
-            "`sinks.{name}.type`: missing; set it to \"file\" or \"stdout\""
-        )));
+        return Err(ConfigError(format!("`sinks.{name}.type`: missing; set it to \"file\" or \"stdout\"")));
     }
-    let common: CommonSinkConfig =
-        Value::from(common).deserialize().map_err(context)?;
+    let common: CommonSinkConfig = Value::from(common).deserialize().map_err(context)?;
     let kind: SinkKindConfig = Value::from(table).deserialize().map_err(context)?;
     Ok(SinkConfig { common, kind })
 }
@@ -614,7 +624,9 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.nomad.namespace, "*");
         assert_eq!(config.nomad.topics.len(), DEFAULT_TOPICS.len());
-        assert!(matches!(&config.sinks["out"].kind, SinkKindConfig::File(file) if file.path == Path::new("./events.ndjson")));
+        assert!(
+            matches!(&config.sinks["out"].kind, SinkKindConfig::File(file) if file.path == Path::new("./events.ndjson"))
+        );
         assert_eq!(config.sinks["out"].common.when_full, WhenFull::Block);
     }
 
@@ -666,28 +678,30 @@ mod tests {
 
     #[test]
     fn mixed_wildcard_and_keyed_topic_is_rejected() {
-        let error = Config::from_toml(
-            "[nomad]\ntopics = [\"Job\", \"Job:web\"]\n[sinks.out]\ntype = \"stdout\"\n",
-        )
-        .expect_err("wildcard loss");
+        let error =
+            Config::from_toml("[nomad]\ntopics = [\"Job\", \"Job:web\"]\n[sinks.out]\ntype = \"stdout\"\n")
+                .expect_err("wildcard loss");
         assert!(error.to_string().contains("wildcard is lost"), "{error}");
     }
 
     #[test]
     fn bad_duration_and_start_are_explained() {
-        let error = Config::from_toml("[nomad]\nidle_timeout = \"5 fortnights\"\n[sinks.out]\ntype = \"stdout\"\n")
-            .expect_err("bad duration");
+        let error =
+            Config::from_toml("[nomad]\nidle_timeout = \"5 fortnights\"\n[sinks.out]\ntype = \"stdout\"\n")
+                .expect_err("bad duration");
         assert!(error.to_string().contains("nomad.idle_timeout"), "{error}");
         let error = Config::from_toml("[nomad]\nstart = \"yesterday\"\n[sinks.out]\ntype = \"stdout\"\n")
             .expect_err("bad start");
         assert!(error.to_string().contains("oldest"), "{error}");
-        let config = Config::from_toml("[nomad]\nstart = 1234\n[sinks.out]\ntype = \"stdout\"\n").expect("index");
+        let config =
+            Config::from_toml("[nomad]\nstart = 1234\n[sinks.out]\ntype = \"stdout\"\n").expect("index");
         assert_eq!(config.nomad.start, StartAt::Index(1234));
     }
 
     #[test]
     fn secrets_are_not_printed() {
-        let config = Config::from_toml("[nomad]\ntoken = \"s3cr3t\"\n[sinks.out]\ntype = \"stdout\"\n").expect("token");
+        let config = Config::from_toml("[nomad]\ntoken = \"s3cr3t\"\n[sinks.out]\ntype = \"stdout\"\n")
+            .expect("token");
         assert!(!format!("{config:?}").contains("s3cr3t"));
     }
 }

@@ -54,7 +54,10 @@ pub fn load(data_dir: &Path, sink: &str) -> Result<Option<Cursor>, JournalError>
         return Err(JournalError::Damaged {
             path,
             offset: 0,
-            reason: format!("cursor format version {} is not supported (expected {CURSOR_VERSION})", cursor.version),
+            reason: format!(
+                "cursor format version {} is not supported (expected {CURSOR_VERSION})",
+                cursor.version
+            ),
         });
     }
     Ok(Some(cursor))

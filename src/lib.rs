@@ -8,12 +8,12 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod relay;
-pub mod worker;
 pub mod cursor;
+pub mod journal;
+pub mod relay;
 pub mod routing;
 pub mod sinks;
-pub mod journal;
 pub mod source;
 pub mod stats;
 pub mod units;
+pub mod worker;

@@ -10,14 +10,14 @@ use crate::journal::writer::JournalWriter;
 use crate::journal::{self, JournalError};
 use crate::routing::Router;
 use crate::sinks::AnySink;
-use crate::source::resume::Resume;
 use crate::source::Source;
+use crate::source::resume::Resume;
 use crate::stats::{SinkStats, SourceStats};
 use crate::worker::SinkWorker;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,18 +45,20 @@ pub struct DataDirLock {
 
 /// Creates `data_dir` and takes its lock, so two relays never share one journal.
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, RelayError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        RelayError::Other(format!("cannot create data_dir {}: {e}", data_dir.display()))
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| RelayError::Other(format!("cannot create data_dir {}: {e}", data_dir.display())))?;
     let path = data_dir.join("LOCK");
-    let file = File::create(&path).map_err(|e| RelayError::Other(format!("cannot create {}: {e}", path.display())))?;
+    let file = File::create(&path)
+        .map_err(|e| RelayError::Other(format!("cannot create {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(RelayError::Other(format!(
             "{} is in use by another nomad-relay process; stop it first, or give this one its own `data_dir`",
             data_dir.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(RelayError::Other(format!("cannot lock {}: {e}", path.display()))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(RelayError::Other(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -111,11 +113,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             last_index: 0,
             sink_state: None,
         });
-        let slot = board.register(&name, cursor.next_seq, sink_config.common.when_full == WhenFull::DropOldest);
+        let slot =
+            board.register(&name, cursor.next_seq, sink_config.common.when_full == WhenFull::DropOldest);
         workers.push((name.clone(), cursor, slot));
     }
-    let (writer, head_rx) =
-        JournalWriter::open(&journal_dir, config.journal.clone(), recovered.segments, head, board.clone(), stopping.clone())?;
+    let (writer, head_rx) = JournalWriter::open(
+        &journal_dir,
+        config.journal.clone(),
+        recovered.segments,
+        head,
+        board.clone(),
+        stopping.clone(),
+    )?;
     let (events_tx, events_rx) = mpsc::channel(1024);
     let writer_thread = std::thread::Builder::new()
         .name("journal-writer".into())
@@ -182,7 +191,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     source_shutdown.cancel();
     worker_shutdown.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        warn!("some sinks did not finish within {SHUTDOWN_GRACE:?}; their cursors stay at the last confirmed batch");
+        warn!(
+            "some sinks did not finish within {SHUTDOWN_GRACE:?}; their cursors stay at the last confirmed batch"
+        );
     }
     let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

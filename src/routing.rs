@@ -109,11 +109,17 @@ mod tests {
 
     #[test]
     fn routes_select_by_every_selector() {
-        let router = Router::new(vec![route(&["Allocation", "Job"], &["*Registered", "PlanResult"], &["a"]), route(&["Node"], &[], &["b"])]);
+        let router = Router::new(vec![
+            route(&["Allocation", "Job"], &["*Registered", "PlanResult"], &["a"]),
+            route(&["Node"], &[], &["b"]),
+        ]);
         assert!(router.routes_to("a", &event("Job", "JobRegistered", "x", "k")));
         assert!(!router.routes_to("a", &event("Job", "JobDeregistered", "x", "k")));
         assert!(!router.routes_to("b", &event("Job", "JobRegistered", "x", "k")));
         assert!(router.routes_to("b", &event("Node", "NodeDrain", "", "n")));
-        assert!(router.routes_to("b", &event(RELAY_TOPIC, "GapDetected", "", "")), "gap markers reach every sink");
+        assert!(
+            router.routes_to("b", &event(RELAY_TOPIC, "GapDetected", "", "")),
+            "gap markers reach every sink"
+        );
     }
 }

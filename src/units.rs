@@ -20,9 +20,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write it like \"500ms\", \"90s\", \"5m\", \"24h\" or \"7d\""))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write it like \"500ms\", \"90s\", \"5m\", \"24h\" or \"7d\"")
+    })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -30,12 +30,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         "d" => value * 86400.0,
         other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
-            ));
+            return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e12 {
+    if !seconds.is_finite() || !(0.0..=1e12).contains(&seconds) {
         return Err(format!("duration `{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -46,9 +44,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write it like 1048576, \"512KiB\", \"64MiB\" or \"2GiB\""))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size; write it like 1048576, \"512KiB\", \"64MiB\" or \"2GiB\"")
+    })?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -60,7 +58,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * multiplier as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    if !bytes.is_finite() || !(0.0..=u64::MAX as f64).contains(&bytes) {
         return Err(format!("size `{text}` is out of range"));
     }
     Ok(bytes as u64)

@@ -109,7 +109,10 @@ impl SinkWorker {
                 (taken, batch)
             })
             .await
-            .map_err(|e| JournalError::Io { path: self.journal_dir.clone(), source: std::io::Error::other(e) })?;
+            .map_err(|e| JournalError::Io {
+                path: self.journal_dir.clone(),
+                source: std::io::Error::other(e),
+            })?;
             reader = Some(returned);
             match batch? {
                 Batch::Skipped { from, to } => {
@@ -121,7 +124,8 @@ impl SinkWorker {
                 Batch::Events(events) => {
                     let Some(last) = events.last() else { continue };
                     let (last_seq, last_index) = (last.seq, last.id.index);
-                    let routed: Vec<Envelope> = events.into_iter().filter(|e| self.router.routes_to(&self.name, e)).collect();
+                    let routed: Vec<Envelope> =
+                        events.into_iter().filter(|e| self.router.routes_to(&self.name, e)).collect();
                     match self.deliver(routed, &shutdown).await {
                         Ok(()) => {
                             self.cursor.next_seq = last_seq + 1;
@@ -141,7 +145,11 @@ impl SinkWorker {
 
     /// Delivers `events`, retrying what the sink could not deliver until it is delivered or
     /// rejected, or until shutdown.
-    async fn deliver(&mut self, mut pending: Vec<Envelope>, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+    async fn deliver(
+        &mut self,
+        mut pending: Vec<Envelope>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
         let mut delays = self.backoff();
         while !pending.is_empty() {
             let outcomes = self.sink.send(&pending).await;
@@ -152,9 +160,12 @@ impl SinkWorker {
             let mut reason: Option<SinkError> = None;
             let mut outcomes = outcomes.into_iter();
             for event in pending {
-                let outcome = outcomes
-                    .next()
-                    .unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "the sink reported no outcome for this event")));
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Outcome::Retry(SinkError::new(
+                        SinkErrorKind::Other,
+                        "the sink reported no outcome for this event",
+                    ))
+                });
                 match outcome {
                     Outcome::Delivered => add(&self.stats.delivered, 1),
                     Outcome::Rejected(error) => {
@@ -197,9 +208,9 @@ impl SinkWorker {
         self.cursor.sink_state = self.sink.checkpoint_state();
         let cursor = self.cursor.clone();
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || cursor::save(&data_dir, &cursor))
-            .await
-            .map_err(|e| JournalError::Io { path: self.data_dir.clone(), source: std::io::Error::other(e) })??;
+        tokio::task::spawn_blocking(move || cursor::save(&data_dir, &cursor)).await.map_err(|e| {
+            JournalError::Io { path: self.data_dir.clone(), source: std::io::Error::other(e) }
+        })??;
         self.board.update(self.slot, self.cursor.next_seq);
         self.stats.cursor.store(self.cursor.next_seq, Ordering::Relaxed);
         self.stats.cursor_index.store(self.cursor.last_index, Ordering::Relaxed);

@@ -1,5 +1,7 @@
 //! The configuration file and the command line as an operator meets them.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use nomad_relay::config::{Config, Sources};
@@ -19,7 +21,11 @@ fn the_example_config_documents_a_valid_configuration() {
 fn validate_names_the_bad_key_and_exits_2() {
     let scratch = Scratch::new();
     let path = scratch.path("bad.toml");
-    std::fs::write(&path, "[nomad]\naddress = \"http://127.0.0.1:4646\"\n[sinks.out]\ntype = \"file\"\npaht = \"x\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[nomad]\naddress = \"http://127.0.0.1:4646\"\n[sinks.out]\ntype = \"file\"\npaht = \"x\"\n",
+    )
+    .unwrap();
     let output = relay_command(&["validate", "--config", path.to_str().unwrap()]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -55,7 +61,10 @@ async fn a_second_relay_on_the_same_data_dir_is_refused() {
     let path = scratch.path("relay.toml");
     std::fs::write(&path, format!("data_dir = \"{}\"\n[nomad]\naddress = \"http://127.0.0.1:9\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n", scratch.path("data").display(), scratch.path("out.ndjson").display())).unwrap();
     let first = Relay::start(&path);
-    eventually("the first relay to hold the lock", std::time::Duration::from_secs(30), || first.log().contains("first start").then_some(())).await;
+    eventually("the first relay to hold the lock", std::time::Duration::from_secs(30), || {
+        first.log().contains("first start").then_some(())
+    })
+    .await;
     let second = relay_command(&["run", "--config", path.to_str().unwrap()]).output().unwrap();
     drop(first);
     assert_eq!(second.status.code(), Some(1));

@@ -2,6 +2,8 @@
 //! thousands of events with lines split at random byte offsets; after the run the file sink
 //! must hold every event exactly once, in Index order, byte for byte as Nomad sent it.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use nomad_emulator::{EmulatorConfig, Framing, GeneratorConfig};

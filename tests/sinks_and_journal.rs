@@ -2,6 +2,8 @@
 //! full journal stops the source (or drops a sink's oldest events when it chose that), and
 //! `replay` and `checkpoint show` work on what the journal holds.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
@@ -19,7 +21,12 @@ fn file_sink(scratch: &Scratch, name: &str, path: &std::path::Path, extra: &str)
 }
 
 async fn published(emulator: &nomad_emulator::Emulator, events: u64, seed: u64) -> Vec<String> {
-    let generator = emulator.generator(GeneratorConfig { rate: None, total_events: Some(events), seed, ..GeneratorConfig::default() });
+    let generator = emulator.generator(GeneratorConfig {
+        rate: None,
+        total_events: Some(events),
+        seed,
+        ..GeneratorConfig::default()
+    });
     generator.run().await;
     expected_lines(&emulator.published(), DEFAULT_TOPICS)
 }
@@ -33,7 +40,10 @@ async fn a_failing_sink_retries_until_it_recovers_while_the_others_keep_going() 
     let flaky = missing_dir.join("events.ndjson");
     let config = scratch.config(&emulator.url(), "", &file_sink(&scratch, "flaky", &flaky, ""));
     let mut relay = Relay::start(&config);
-    eventually("every event in the healthy sink", WAIT, || (scratch.lines("events.ndjson").len() == expected.len()).then_some(())).await;
+    eventually("every event in the healthy sink", WAIT, || {
+        (scratch.lines("events.ndjson").len() == expected.len()).then_some(())
+    })
+    .await;
     assert!(read_lines(&flaky).is_empty());
     let log = eventually("the failing sink's retries logged", WAIT, || {
         let log = relay.log();
@@ -42,7 +52,10 @@ async fn a_failing_sink_retries_until_it_recovers_while_the_others_keep_going() 
     .await;
     assert!(log.contains("sink=flaky"), "{log}");
     std::fs::create_dir_all(&missing_dir).unwrap();
-    eventually("every event in the recovered sink", WAIT, || (read_lines(&flaky).len() == expected.len()).then_some(())).await;
+    eventually("every event in the recovered sink", WAIT, || {
+        (read_lines(&flaky).len() == expected.len()).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
     assert_lines_equal(&read_lines(&flaky), &expected);
@@ -72,7 +85,8 @@ async fn a_full_journal_stops_reading_nomad_until_the_stuck_sink_recovers() {
     assert!(while_full < expected.len(), "the source must stop reading while the journal is full");
     std::fs::create_dir_all(&missing_dir).unwrap();
     eventually("every event in both sinks", WAIT, || {
-        (scratch.lines("events.ndjson").len() == expected.len() && read_lines(&stuck).len() == expected.len()).then_some(())
+        (scratch.lines("events.ndjson").len() == expected.len() && read_lines(&stuck).len() == expected.len())
+            .then_some(())
     })
     .await;
     assert!(relay.terminate().success());
@@ -94,7 +108,10 @@ async fn a_sink_that_accepts_drops_loses_its_oldest_events_and_holds_back_nobody
     );
     let config = scratch.config(&emulator.url(), "", &extra);
     let mut relay = Relay::start(&config);
-    eventually("every event in the blocking sink", WAIT, || (scratch.lines("events.ndjson").len() == expected.len()).then_some(())).await;
+    eventually("every event in the blocking sink", WAIT, || {
+        (scratch.lines("events.ndjson").len() == expected.len()).then_some(())
+    })
+    .await;
     std::fs::create_dir_all(&missing_dir).unwrap();
     let log = eventually("the drop reported", WAIT, || {
         let log = relay.log();
@@ -118,7 +135,12 @@ async fn sigterm_mid_run_loses_nothing_and_the_restart_repeats_nothing() {
     let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", "");
-    let generator = emulator.generator(GeneratorConfig { rate: Some(3_000.0), total_events: Some(6_000), seed: 4, ..GeneratorConfig::default() });
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(3_000.0),
+        total_events: Some(6_000),
+        seed: 4,
+        ..GeneratorConfig::default()
+    });
     let publishing = tokio::spawn(generator.run());
     let mut relay = Relay::start(&config);
     let mut seen = 0;
@@ -135,7 +157,10 @@ async fn sigterm_mid_run_loses_nothing_and_the_restart_repeats_nothing() {
     }
     publishing.await.unwrap();
     let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
-    eventually("every event", WAIT, || (scratch.lines("events.ndjson").len() >= expected.len()).then_some(())).await;
+    eventually("every event", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= expected.len()).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
 }
@@ -147,16 +172,30 @@ async fn replay_redelivers_a_range_and_the_next_run_keeps_it() {
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", "");
     let mut relay = Relay::start(&config);
-    eventually("every event", WAIT, || (scratch.lines("events.ndjson").len() == expected.len()).then_some(())).await;
+    eventually("every event", WAIT, || {
+        (scratch.lines("events.ndjson").len() == expected.len()).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
 
     let from = index_and_type(&expected[100]).0;
     let to = index_and_type(&expected[200]).0;
-    let output = relay_command(&["replay", "--config", config.to_str().unwrap(), "--sink", "out", "--from-index", &from.to_string(), "--to-index", &to.to_string()])
-        .output()
-        .unwrap();
+    let output = relay_command(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "out",
+        "--from-index",
+        &from.to_string(),
+        "--to-index",
+        &to.to_string(),
+    ])
+    .output()
+    .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let replayed: Vec<String> = expected.iter().filter(|l| (from..=to).contains(&index_and_type(l).0)).cloned().collect();
+    let replayed: Vec<String> =
+        expected.iter().filter(|l| (from..=to).contains(&index_and_type(l).0)).cloned().collect();
     assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("replayed {} events", replayed.len())));
     let mut want = expected.clone();
     want.extend(replayed);
@@ -167,11 +206,13 @@ async fn replay_redelivers_a_range_and_the_next_run_keeps_it() {
     let more = published(&emulator, 50, 6).await;
     want.extend(more[expected.len()..].iter().cloned());
     let mut relay = Relay::start(&config);
-    eventually("the new events", WAIT, || (scratch.lines("events.ndjson").len() == want.len()).then_some(())).await;
+    eventually("the new events", WAIT, || (scratch.lines("events.ndjson").len() == want.len()).then_some(()))
+        .await;
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &want);
 
-    let output = relay_command(&["checkpoint", "show", "--config", config.to_str().unwrap()]).output().unwrap();
+    let output =
+        relay_command(&["checkpoint", "show", "--config", config.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     let last_index = index_and_type(want.last().unwrap()).0;
     assert!(text.contains(&format!("resumes at Nomad index {last_index}")), "{text}");

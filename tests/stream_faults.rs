@@ -2,6 +2,8 @@
 //! restarted server with an empty buffer, refused subscriptions in both framings, a silent
 //! connection, huge and malformed lines, and several lines sharing one Index.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use nomad_emulator::{AclConfig, AclToken, Batch, Cut, EmulatorConfig, Event, Framing};
@@ -39,7 +41,10 @@ async fn an_evicted_checkpoint_is_reported_as_a_gap_marker_every_sink_receives()
         emulator.publish(job(index, &format!("before-{index}")));
     }
     let scratch = Scratch::new();
-    let extra = format!("[sinks.audit]\ntype = \"file\"\npath = \"{}\"\n[[routes]]\ntopics = [\"Node\"]\nsinks = [\"audit\"]\n[[routes]]\ntopics = [\"*\"]\nsinks = [\"out\"]\n", scratch.path("audit.ndjson").display());
+    let extra = format!(
+        "[sinks.audit]\ntype = \"file\"\npath = \"{}\"\n[[routes]]\ntopics = [\"Node\"]\nsinks = [\"audit\"]\n[[routes]]\ntopics = [\"*\"]\nsinks = [\"out\"]\n",
+        scratch.path("audit.ndjson").display()
+    );
     let config = scratch.config(&emulator.url(), "", &extra);
     let mut relay = Relay::start(&config);
     eventually("3 events", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
@@ -50,13 +55,19 @@ async fn an_evicted_checkpoint_is_reported_as_a_gap_marker_every_sink_receives()
         emulator.publish(job(index, &format!("after-{index}")));
     }
     let mut relay = Relay::start(&config);
-    eventually("the events Nomad still had", WAIT, || (scratch.lines("events.ndjson").len() == 3 + 1 + 10).then_some(())).await;
+    eventually("the events Nomad still had", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 3 + 1 + 10).then_some(())
+    })
+    .await;
     let lines = scratch.lines("events.ndjson");
     assert_eq!(lines[3], gap_line(9, 30));
     let retained: Vec<Batch> = emulator.published().into_iter().filter(|b| b.index >= 30).collect();
     assert_lines_equal(&lines[4..], &expected_lines(&retained, DEFAULT_TOPICS));
     // The route sends only Node events to `audit`, but the gap marker reaches it too.
-    eventually("the marker in the audit sink", WAIT, || (scratch.lines("audit.ndjson") == vec![gap_line(9, 30)]).then_some(())).await;
+    eventually("the marker in the audit sink", WAIT, || {
+        (scratch.lines("audit.ndjson") == vec![gap_line(9, 30)]).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
     assert!(relay.log().contains("possible gap"), "{}", relay.log());
 }
@@ -72,7 +83,10 @@ async fn a_restarted_nomad_with_an_empty_buffer_is_followed_and_flagged() {
     emulator.restart(false);
     emulator.wait_for_connections(2).await;
     emulator.publish(job(150, "b"));
-    eventually("the marker and the new event", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    eventually("the marker and the new event", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 3).then_some(())
+    })
+    .await;
     let lines = scratch.lines("events.ndjson");
     assert_eq!(lines[1], gap_line(100, 150));
     assert_eq!(lines[2], job(150, "b").events[0].to_json(150));
@@ -103,14 +117,20 @@ async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, 
     std::fs::write(&token_file, "wrong-token\n").unwrap();
     let config = scratch.config(
         &emulator.url(),
-        &format!("namespace = \"default\"\ntopics = [\"Job\", \"Node\"]\ntoken_file = \"{}\"", token_file.display()),
+        &format!(
+            "namespace = \"default\"\ntopics = [\"Job\", \"Node\"]\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
         "",
     );
     let mut relay = Relay::start(&config);
     emulator.wait_for_connections(2).await;
     let requests = emulator.requests();
     let pause = requests[1].at.duration_since(requests[0].at);
-    assert!(pause >= Duration::from_millis(900), "a refusal must back off (denied_min_delay = 1s), got {pause:?}");
+    assert!(
+        pause >= Duration::from_millis(900),
+        "a refusal must back off (denied_min_delay = 1s), got {pause:?}"
+    );
     let log = eventually("the refusal explained", WAIT, || {
         let log = relay.log();
         log.contains("refused").then_some(log)
@@ -124,18 +144,27 @@ async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, 
 
     // The operator fixes the token file; the next attempt reads it again and gets through.
     std::fs::write(&token_file, "good-token\n").unwrap();
-    eventually("the event after the fix", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    eventually("the event after the fix", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(()))
+        .await;
     assert!(relay.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_refusal_200_then_close_is_reported_as_a_permission_problem() {
-    refused_subscription_is_explained_and_retried_slowly(Framing::Modern, "closed the stream before its first heartbeat").await;
+    refused_subscription_is_explained_and_retried_slowly(
+        Framing::Modern,
+        "closed the stream before its first heartbeat",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_refusal_403_is_reported_as_a_permission_problem() {
-    refused_subscription_is_explained_and_retried_slowly(Framing::Legacy, "HTTP 403 Forbidden: Permission denied").await;
+    refused_subscription_is_explained_and_retried_slowly(
+        Framing::Legacy,
+        "HTTP 403 Forbidden: Permission denied",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +180,10 @@ async fn a_silent_connection_is_dropped_by_the_watchdog() {
     assert!(stalled_at.elapsed() >= Duration::from_millis(900), "reconnected before the idle timeout");
     emulator.set_stalled(false);
     emulator.publish(job(7, "after-stall"));
-    eventually("the event after the stall", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    eventually("the event after the stall", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
     assert!(relay.log().contains("no data for 1s"), "{}", relay.log());
 }
@@ -161,16 +193,28 @@ async fn a_line_of_many_megabytes_is_relayed_intact() {
     let emulator = emulator(EmulatorConfig { fragment_writes: Some(3), ..EmulatorConfig::default() }).await;
     let huge = Batch {
         index: 42,
-        events: (0..40).map(|i| Event { topic: "Allocation".into(), key: format!("alloc-{i}"), ..job_event("x", "PlanResult", 512 << 10) }).collect(),
+        events: (0..40)
+            .map(|i| Event {
+                topic: "Allocation".into(),
+                key: format!("alloc-{i}"),
+                ..job_event("x", "PlanResult", 512 << 10)
+            })
+            .collect(),
     };
     emulator.publish(huge);
     emulator.publish(job(43, "after"));
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", "");
     let mut relay = Relay::start(&config);
-    eventually("41 events", Duration::from_secs(60), || (scratch.lines("events.ndjson").len() == 41).then_some(())).await;
+    eventually("41 events", Duration::from_secs(60), || {
+        (scratch.lines("events.ndjson").len() == 41).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
-    assert_lines_equal(&scratch.lines("events.ndjson"), &expected_lines(&emulator.published(), DEFAULT_TOPICS));
+    assert_lines_equal(
+        &scratch.lines("events.ndjson"),
+        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +281,10 @@ async fn several_lines_with_one_index_survive_a_cut_between_them() {
     emulator.publish(job(11, "next"));
     eventually("3 events", WAIT, || (scratch.lines("events.ndjson").len() >= 3).then_some(())).await;
     assert!(relay.terminate().success());
-    assert_lines_equal(&scratch.lines("events.ndjson"), &expected_lines(&emulator.published(), DEFAULT_TOPICS));
+    assert_lines_equal(
+        &scratch.lines("events.ndjson"),
+        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
+    );
     let second = &emulator.requests()[1];
     assert_eq!(second.index, Some(10), "resume is inclusive: index=N, not N+1");
 }

@@ -57,13 +57,13 @@ impl JournalReader {
         let mut bytes = 0usize;
         let mut retried = false;
         while self.next_seq <= head && events.len() < max_events && bytes < max_bytes {
-            if self.open.is_none() {
-                if let Some(skipped) = self.position()? {
-                    if events.is_empty() {
-                        return Ok(skipped);
-                    }
-                    break;
+            if self.open.is_none()
+                && let Some(skipped) = self.position()?
+            {
+                if events.is_empty() {
+                    return Ok(skipped);
                 }
+                break;
             }
             let Some(open) = self.open.as_mut() else { break };
             let mut head_bytes = [0u8; HEADER_LEN];
@@ -77,7 +77,10 @@ impl JournalReader {
                         return Err(JournalError::Damaged {
                             path: next,
                             offset: 0,
-                            reason: format!("record {} is missing: its segment does not exist", self.next_seq),
+                            reason: format!(
+                                "record {} is missing: its segment does not exist",
+                                self.next_seq
+                            ),
                         });
                     }
                     continue;

@@ -94,9 +94,8 @@ pub fn decode(body: Bytes) -> Result<Envelope, RecordError> {
     }
     let mut at = FIXED_BODY;
     let mut take = |len: usize| -> Result<String, RecordError> {
-        let text = std::str::from_utf8(&body[at..at + len])
-            .map_err(|_| corrupt("a field is not UTF-8"))?
-            .to_owned();
+        let text =
+            std::str::from_utf8(&body[at..at + len]).map_err(|_| corrupt("a field is not UTF-8"))?.to_owned();
         at += len;
         Ok(text)
     };

@@ -37,7 +37,11 @@ impl FileSink {
             std::io::ErrorKind::StorageFull => "; free disk space",
             _ => "",
         };
-        SinkError::with_source(SinkErrorKind::Io, format!("cannot {what} {}{hint}", self.path.display()), error)
+        SinkError::with_source(
+            SinkErrorKind::Io,
+            format!("cannot {what} {}{hint}", self.path.display()),
+            error,
+        )
     }
 }
 
@@ -92,10 +96,10 @@ impl Sink for FileSink {
             let text = error.report();
             batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
         };
-        if self.file.is_none() {
-            if let Err(error) = self.open(Some(json!({ "length": self.length }))).await {
-                return retry_all(error);
-            }
+        if self.file.is_none()
+            && let Err(error) = self.open(Some(json!({ "length": self.length }))).await
+        {
+            return retry_all(error);
         }
         let Some(file) = self.file.clone() else {
             return retry_all(SinkError::new(SinkErrorKind::Io, "file not open"));

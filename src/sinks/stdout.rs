@@ -52,13 +52,19 @@ impl Sink for StdoutSink {
             Err(e) => {
                 let message = format!("cannot write to standard output: {e}");
                 self.health = Health::Unhealthy(message.clone());
-                batch.iter().map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Io, message.clone()))).collect()
+                batch
+                    .iter()
+                    .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Io, message.clone())))
+                    .collect()
             }
         }
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().await.map_err(|e| SinkError::with_source(SinkErrorKind::Io, "cannot flush standard output", e))
+        self.out
+            .flush()
+            .await
+            .map_err(|e| SinkError::with_source(SinkErrorKind::Io, "cannot flush standard output", e))
     }
 
     fn health(&self) -> Health {

@@ -82,8 +82,7 @@ pub fn parse_line(line: &Bytes) -> Result<Frame, FrameError> {
     if text.trim().is_empty() {
         return Ok(Frame::Heartbeat);
     }
-    let envelope: Envelope<'_> =
-        serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
     let raw_events = match envelope.events {
         Some(events) if !events.is_empty() => events,
         _ if envelope.index == 0 => return Ok(Frame::Heartbeat),
@@ -92,8 +91,8 @@ pub fn parse_line(line: &Bytes) -> Result<Frame, FrameError> {
     let base = text.as_ptr() as usize;
     let mut events = Vec::with_capacity(raw_events.len());
     for raw in raw_events {
-        let head: EventHead<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| error(format!("event {}: {e}", events.len())))?;
+        let head: EventHead<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| error(format!("event {}: {e}", events.len())))?;
         let start = raw.get().as_ptr() as usize - base;
         let end = start + raw.get().len();
         events.push(RawEvent {
@@ -155,7 +154,13 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for line in [&b"subscription closed by server"[..], b"{\"Index\":", b"\xff\xfe", b"[1,2]", b"{\"Index\":4,\"Events\":[]}"] {
+        for line in [
+            &b"subscription closed by server"[..],
+            b"{\"Index\":",
+            b"\xff\xfe",
+            b"[1,2]",
+            b"{\"Index\":4,\"Events\":[]}",
+        ] {
             assert!(parse_line(&Bytes::copy_from_slice(line)).is_err(), "{line:?}");
         }
     }

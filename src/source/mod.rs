@@ -188,7 +188,12 @@ impl Source {
             response = tokio::time::timeout(self.config.connect_timeout.0 * 2, request.send()) => response,
         };
         let response = match response {
-            Err(_) => return Ended::Dropped { streamed: false, reason: format!("no response headers within {:?}", self.config.connect_timeout.0 * 2) },
+            Err(_) => {
+                return Ended::Dropped {
+                    streamed: false,
+                    reason: format!("no response headers within {:?}", self.config.connect_timeout.0 * 2),
+                };
+            }
             Ok(Err(e)) => return Ended::Dropped { streamed: false, reason: error_chain(&e) },
             Ok(Ok(response)) => response,
         };
@@ -198,7 +203,9 @@ impl Source {
             let body: String = body.trim().chars().take(500).collect();
             return match status.as_u16() {
                 401 | 403 => Ended::Refused(format!("HTTP {status}: {body}")),
-                400 => Ended::Refused(format!("HTTP {status} (check `nomad.topics`, `nomad.namespace` and `nomad.region`): {body}")),
+                400 => Ended::Refused(format!(
+                    "HTTP {status} (check `nomad.topics`, `nomad.namespace` and `nomad.region`): {body}"
+                )),
                 // Nomad before 1.9.6 answered a permission denial with 500.
                 500 if body.contains("Permission denied") => Ended::Refused(format!("HTTP {status}: {body}")),
                 _ => Ended::Dropped { streamed: false, reason: format!("HTTP {status}: {body}") },
@@ -220,14 +227,22 @@ impl Source {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     return Ended::Dropped {
                         streamed: saw_line,
-                        reason: format!("no data for {idle:?} (Nomad sends a heartbeat every 30 s); the connection is presumed dead"),
+                        reason: format!(
+                            "no data for {idle:?} (Nomad sends a heartbeat every 30 s); the connection is presumed dead"
+                        ),
                     };
                 }
                 Ok(Some(Ok(chunk))) => chunk,
                 Ok(Some(Err(e))) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     let partial = splitter.pending();
-                    return Ended::Dropped { streamed: saw_line, reason: format!("{} ({partial} bytes of an unfinished line discarded)", error_chain(&e)) };
+                    return Ended::Dropped {
+                        streamed: saw_line,
+                        reason: format!(
+                            "{} ({partial} bytes of an unfinished line discarded)",
+                            error_chain(&e)
+                        ),
+                    };
                 }
                 Ok(None) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
@@ -239,10 +254,18 @@ impl Source {
                     }
                     let reason = if rest.is_empty() {
                         "Nomad closed the connection".to_owned()
-                    } else if rest.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !rest.starts_with(b"{") {
-                        format!("Nomad ended the stream saying: {}", String::from_utf8_lossy(&rest[..rest.len().min(300)]))
+                    } else if rest.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+                        && !rest.starts_with(b"{")
+                    {
+                        format!(
+                            "Nomad ended the stream saying: {}",
+                            String::from_utf8_lossy(&rest[..rest.len().min(300)])
+                        )
                     } else {
-                        format!("Nomad closed the connection mid-line ({} bytes of an unfinished line discarded)", rest.len())
+                        format!(
+                            "Nomad closed the connection mid-line ({} bytes of an unfinished line discarded)",
+                            rest.len()
+                        )
                     };
                     return Ended::Dropped { streamed: true, reason };
                 }
@@ -266,7 +289,14 @@ impl Source {
                             add(&self.stats.lines_skipped, 1);
                             error!(nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {e}");
                             let index = index_from_prefix(&line);
-                            self.resume.on_skipped_line(index, &format!("a malformed line of {} bytes was skipped: {}", line.len(), e.reason))
+                            self.resume.on_skipped_line(
+                                index,
+                                &format!(
+                                    "a malformed line of {} bytes was skipped: {}",
+                                    line.len(),
+                                    e.reason
+                                ),
+                            )
                         }
                     },
                     Piece::Oversized { length, prefix } => {
@@ -278,7 +308,10 @@ impl Source {
                             index.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
                             self.config.max_line_bytes.0
                         );
-                        self.resume.on_skipped_line(index, &format!("a line of {length} bytes exceeds nomad.max_line_bytes and was skipped"))
+                        self.resume.on_skipped_line(
+                            index,
+                            &format!("a line of {length} bytes exceeds nomad.max_line_bytes and was skipped"),
+                        )
                     }
                 };
                 if let Some(gap) = outcome.gap {
@@ -287,7 +320,8 @@ impl Source {
                         last_index = gap.last_index,
                         resumed_index = gap.resumed_index,
                         "possible gap in Nomad's events: the relay had index {} and Nomad resumed at {}; events in between may have been dropped from Nomad's buffer",
-                        gap.last_index, gap.resumed_index
+                        gap.last_index,
+                        gap.resumed_index
                     );
                 }
                 if outcome.events.is_empty() {

@@ -52,9 +52,15 @@ mod tests {
 
     #[test]
     fn explains_each_topic_group() {
-        let topics: Vec<String> = ["Job", "Allocation", "Node", "NodePool", "CSIVolume:vol1"].iter().map(|t| t.to_string()).collect();
+        let topics: Vec<String> = ["Job", "Allocation", "Node", "NodePool", "CSIVolume:vol1"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         let text = explain(&topics, "*");
-        assert!(text.contains("Job, Allocation need namespace capability `read-job` in every namespace"), "{text}");
+        assert!(
+            text.contains("Job, Allocation need namespace capability `read-job` in every namespace"),
+            "{text}"
+        );
         assert!(text.contains("Node need `node { policy = \"read\" }`"), "{text}");
         assert!(text.contains("NodePool need a management token"), "{text}");
         assert!(text.contains("CSIVolume need namespace capability `csi-read-volume`"), "{text}");

@@ -156,7 +156,8 @@ impl Resume {
             let gap = Gap { last_index: self.checkpoint.index, resumed_index: index };
             outcome.gap = Some(gap);
             if self.gap_markers {
-                let payload = format!("{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}}}}}", gap.last_index);
+                let payload =
+                    format!("{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}}}}}", gap.last_index);
                 let marker = self.marker(index, &payload);
                 self.record(index, marker, &mut outcome);
             }
@@ -228,7 +229,10 @@ impl Resume {
     }
 
     fn accept(&mut self, index: u64, envelope: Envelope, outcome: &mut LineOutcome) {
-        if self.have_checkpoint && index == self.checkpoint.index && self.checkpoint.seen.contains(&envelope.id) {
+        if self.have_checkpoint
+            && index == self.checkpoint.index
+            && self.checkpoint.seen.contains(&envelope.id)
+        {
             outcome.already_journaled += 1;
             return;
         }
@@ -321,7 +325,8 @@ mod tests {
     fn exact_repeats_inside_one_line_are_dropped() {
         let mut resume = Resume::new(None, StartAt::Oldest, true);
         resume.on_connect();
-        let outcome = resume.on_line(3, vec![event("Allocation", "a"), event("Allocation", "a"), event("Allocation", "b")]);
+        let outcome = resume
+            .on_line(3, vec![event("Allocation", "a"), event("Allocation", "a"), event("Allocation", "b")]);
         assert_eq!(keys(&outcome), ["Allocation:a", "Allocation:b"]);
         assert_eq!(outcome.repeated_in_line, 1);
     }
@@ -337,7 +342,8 @@ mod tests {
 
     #[test]
     fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
-        let mut resume = Resume::new(Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
+        let mut resume =
+            Resume::new(Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume.on_line(90, vec![event("Job", "x")]);
         assert_eq!(outcome.gap, Some(Gap { last_index: 50, resumed_index: 90 }));
@@ -353,7 +359,8 @@ mod tests {
 
     #[test]
     fn gap_markers_can_be_turned_off() {
-        let mut resume = Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, false);
+        let mut resume =
+            Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, false);
         resume.on_connect();
         let outcome = resume.on_line(9, vec![event("Job", "x")]);
         assert!(outcome.gap.is_some());
@@ -371,12 +378,18 @@ mod tests {
 
     #[test]
     fn oversized_line_leaves_a_marker_once() {
-        let mut resume = Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, true);
+        let mut resume =
+            Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, true);
         resume.on_connect();
         resume.on_line(5, vec![event("Job", "a")]);
-        let outcome = resume.on_skipped_line(Some(6), "a line of 1073741824 bytes exceeds nomad.max_line_bytes");
+        let outcome =
+            resume.on_skipped_line(Some(6), "a line of 1073741824 bytes exceeds nomad.max_line_bytes");
         assert_eq!(outcome.events.len(), 1);
-        assert!(std::str::from_utf8(&outcome.events[0].raw).expect("utf8").contains("exceeds nomad.max_line_bytes"));
+        assert!(
+            std::str::from_utf8(&outcome.events[0].raw)
+                .expect("utf8")
+                .contains("exceeds nomad.max_line_bytes")
+        );
         // After a reconnect at 6, the same line is skipped again without a second marker.
         let mut resume = Resume::new(Some(resume.checkpoint().clone()), StartAt::Oldest, true);
         resume.on_connect();

@@ -4,8 +4,8 @@
 //! tests. Only HTTP/1.1 is offered, as Nomad's event stream speaks nothing else.
 
 use crate::config::TlsConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -48,9 +48,11 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> 
                 .map_err(|e| TlsError(format!("`nomad.tls.cert_file` {}: {e}", cert_file.display())))?;
             let key = PrivateKeyDer::from_pem_file(key_file)
                 .map_err(|e| TlsError(format!("`nomad.tls.key_file` {}: {e}", key_file.display())))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsError(format!("`nomad.tls.cert_file`/`key_file` do not form a usable client identity: {e}")))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                TlsError(format!(
+                    "`nomad.tls.cert_file`/`key_file` do not form a usable client identity: {e}"
+                ))
+            })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -67,7 +69,10 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
                 .map_err(|e| TlsError(format!("`nomad.tls.ca_file` {}: {e}", path.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(TlsError(format!("`nomad.tls.ca_file` {}: no usable certificate in it", path.display())));
+                return Err(TlsError(format!(
+                    "`nomad.tls.ca_file` {}: no usable certificate in it",
+                    path.display()
+                )));
             }
         }
         None => {

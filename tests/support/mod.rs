@@ -11,8 +11,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Topics the relay subscribes to by default.
-pub const DEFAULT_TOPICS: &[&str] =
-    &["Job", "Allocation", "Evaluation", "Deployment", "Node", "Service", "CSIVolume", "CSIPlugin", "HostVolume"];
+pub const DEFAULT_TOPICS: &[&str] = &[
+    "Job",
+    "Allocation",
+    "Evaluation",
+    "Deployment",
+    "Node",
+    "Service",
+    "CSIVolume",
+    "CSIPlugin",
+    "HostVolume",
+];
 
 /// A scratch directory for one test.
 pub struct Scratch {
@@ -164,7 +173,9 @@ pub fn assert_lines_equal(actual: &[String], expected: &[String]) {
         return;
     }
     let first_difference = actual.iter().zip(expected).position(|(a, e)| a != e);
-    let describe = |line: Option<&String>| line.map(|l| l.chars().take(160).collect::<String>()).unwrap_or_else(|| "<none>".into());
+    let describe = |line: Option<&String>| {
+        line.map(|l| l.chars().take(160).collect::<String>()).unwrap_or_else(|| "<none>".into())
+    };
     match first_difference {
         Some(at) => panic!(
             "line {at} differs ({} lines written, {} expected):\n  got:      {}\n  expected: {}",

@@ -16,4 +16,4 @@ mod template;
 
 pub use envelope::{Envelope, EventId};
 pub use sink::{Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind};
-pub use template::{Template, TemplateError, TEMPLATE_FIELDS};
+pub use template::{TEMPLATE_FIELDS, Template, TemplateError};

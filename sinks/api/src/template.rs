@@ -65,9 +65,8 @@ impl Template {
                 parts.push(Part::Literal(rest[..open].to_owned()));
             }
             let after = &rest[open + 2..];
-            let close = after
-                .find("}}")
-                .ok_or_else(|| TemplateError::Unclosed { template: source.to_owned() })?;
+            let close =
+                after.find("}}").ok_or_else(|| TemplateError::Unclosed { template: source.to_owned() })?;
             let name = after[..close].trim();
             let field = match name {
                 "Topic" => Field::Topic,
@@ -139,9 +138,8 @@ mod tests {
 
     #[test]
     fn renders_every_field() {
-        let template =
-            Template::parse("nomad.{{Topic}}.{{ Type }}/{{Key}}@{{Namespace}}#{{Index}}:{{Id}}")
-                .expect("valid template");
+        let template = Template::parse("nomad.{{Topic}}.{{ Type }}/{{Key}}@{{Namespace}}#{{Index}}:{{Id}}")
+            .expect("valid template");
         assert_eq!(
             template.render(&envelope()),
             "nomad.Allocation.PlanResult/a1@prod#42:42-0000000000000abc-1"

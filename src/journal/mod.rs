@@ -260,3 +260,6 @@ fn seek_to(reader: &mut BufReader<File>, segment: &Segment, seq: u64) -> Result<
     reader.seek(SeekFrom::Start(offset)).map_err(io_error(&segment.path))?;
     Ok(Some(offset))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! Journal tests: what is written is read back in order, a torn tail is cut at recovery, the
+//! checkpoint is rebuilt across segments, and retention respects cursors.
+
+use super::board::CursorBoard;
+use super::reader::{Batch, JournalReader};
+use super::writer::JournalWriter;
+use super::*;
+use crate::config::JournalConfig;
+use crate::units::{ByteSize, HumanDuration};
+use bytes::Bytes;
+use nomad_relay_sink_api::Envelope;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+fn event(index: u64, key: &str, size: usize) -> Envelope {
+    Envelope {
+        seq: 0,
+        id: EventId {
+            index,
+            digest: crate::source::resume::digest("Job", "JobRegistered", "default", key),
+            occurrence: 0,
+        },
+        topic: "Job".into(),
+        event_type: "JobRegistered".into(),
+        key: key.into(),
+        namespace: "default".into(),
+        raw: Bytes::from(format!("{{\"Key\":\"{key}\",\"Pad\":\"{}\"}}", "x".repeat(size))),
+    }
+}
+
+fn config(segment: u64, max: u64) -> JournalConfig {
+    JournalConfig {
+        max_bytes: ByteSize(max),
+        max_age: HumanDuration(Duration::from_secs(3600)),
+        segment_bytes: ByteSize(segment),
+    }
+}
+
+struct Running {
+    sender: mpsc::Sender<Vec<Envelope>>,
+    head: watch::Receiver<u64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running {
+    let recovered = recover(dir, true).expect("recover");
+    let (writer, head) = JournalWriter::open(
+        dir,
+        config,
+        recovered.segments,
+        recovered.head,
+        board,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("open writer");
+    let (sender, receiver) = mpsc::channel(16);
+    let thread = std::thread::spawn(move || writer.run(receiver));
+    Running { sender, head, thread }
+}
+
+impl Running {
+    async fn write(&mut self, batch: Vec<Envelope>) -> u64 {
+        self.sender.send(batch).await.expect("writer alive");
+        let before = *self.head.borrow();
+        self.head.wait_for(|head| *head > before).await.expect("head moves");
+        *self.head.borrow()
+    }
+
+    fn stop(self) {
+        drop(self.sender);
+        self.thread.join().expect("writer thread");
+    }
+}
+
+fn read_all(dir: &Path, from: u64, head: u64) -> Vec<Envelope> {
+    let mut reader = JournalReader::new(dir.to_owned(), from);
+    let mut events = Vec::new();
+    loop {
+        match reader.read(head, 7, 1 << 20).expect("read") {
+            Batch::Events(batch) if batch.is_empty() => return events,
+            Batch::Events(batch) => events.extend(batch),
+            Batch::Skipped { from, to } => panic!("unexpected skip {from}..{to}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_come_back_in_order_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(4096, 1 << 30), Arc::default());
+    let mut head = 0;
+    for index in 1..=50u64 {
+        head = journal.write(vec![event(index, "a", 300), event(index, "b", 10)]).await;
+    }
+    journal.stop();
+    assert_eq!(head, 100);
+    assert!(list_segments(dir.path()).expect("list").len() > 5, "small segments roll");
+    let events = read_all(dir.path(), 1, head);
+    assert_eq!(events.len(), 100);
+    for (position, event) in events.iter().enumerate() {
+        assert_eq!(event.seq, position as u64 + 1);
+        assert_eq!(event.id.index, position as u64 / 2 + 1);
+    }
+    // A reader can start anywhere.
+    let tail = read_all(dir.path(), 77, head);
+    assert_eq!(tail.first().map(|e| e.seq), Some(77));
+    assert_eq!(tail.len(), 24);
+}
+
+#[tokio::test]
+async fn recovery_cuts_a_torn_record_and_rebuilds_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    journal.write(vec![event(10, "a", 5)]).await;
+    journal.write(vec![event(11, "a", 5), event(11, "b", 5)]).await;
+    journal.write(vec![event(11, "c", 5)]).await;
+    journal.stop();
+    // A crash in the middle of the next write leaves half a record behind.
+    let last = list_segments(dir.path()).expect("list").pop().expect("segment");
+    let mut torn = Vec::new();
+    record::encode(5, &event(12, "d", 100), &mut torn).expect("encode");
+    let mut file = fs::OpenOptions::new().append(true).open(&last.path).expect("open");
+    file.write_all(&torn[..torn.len() / 2]).expect("write");
+    drop(file);
+
+    let recovered = recover(dir.path(), true).expect("recover");
+    assert_eq!(recovered.head, 4);
+    let checkpoint = recovered.checkpoint.expect("checkpoint");
+    assert_eq!(checkpoint.index, 11);
+    assert_eq!(checkpoint.seen.len(), 3, "every id at the last index, across writes");
+    assert_eq!(fs::metadata(&last.path).expect("metadata").len(), last.len, "the torn half-record is gone");
+    // Writing continues cleanly after the cut.
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    assert_eq!(journal.write(vec![event(12, "d", 5)]).await, 5);
+    journal.stop();
+    assert_eq!(read_all(dir.path(), 1, 5).len(), 5);
+}
+
+#[tokio::test]
+async fn the_checkpoint_gathers_ids_from_earlier_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(4096, 1 << 30), Arc::default());
+    journal.write(vec![event(1, "first", 10)]).await;
+    for key in 0..30 {
+        journal.write(vec![event(2, &format!("k{key}"), 500)]).await;
+    }
+    journal.stop();
+    assert!(list_segments(dir.path()).expect("list").len() > 2);
+    let checkpoint = recover(dir.path(), false).expect("recover").checkpoint.expect("checkpoint");
+    assert_eq!(checkpoint.index, 2);
+    assert_eq!(checkpoint.seen.len(), 30);
+}
+
+#[tokio::test]
+async fn retention_keeps_what_a_blocking_sink_needs_and_skips_a_dropping_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let board = Arc::new(CursorBoard::default());
+    let blocking = board.register("blocking", 1, false);
+    board.register("dropping", 1, true);
+    let mut journal = start(dir.path(), config(4096, 16384), board.clone());
+    // Fill the journal to its limit; the next write would block because `blocking` is at 1.
+    let mut head = 0;
+    while list_segments(dir.path()).expect("list").iter().map(|s| s.len).sum::<u64>() < 12000 {
+        head = journal.write(vec![event(head + 1, "a", 900)]).await;
+    }
+    assert_eq!(
+        list_segments(dir.path()).expect("list").first().map(|s| s.first_seq),
+        Some(1),
+        "nothing removed yet"
+    );
+    // The blocking sink moves on: old segments go, though `dropping` never read them.
+    board.update(blocking, head + 1);
+    for _ in 0..10 {
+        head = journal.write(vec![event(head + 1, "a", 900)]).await;
+    }
+    journal.stop();
+    let oldest = list_segments(dir.path()).expect("list").first().map(|s| s.first_seq).expect("segment");
+    assert!(oldest > 1, "consumed segments were removed");
+    let mut reader = JournalReader::new(dir.path().to_owned(), 1);
+    match reader.read(head, 100, 1 << 20).expect("read") {
+        Batch::Skipped { from, to } => assert_eq!((from, to), (1, oldest)),
+        Batch::Events(_) => panic!("the dropping sink's oldest events are gone"),
+    }
+    assert!(
+        matches!(reader.read(head, 100, 1 << 20).expect("read"), Batch::Events(events) if events[0].seq == oldest)
+    );
+}

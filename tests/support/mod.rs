@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 /// Topics the relay subscribes to by default.
 pub const DEFAULT_TOPICS: &[&str] = &[
     "Job",

@@ -1,0 +1,71 @@
+//! TLS and mTLS to Nomad: a CA file, a server-name override (Nomad's certificates name
+//! `server.<region>.nomad`, not the address), a client certificate, and a clear failure when
+//! the server's certificate is not trusted.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use nomad_emulator::{Batch, EmulatorConfig, Event};
+use std::time::Duration;
+use support::tls::tls_front;
+use support::*;
+
+fn job(index: u64) -> Batch {
+    Batch {
+        index,
+        events: vec![Event {
+            topic: "Job".into(),
+            event_type: "JobRegistered".into(),
+            key: format!("job-{index}"),
+            namespace: "default".into(),
+            filter_keys: None,
+            payload: format!(r#"{{"Job":{{"ID":"job-{index}"}}}}"#),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_with_a_ca_file_and_a_server_name_override() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(5));
+    let scratch = Scratch::new();
+    let (addr, files) = tls_front(emulator.addr(), "server.global.nomad", true, scratch.dir.path()).await;
+    let tls = format!(
+        "[nomad.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nserver_name = \"server.global.nomad\"\n",
+        files.ca.display(),
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let config = scratch.config(&format!("https://127.0.0.1:{}", addr.port()), "", &tls);
+    let mut relay = Relay::start(&config);
+    eventually("the event over mTLS", Duration::from_secs(30), || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(
+        &scratch.lines("events.ndjson"),
+        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_refused_with_a_reason() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(5));
+    let scratch = Scratch::new();
+    let (addr, _files) = tls_front(emulator.addr(), "localhost", false, scratch.dir.path()).await;
+    // No ca_file: the system's roots do not know the test CA.
+    let config = scratch.config(&format!("https://localhost:{}", addr.port()), "", "");
+    let mut relay = Relay::start(&config);
+    let log = eventually("the TLS failure logged", Duration::from_secs(30), || {
+        let log = relay.log();
+        log.contains("event stream failed").then_some(log)
+    })
+    .await;
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+    assert!(relay.is_running(), "a TLS failure is retried, not fatal");
+    assert!(scratch.lines("events.ndjson").is_empty());
+    assert!(relay.terminate().success());
+}

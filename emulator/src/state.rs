@@ -1,0 +1,136 @@
+//! State shared by the public handle, the accept loop and every connection task:
+//! the buffer, the fault-injection switches, counters with change notification,
+//! and the request log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::buffer::Buffer;
+use crate::config::{AclConfig, Cut, EmulatorConfig, Reject};
+
+/// One HTTP request the emulator received (any path).
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Decoded path, e.g. `/v1/event/stream`.
+    pub path: String,
+    /// Raw query string, e.g. `topic=Job&index=5`.
+    pub query: String,
+    /// `index` parsed as Go's `Atoi` would; `None` when absent, empty or invalid.
+    pub index: Option<i64>,
+    /// Raw (decoded) `topic` values in request order, e.g. `["Job", "Allocation:x"]`.
+    pub topics: Vec<String>,
+    /// Raw `namespace` value; `None` when absent (Nomad then uses `default`).
+    pub namespace: Option<String>,
+    /// Token from `X-Nomad-Token` or `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Raw `Accept-Encoding` header.
+    pub accept_encoding: Option<String>,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub http_version: String,
+    /// All headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// When the request head was parsed.
+    pub at: Instant,
+}
+
+/// A message to every open stream.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// [`crate::Emulator::cut_connections`].
+    Cut(Cut),
+    /// [`crate::Emulator::restart`]: end like a clean cut, then close the connection.
+    Restart,
+    /// A token was deleted: its streams end with "subscription closed by server".
+    Revoke(String),
+}
+
+/// Everything the tasks share.
+pub(crate) struct Shared {
+    /// Immutable settings.
+    pub config: EmulatorConfig,
+    /// The event buffer.
+    pub buffer: Buffer,
+    /// Highest index ever published.
+    pub last_index: AtomicU64,
+    /// Existing namespaces (what `namespace=*` expands to).
+    pub namespaces: Mutex<Vec<String>>,
+    /// ACL system, `None` = disabled.
+    pub acl: Mutex<Option<AclConfig>>,
+    /// Failure every new subscription meets.
+    pub reject: Mutex<Option<Reject>>,
+    /// Stall switch.
+    pub stalled: watch::Sender<bool>,
+    /// Messages to open streams.
+    pub control: broadcast::Sender<Control>,
+    /// Stream requests handled so far.
+    pub connections: watch::Sender<u64>,
+    /// Streams currently subscribed.
+    pub open_streams: watch::Sender<usize>,
+    /// Connection tasks alive.
+    pub alive: watch::Sender<usize>,
+    /// Set once to stop the server.
+    pub shutdown: watch::Sender<bool>,
+    /// Every request seen.
+    pub requests: Mutex<Vec<RecordedRequest>>,
+    /// Numbers connections (seeds per-connection randomness).
+    pub conn_seq: AtomicU64,
+}
+
+/// Locks a mutex, ignoring poisoning (the guarded data is always consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Fresh state for `config`.
+    pub fn new(config: EmulatorConfig) -> Shared {
+        Shared {
+            buffer: Buffer::new(config.buffer_size),
+            last_index: AtomicU64::new(0),
+            namespaces: Mutex::new(config.namespaces.clone()),
+            acl: Mutex::new(config.acl.clone()),
+            reject: Mutex::new(None),
+            stalled: watch::Sender::new(false),
+            control: broadcast::channel(64).0,
+            connections: watch::Sender::new(0),
+            open_streams: watch::Sender::new(0),
+            alive: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
+            requests: Mutex::new(Vec::new()),
+            conn_seq: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// Counts one handled stream request.
+    pub fn count_connection(&self) {
+        self.connections.send_modify(|c| *c += 1);
+    }
+
+    /// Next connection number.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Increments a counter now and decrements it when dropped.
+pub(crate) struct Gauge<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Gauge<'a> {
+    /// Increments `counter`.
+    pub fn new(counter: &'a watch::Sender<usize>) -> Gauge<'a> {
+        counter.send_modify(|c| *c += 1);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|c| *c = c.saturating_sub(1));
+    }
+}

@@ -15,15 +15,21 @@ pub struct HumanDuration(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// Splits `"64MiB"` into `("64", "MiB")`.
+fn number_and_unit(text: &str) -> (&str, &str) {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    (number, unit.trim())
+}
+
 /// Parses a duration such as `90s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = number_and_unit(text);
     let value: f64 = number.parse().map_err(|_| {
         format!("`{text}` is not a duration; write it like \"500ms\", \"90s\", \"5m\", \"24h\" or \"7d\"")
     })?;
-    let seconds = match unit.trim() {
+    let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
@@ -42,12 +48,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size such as `64MiB`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = number_and_unit(text);
     let value: f64 = number.parse().map_err(|_| {
         format!("`{text}` is not a size; write it like 1048576, \"512KiB\", \"64MiB\" or \"2GiB\"")
     })?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,

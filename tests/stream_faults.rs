@@ -11,21 +11,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn job_event(key: &str, event_type: &str, payload_bytes: usize) -> Event {
-    Event {
-        topic: "Job".into(),
-        event_type: event_type.into(),
-        key: key.into(),
-        namespace: "default".into(),
-        filter_keys: None,
-        payload: format!(r#"{{"Job":{{"ID":"{key}","Meta":{{"pad":"{}"}}}}}}"#, "x".repeat(payload_bytes)),
-    }
-}
-
-fn job(index: u64, key: &str) -> Batch {
-    Batch { index, events: vec![job_event(key, "JobRegistered", 100)] }
-}
-
 fn gap_line(last: u64, resumed: u64) -> String {
     format!(
         r#"{{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":{resumed},"Payload":{{"Gap":{{"LastIndex":{last},"ResumedIndex":{resumed}}}}}}}"#

@@ -6,29 +6,15 @@
 
 mod support;
 
-use nomad_emulator::{Batch, EmulatorConfig, Event};
+use nomad_emulator::EmulatorConfig;
 use std::time::Duration;
 use support::tls::tls_front;
 use support::*;
 
-fn job(index: u64) -> Batch {
-    Batch {
-        index,
-        events: vec![Event {
-            topic: "Job".into(),
-            event_type: "JobRegistered".into(),
-            key: format!("job-{index}"),
-            namespace: "default".into(),
-            filter_keys: None,
-            payload: format!(r#"{{"Job":{{"ID":"job-{index}"}}}}"#),
-        }],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_with_a_ca_file_and_a_server_name_override() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    emulator.publish(job(5));
+    emulator.publish(job(5, "web"));
     let scratch = Scratch::new();
     let (addr, files) = tls_front(emulator.addr(), "server.global.nomad", true, scratch.dir.path()).await;
     let tls = format!(
@@ -53,7 +39,7 @@ async fn mtls_with_a_ca_file_and_a_server_name_override() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_with_a_reason() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    emulator.publish(job(5));
+    emulator.publish(job(5, "web"));
     let scratch = Scratch::new();
     let (addr, _files) = tls_front(emulator.addr(), "localhost", false, scratch.dir.path()).await;
     // No ca_file: the system's roots do not know the test CA.

@@ -192,26 +192,25 @@ pub struct Recovered {
 }
 
 /// Reads the journal in `dir`. With `repair`, a torn last record is cut off (the writer
-/// needs a clean end); without it, the journal is only read (for `checkpoint show`).
+/// needs a clean end); without it, the journal is only read, and an unfinished record at
+/// the end (a write in progress, for `checkpoint show` on a running relay) is ignored.
 pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
     let Some(last) = segments.last().cloned() else {
         return Ok(Recovered { head: 0, oldest: 1, checkpoint: None, segments });
     };
     let scan = scan_segment(&last)?;
-    if let Some(reason) = &scan.stopped {
+    if let Some(reason) = scan.stopped.as_ref().filter(|_| repair) {
         let cut = last.len - scan.valid_len;
         warn!(
             segment = %last.path.display(),
-            "journal: discarding the last {cut} bytes of the newest segment ({reason}); this is what a crash during a write leaves, and those events will be fetched from Nomad again"
+            "journal: discarding the last {cut} bytes of the newest segment ({reason}); this is what a crash during a write leaves, and those events are fetched from Nomad again (or reported as a gap if Nomad no longer has them)"
         );
-        if repair {
-            let file = fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
-            file.set_len(scan.valid_len).map_err(io_error(&last.path))?;
-            file.sync_all().map_err(io_error(&last.path))?;
-            if let Some(segment) = segments.last_mut() {
-                segment.len = scan.valid_len;
-            }
+        let file = fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
+        file.set_len(scan.valid_len).map_err(io_error(&last.path))?;
+        file.sync_all().map_err(io_error(&last.path))?;
+        if let Some(segment) = segments.last_mut() {
+            segment.len = scan.valid_len;
         }
     }
     let head = scan.last_seq.unwrap_or(last.first_seq - 1);

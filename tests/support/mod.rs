@@ -4,7 +4,7 @@
 
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
-use nomad_emulator::{Batch, Emulator, EmulatorConfig};
+use nomad_emulator::{Batch, Emulator, EmulatorConfig, Event};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,18 +12,25 @@ use std::time::{Duration, Instant};
 
 pub mod tls;
 
-/// Topics the relay subscribes to by default.
-pub const DEFAULT_TOPICS: &[&str] = &[
-    "Job",
-    "Allocation",
-    "Evaluation",
-    "Deployment",
-    "Node",
-    "Service",
-    "CSIVolume",
-    "CSIPlugin",
-    "HostVolume",
-];
+#[allow(unused_imports)]
+pub use nomad_relay::config::DEFAULT_TOPICS;
+
+/// A Job event with a payload padded to about `payload_bytes`.
+pub fn job_event(key: &str, event_type: &str, payload_bytes: usize) -> Event {
+    Event {
+        topic: "Job".into(),
+        event_type: event_type.into(),
+        key: key.into(),
+        namespace: "default".into(),
+        filter_keys: None,
+        payload: format!(r#"{{"Job":{{"ID":"{key}","Meta":{{"pad":"{}"}}}}}}"#, "x".repeat(payload_bytes)),
+    }
+}
+
+/// A one-event `JobRegistered` line.
+pub fn job(index: u64, key: &str) -> Batch {
+    Batch { index, events: vec![job_event(key, "JobRegistered", 100)] }
+}
 
 /// A scratch directory for one test.
 pub struct Scratch {

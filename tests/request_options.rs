@@ -1,0 +1,117 @@
+//! What the relay asks Nomad for: several addresses tried in turn, where to start on a first
+//! run (`oldest`, `now`, an index), Nomad's own CLI variables, and `tail`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use nomad_emulator::EmulatorConfig;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_address_is_skipped_for_the_next_one() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "web"));
+    let scratch = Scratch::new();
+    let config = scratch.config("http://127.0.0.1:1", "", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "address = \"http://127.0.0.1:1\"",
+        &format!("address = [\"http://127.0.0.1:1\", \"{}\"]", emulator.url()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut relay = Relay::start(&config);
+    eventually("the event via the second address", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("127.0.0.1:1"), "the failed address is named: {}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_now_skips_what_nomad_already_had() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for index in [3, 5, 8] {
+        emulator.publish(job(index, &format!("old-{index}")));
+    }
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "start = \"now\"", "");
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_connections(1).await;
+    emulator.publish(job(9, "new-9"));
+    emulator.publish(job(12, "new-12"));
+    eventually("the two new events", WAIT, || (scratch.lines("events.ndjson").len() >= 2).then_some(()))
+        .await;
+    assert!(relay.terminate().success());
+    assert_eq!(
+        scratch.lines("events.ndjson"),
+        vec![job(9, "new-9").events[0].to_json(9), job(12, "new-12").events[0].to_json(12)]
+    );
+    assert_eq!(
+        emulator.requests()[0].index,
+        Some(i64::MAX),
+        "Nomad has no 'latest': a future index yields only its newest batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_an_index_is_inclusive_and_nomad_variables_are_honoured() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for index in [10, 20, 30] {
+        emulator.publish(job(index, &format!("job-{index}")));
+    }
+    let scratch = Scratch::new();
+    // No address in the file: NOMAD_ADDR supplies it, as for the nomad CLI.
+    let config = scratch.config("http://replaced", "start = 20", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace("address = \"http://replaced\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let stderr = std::fs::File::create(scratch.path("relay.log")).unwrap();
+    let mut child = relay_command(&["run", "--config", config.to_str().unwrap()])
+        .env("NOMAD_ADDR", emulator.url())
+        .env("NOMAD_TOKEN", "token-from-env")
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    eventually("events from index 20", WAIT, || (scratch.lines("events.ndjson").len() >= 2).then_some(()))
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines, vec![job(20, "job-20").events[0].to_json(20), job(30, "job-30").events[0].to_json(30)]);
+    let request = &emulator.requests()[0];
+    assert_eq!(request.index, Some(20));
+    assert_eq!(request.token.as_deref(), Some("token-from-env"));
+    assert_eq!(request.namespace.as_deref(), Some("*"));
+    assert_eq!(
+        request.topics,
+        DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "topics listed explicitly, never *"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_stream_without_a_journal() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(4, "a"));
+    emulator.publish(job(6, "b"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut child = relay_command(&["tail", "--config", config.to_str().unwrap(), "--index", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next().unwrap().unwrap())
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(first, job(6, "b").events[0].to_json(6));
+    assert!(!scratch.path("data").exists(), "tail keeps no journal");
+}

@@ -174,6 +174,9 @@ pub struct NomadConfig {
     pub region: Option<String>,
     /// Namespace filter; `*` means every namespace.
     pub namespace: String,
+    /// With `namespace = "*"`: how often, at most, to ask Nomad for its namespace list, so a
+    /// new namespace leads to a resubscription that includes it.
+    pub namespace_refresh: HumanDuration,
     /// Topics to subscribe to, as `Topic` or `Topic:Key`.
     pub topics: Vec<String>,
     /// Where to start when the journal is empty.
@@ -202,6 +205,7 @@ impl Default for NomadConfig {
             token_file: None,
             region: None,
             namespace: "*".to_owned(),
+            namespace_refresh: HumanDuration(Duration::from_secs(10)),
             topics: DEFAULT_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
             start: StartAt::Oldest,
             idle_timeout: HumanDuration(Duration::from_secs(90)),

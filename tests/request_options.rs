@@ -53,7 +53,7 @@ async fn start_now_skips_what_nomad_already_had() {
         vec![job(9, "new-9").events[0].to_json(9), job(12, "new-12").events[0].to_json(12)]
     );
     assert_eq!(
-        emulator.requests()[0].index,
+        stream_requests(&emulator)[0].index,
         Some(i64::MAX),
         "Nomad has no 'latest': a future index yields only its newest batch"
     );
@@ -83,7 +83,7 @@ async fn start_at_an_index_is_inclusive_and_nomad_variables_are_honoured() {
     let _ = child.wait();
     let lines = scratch.lines("events.ndjson");
     assert_eq!(lines, vec![job(20, "job-20").events[0].to_json(20), job(30, "job-30").events[0].to_json(30)]);
-    let request = &emulator.requests()[0];
+    let request = &stream_requests(&emulator)[0];
     assert_eq!(request.index, Some(20));
     assert_eq!(request.token.as_deref(), Some("token-from-env"));
     assert_eq!(request.namespace.as_deref(), Some("*"));
@@ -114,4 +114,30 @@ async fn tail_prints_the_stream_without_a_journal() {
     let _ = child.wait();
     assert_eq!(first, job(6, "b").events[0].to_json(6));
     assert!(!scratch.path("data").exists(), "tail keeps no journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_created_after_subscribing_is_picked_up() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "in-default"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "namespace_refresh = \"100ms\"", "");
+    let mut relay = Relay::start(&config);
+    eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    // Nomad froze `*` to ["default"] for the open stream; a new namespace is invisible to it.
+    emulator.set_namespaces(vec!["default".into(), "team-b".into()]);
+    emulator.wait_for_connections(2).await;
+    let mut event = job(7, "in-team-b").events.remove(0);
+    event.namespace = "team-b".into();
+    emulator.publish(nomad_emulator::Batch { index: 7, events: vec![event] });
+    eventually("the event of the new namespace", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 2).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(
+        &scratch.lines("events.ndjson"),
+        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
+    );
+    assert!(relay.log().contains("new Nomad namespace(s) [\"team-b\"]"), "{}", relay.log());
 }

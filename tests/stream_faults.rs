@@ -110,7 +110,7 @@ async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, 
     );
     let mut relay = Relay::start(&config);
     emulator.wait_for_connections(2).await;
-    let requests = emulator.requests();
+    let requests = stream_requests(&emulator);
     let pause = requests[1].at.duration_since(requests[0].at);
     assert!(
         pause >= Duration::from_millis(900),
@@ -270,6 +270,6 @@ async fn several_lines_with_one_index_survive_a_cut_between_them() {
         &scratch.lines("events.ndjson"),
         &expected_lines(&emulator.published(), DEFAULT_TOPICS),
     );
-    let second = &emulator.requests()[1];
+    let second = &stream_requests(&emulator)[1];
     assert_eq!(second.index, Some(10), "resume is inclusive: index=N, not N+1");
 }

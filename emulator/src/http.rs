@@ -255,6 +255,8 @@ pub(crate) struct SimpleResponse<'a> {
     /// Whether the handler had set `Cache-Control: no-cache` (it does once the
     /// parameters are valid).
     pub no_cache: bool,
+    /// `X-Nomad-Index`, for list endpoints.
+    pub index: Option<u64>,
 }
 
 impl SimpleResponse<'_> {
@@ -275,6 +277,9 @@ impl SimpleResponse<'_> {
         }
         head.push_str(&format!("Content-Type: {}\r\n", self.content_type));
         head.push_str("Vary: Accept-Encoding\r\n");
+        if let Some(index) = self.index {
+            head.push_str(&format!("X-Nomad-Index: {index}\r\n"));
+        }
         head.push_str(&format!("Date: {}\r\n", http_date(SystemTime::now())));
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         if !keep_alive && req.minor == 1 {

@@ -179,6 +179,7 @@ impl Emulator {
     /// subscriptions; running ones keep their frozen list).
     pub fn set_namespaces(&self, namespaces: Vec<String>) {
         *lock(&self.shared().namespaces) = namespaces;
+        self.shared().namespaces_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Deletes a token: later requests with it are denied, and its open streams end

@@ -20,6 +20,8 @@ use crate::stream::{self, ReadSide, StreamEnd, Subscription};
 
 /// The only route.
 pub(crate) const STREAM_PATH: &str = "/v1/event/stream";
+/// The namespace list, which relays poll to notice namespaces `namespace=*` cannot see.
+pub(crate) const NAMESPACES_PATH: &str = "/v1/namespaces";
 
 /// Accepts connections until shutdown.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -130,9 +132,34 @@ async fn handle(
 ) -> Option<OwnedWriteHalf> {
     let keep_alive = reusable_body && req.keep_alive();
     let plain = "text/plain; charset=utf-8";
+    if req.path == NAMESPACES_PATH && req.method == "GET" {
+        // Answered at once, never as a blocking query: a client must pace its polling.
+        let names = lock(&shared.namespaces).clone();
+        let body = serde_json::to_string(
+            &names
+                .iter()
+                .map(|name| serde_json::json!({"Name": name, "Description": "", "CreateIndex": 1, "ModifyIndex": 1}))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|_| "[]".to_owned());
+        let index = shared.namespaces_index.load(std::sync::atomic::Ordering::Relaxed);
+        let resp = SimpleResponse {
+            code: 200,
+            body: &body,
+            content_type: "application/json",
+            no_cache: false,
+            index: Some(index),
+        };
+        return reply(wr, &req, &resp, keep_alive).await;
+    }
     if req.path != STREAM_PATH {
-        let resp =
-            SimpleResponse { code: 404, body: "Invalid URL path", content_type: plain, no_cache: false };
+        let resp = SimpleResponse {
+            code: 404,
+            body: "Invalid URL path",
+            content_type: plain,
+            no_cache: false,
+            index: None,
+        };
         return reply(wr, &req, &resp, keep_alive).await;
     }
     let pairs = query::parse_query(&req.query);
@@ -141,7 +168,7 @@ async fn handle(
         Err((code, msg)) => {
             tracing::debug!(code, %msg, "stream request rejected");
             shared.count_connection();
-            let resp = SimpleResponse { code, body: &msg, content_type: plain, no_cache: false };
+            let resp = SimpleResponse { code, body: &msg, content_type: plain, no_cache: false, index: None };
             return reply(wr, &req, &resp, keep_alive).await;
         }
     };
@@ -181,8 +208,13 @@ async fn handle(
                     }
                     Denial::ServerError(msg) => (500, msg),
                 };
-                let resp =
-                    SimpleResponse { code, body: &msg, content_type: "application/json", no_cache: true };
+                let resp = SimpleResponse {
+                    code,
+                    body: &msg,
+                    content_type: "application/json",
+                    no_cache: true,
+                    index: None,
+                };
                 reply(wr, &req, &resp, keep_alive).await
             }
             Ok(sub) => {

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub last_index: AtomicU64,
     /// Existing namespaces (what `namespace=*` expands to).
     pub namespaces: Mutex<Vec<String>>,
+    /// Raft index of the namespace table, as `X-Nomad-Index` on `/v1/namespaces`.
+    pub namespaces_index: std::sync::atomic::AtomicU64,
     /// ACL system, `None` = disabled.
     pub acl: Mutex<Option<AclConfig>>,
     /// Failure every new subscription meets.
@@ -93,6 +95,7 @@ impl Shared {
             buffer: Buffer::new(config.buffer_size),
             last_index: AtomicU64::new(0),
             namespaces: Mutex::new(config.namespaces.clone()),
+            namespaces_index: std::sync::atomic::AtomicU64::new(1),
             acl: Mutex::new(config.acl.clone()),
             reject: Mutex::new(None),
             stalled: watch::Sender::new(false),

@@ -15,6 +15,7 @@
 
 pub mod frame;
 pub mod framing;
+pub mod namespaces;
 pub mod permissions;
 pub mod resume;
 pub mod tls;
@@ -31,7 +32,7 @@ use resume::Resume;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -53,14 +54,36 @@ enum Ended {
     Shutdown,
 }
 
+/// Where the ACL token comes from: the config, or a file read again before every request
+/// (so a rotated token is picked up without a restart).
+#[derive(Clone)]
+pub struct TokenSource {
+    token: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl TokenSource {
+    /// The token to send now, if any.
+    pub fn read(&self) -> Result<Option<String>, String> {
+        if let Some(path) = &self.file {
+            return std::fs::read_to_string(path)
+                .map(|text| Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
+                .map_err(|e| format!("cannot read `nomad.token_file` {}: {e}", path.display()));
+        }
+        Ok(self.token.clone().filter(|t| !t.is_empty()))
+    }
+}
+
 /// The Nomad source.
 pub struct Source {
     config: NomadConfig,
     addresses: Vec<String>,
     client: reqwest::Client,
+    token: TokenSource,
     resume: Resume,
     out: EventSender,
     stats: Arc<SourceStats>,
+    namespace_changes: Option<watch::Receiver<u64>>,
 }
 
 impl Source {
@@ -85,11 +108,27 @@ impl Source {
             .build()
             .map_err(|e| SourceError(format!("cannot build the HTTP client: {e}")))?;
         let addresses = config.address.to_vec();
-        Ok(Source { config, addresses, client, resume, out, stats })
+        let token = TokenSource {
+            token: config.token.as_ref().map(|t| t.0.clone()),
+            file: config.token_file.clone(),
+        };
+        Ok(Source { config, addresses, client, token, resume, out, stats, namespace_changes: None })
     }
 
     /// Follows the stream until `shutdown` is cancelled or the receiver of events is gone.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.config.namespace == "*" {
+            let (changed, changes) = watch::channel(0);
+            self.namespace_changes = Some(changes);
+            tokio::spawn(namespaces::watch_namespaces(
+                self.client.clone(),
+                self.addresses.clone(),
+                self.token.clone(),
+                self.config.namespace_refresh.0,
+                changed,
+                shutdown.clone(),
+            ));
+        }
         let reconnect = self.config.reconnect.clone();
         let builder = |min: Duration, max: Duration| {
             ExponentialBuilder::default()
@@ -145,15 +184,6 @@ impl Source {
         }
     }
 
-    fn token(&self) -> Result<Option<String>, String> {
-        if let Some(path) = &self.config.token_file {
-            return std::fs::read_to_string(path)
-                .map(|text| Some(text.trim().to_owned()))
-                .map_err(|e| format!("cannot read `nomad.token_file` {}: {e}", path.display()));
-        }
-        Ok(self.config.token.as_ref().map(|t| t.0.clone()))
-    }
-
     fn url(&self, address: &str) -> Result<reqwest::Url, String> {
         let mut url = reqwest::Url::parse(&format!("{}/v1/event/stream", address.trim_end_matches('/')))
             .map_err(|e| format!("bad address `{address}`: {e}"))?;
@@ -177,9 +207,9 @@ impl Source {
             Err(reason) => return Ended::Dropped { streamed: false, reason },
         };
         let mut request = self.client.get(url.clone());
-        match self.token() {
-            Ok(Some(token)) if !token.is_empty() => request = request.header("X-Nomad-Token", token),
-            Ok(_) => {}
+        match self.token.read() {
+            Ok(Some(token)) => request = request.header("X-Nomad-Token", token),
+            Ok(None) => {}
             Err(reason) => return Ended::Dropped { streamed: false, reason },
         }
         debug!(%url, "connecting to Nomad's event stream");
@@ -217,9 +247,17 @@ impl Source {
         let mut saw_line = false;
         let mut body = response.bytes_stream();
         let idle = self.config.idle_timeout.0;
+        let mut namespace_changes = self.namespace_changes.clone();
+        if let Some(changes) = &mut namespace_changes {
+            changes.borrow_and_update();
+        }
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                Some(()) = namespaces_changed(&mut namespace_changes) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    return Ended::Dropped { streamed: true, reason: "a namespace was added".to_owned() };
+                }
                 next = tokio::time::timeout(idle, body.next()) => next,
             };
             let chunk: Bytes = match next {
@@ -338,6 +376,14 @@ impl Source {
                 add(&self.stats.events_journaled, count);
             }
         }
+    }
+}
+
+/// Resolves when the namespace watcher reports a change; never without a watcher.
+async fn namespaces_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match changes {
+        Some(changes) => changes.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

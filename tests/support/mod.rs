@@ -202,6 +202,11 @@ pub fn assert_lines_equal(actual: &[String], expected: &[String]) {
     }
 }
 
+/// The event-stream requests the emulator received (not the namespace-list polls).
+pub fn stream_requests(emulator: &Emulator) -> Vec<nomad_emulator::RecordedRequest> {
+    emulator.requests().into_iter().filter(|r| r.path == "/v1/event/stream").collect()
+}
+
 pub async fn emulator(config: EmulatorConfig) -> Emulator {
     Emulator::start(config).await.unwrap()
 }

@@ -22,12 +22,15 @@ use tokio_util::sync::CancellationToken;
 pub fn validate(config: &Config) -> String {
     let mut text = String::from("configuration is valid\n");
     text.push_str(&format!("data_dir: {}\n", config.data_dir.display()));
-    text.push_str(&format!(
-        "nomad: {} (namespace {}, topics {})\n",
-        config.nomad.address.to_vec().join(", "),
-        config.nomad.namespace,
-        config.nomad.topics.join(",")
-    ));
+    for nomad in &config.nomad {
+        text.push_str(&format!(
+            "nomad {}: {} (namespace {}, topics {})\n",
+            nomad.name,
+            nomad.address.to_vec().join(", "),
+            nomad.namespace,
+            nomad.topics.join(",")
+        ));
+    }
     for (name, sink) in &config.sinks {
         text.push_str(&format!("sink {name}: {:?}\n", sink.kind));
     }
@@ -42,14 +45,19 @@ pub fn validate(config: &Config) -> String {
     text
 }
 
-/// `tail`: prints events from Nomad until `shutdown`.
+/// `tail`: prints events from every configured Nomad source until `shutdown`.
 pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let start = index.map(crate::config::StartAt::Index).unwrap_or(config.nomad.start);
-    let resume = Resume::new(None, start, true);
     let (tx, mut rx) = mpsc::channel(64);
-    let source = Source::new(config.nomad, resume, tx, Arc::new(SourceStats::default()))
-        .map_err(|e| RelayError::Other(e.to_string()))?;
-    let task = tokio::spawn(source.run(shutdown.clone()));
+    let mut tasks = Vec::new();
+    for nomad in config.nomad {
+        let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
+        let resume = Resume::new(&nomad.name, None, start, true);
+        let name = nomad.name.clone();
+        let source = Source::new(nomad, resume, tx.clone(), Arc::new(SourceStats::default()))
+            .map_err(|e| RelayError::Other(format!("Nomad source `{name}`: {e}")))?;
+        tasks.push(tokio::spawn(source.run(shutdown.clone())));
+    }
+    drop(tx);
     let mut stdout = tokio::io::stdout();
     while let Some(events) = rx.recv().await {
         let mut buffer = Vec::new();
@@ -62,22 +70,33 @@ pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToke
             break;
         }
     }
-    let _ = task.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+fn source_names(config: &Config) -> Vec<String> {
+    config.nomad.iter().map(|n| n.name.clone()).collect()
 }
 
 /// `checkpoint show`: a human-readable report.
 pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
-    let recovered = journal::recover(&journal_dir(&config.data_dir), false)?;
+    let names = source_names(config);
+    let recovered = journal::recover(&journal_dir(&config.data_dir), false, &names)?;
     let mut out = String::new();
-    match &recovered.checkpoint {
-        Some(checkpoint) => out.push_str(&format!(
-            "source: resumes at Nomad index {} ({} events already journaled at it)\n",
-            checkpoint.index,
-            checkpoint.seen.len()
-        )),
-        None => {
-            out.push_str(&format!("source: nothing journaled yet; first start at {:?}\n", config.nomad.start))
+    for nomad in &config.nomad {
+        match recovered.checkpoints.get(&nomad.name) {
+            Some(checkpoint) => out.push_str(&format!(
+                "source {}: resumes at Nomad index {} ({} events already journaled at it)\n",
+                nomad.name,
+                checkpoint.index,
+                checkpoint.seen.len()
+            )),
+            None => out.push_str(&format!(
+                "source {}: nothing journaled yet; first start at {:?}\n",
+                nomad.name, nomad.start
+            )),
         }
     }
     let bytes: u64 = recovered.segments.iter().map(|s| s.len).sum();
@@ -121,7 +140,7 @@ pub async fn replay(
     };
     let _lock = lock_data_dir(&config.data_dir)?;
     let dir = journal_dir(&config.data_dir);
-    let recovered = journal::recover(&dir, true)?;
+    let recovered = journal::recover(&dir, true, &source_names(&config))?;
     let Some(mut cursor) = cursor::load(&config.data_dir, sink_name)? else {
         return Err(RelayError::Other(format!(
             "sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it"

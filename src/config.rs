@@ -64,8 +64,9 @@ impl From<figment::Error> for ConfigError {
 pub struct Config {
     /// Where the journal, cursors and lock file live.
     pub data_dir: PathBuf,
-    /// The Nomad cluster to follow.
-    pub nomad: NomadConfig,
+    /// The Nomad clusters or regions to follow: one `[nomad]` table, or several `[[nomad]]`
+    /// tables each with its own `name`.
+    pub nomad: Vec<NomadConfig>,
     /// Journal sizing and retention.
     pub journal: JournalConfig,
     /// Configured sinks, by name.
@@ -80,7 +81,7 @@ struct RawConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default)]
-    nomad: NomadConfig,
+    nomad: Option<Value>,
     #[serde(default)]
     journal: JournalConfig,
     #[serde(default)]
@@ -163,6 +164,9 @@ impl<'de> Deserialize<'de> for StartAt {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NomadConfig {
+    /// The source's name, part of every event id and shown in logs: required with several
+    /// `[[nomad]]` tables, `default` with one.
+    pub name: String,
     /// One address or several, tried in turn (`http://` or `https://`).
     pub address: OneOrMany<String>,
     /// ACL token sent as `X-Nomad-Token`.
@@ -200,6 +204,7 @@ pub struct NomadConfig {
 impl Default for NomadConfig {
     fn default() -> Self {
         NomadConfig {
+            name: crate::source::resume::DEFAULT_SOURCE.to_owned(),
             address: OneOrMany::One("http://127.0.0.1:4646".to_owned()),
             token: None,
             token_file: None,
@@ -456,13 +461,29 @@ impl Config {
         for (name, table) in raw.sinks {
             sinks.insert(name.clone(), parse_sink(&name, table)?);
         }
-        let config = Config {
-            data_dir: raw.data_dir,
-            nomad: raw.nomad,
-            journal: raw.journal,
-            sinks,
-            routes: raw.routes,
+        let nomad = match raw.nomad {
+            None => vec![NomadConfig::default()],
+            Some(Value::Array(_, tables)) => {
+                let mut sources = Vec::new();
+                for (position, table) in tables.into_iter().enumerate() {
+                    let has_name = matches!(&table, Value::Dict(_, dict) if dict.contains_key("name"));
+                    if !has_name {
+                        return Err(ConfigError(format!(
+                            "`nomad[{position}].name`: missing; with several [[nomad]] tables each needs a name (it is part of every event id)"
+                        )));
+                    }
+                    sources.push(
+                        table
+                            .deserialize::<NomadConfig>()
+                            .map_err(|e| with_path(&format!("nomad[{position}]"), e))?,
+                    );
+                }
+                sources
+            }
+            Some(table) => vec![table.deserialize::<NomadConfig>().map_err(|e| with_path("nomad", e))?],
         };
+        let config =
+            Config { data_dir: raw.data_dir, nomad, journal: raw.journal, sinks, routes: raw.routes };
         config.validate()?;
         Ok(config)
     }
@@ -479,67 +500,89 @@ impl Config {
                 ));
             }
         }
-        let addresses = self.nomad.address.to_vec();
-        if addresses.is_empty() {
-            return fail(
-                "`nomad.address`: give at least one address, such as \"http://127.0.0.1:4646\"".into(),
-            );
+        if self.nomad.is_empty() {
+            return fail("`nomad`: give at least one [nomad] table".into());
         }
-        for address in &addresses {
-            let Ok(url) = reqwest::Url::parse(address) else {
+        let mut names = BTreeSet::new();
+        for (position, nomad) in self.nomad.iter().enumerate() {
+            let key = if self.nomad.len() == 1 { "nomad".to_owned() } else { format!("nomad[{position}]") };
+            if nomad.name.is_empty()
+                || !nomad.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
                 return fail(format!(
-                    "`nomad.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""
+                    "`{key}.name`: `{}` must be letters, digits, `-`, `_` or `.`",
+                    nomad.name
                 ));
-            };
-            if url.scheme() != "http" && url.scheme() != "https" {
-                return fail(format!("`nomad.address`: `{address}` must start with http:// or https://"));
             }
-        }
-        if self.nomad.topics.is_empty() {
-            return fail(
-                "`nomad.topics`: subscribe to at least one topic (remove the key for the defaults)".into(),
-            );
-        }
-        let mut wildcard_topics = BTreeSet::new();
-        let mut keyed_topics = BTreeSet::new();
-        for topic in &self.nomad.topics {
-            let parts: Vec<&str> = topic.split(':').collect();
-            match parts.as_slice() {
-                [name] if !name.is_empty() => {
-                    wildcard_topics.insert(*name);
-                }
-                [name, "*"] if !name.is_empty() => {
-                    wildcard_topics.insert(*name);
-                }
-                [name, _key] if !name.is_empty() => {
-                    keyed_topics.insert(*name);
-                }
-                _ => {
+            if !names.insert(nomad.name.as_str()) {
+                return fail(format!(
+                    "`{key}.name`: `{}` is used by two [[nomad]] tables; each source needs its own name",
+                    nomad.name
+                ));
+            }
+            let addresses = nomad.address.to_vec();
+            if addresses.is_empty() {
+                return fail(format!(
+                    "`{key}.address`: give at least one address, such as \"http://127.0.0.1:4646\""
+                ));
+            }
+            for address in &addresses {
+                let Ok(url) = reqwest::Url::parse(address) else {
                     return fail(format!(
-                        "`nomad.topics`: `{topic}` is not `Topic` or `Topic:Key` (Nomad refuses more than one `:`)"
+                        "`{key}.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""
                     ));
+                };
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return fail(format!("`{key}.address`: `{address}` must start with http:// or https://"));
                 }
             }
-        }
-        if let Some(topic) = wildcard_topics.intersection(&keyed_topics).next() {
-            return fail(format!(
-                "`nomad.topics`: `{topic}` is listed both whole and with a key; Nomad then delivers only the keyed events (the wildcard is lost), so list it one way"
-            ));
-        }
-        if self.nomad.idle_timeout.0 < Duration::from_millis(100) {
-            return fail("`nomad.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production".into());
-        }
-        if self.nomad.max_line_bytes.0 < 1024 {
-            return fail(
-                "`nomad.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)"
-                    .into(),
-            );
-        }
-        let tls = &self.nomad.tls;
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return fail(
-                "`nomad.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither".into(),
-            );
+            if nomad.topics.is_empty() {
+                return fail(format!(
+                    "`{key}.topics`: subscribe to at least one topic (remove the key for the defaults)"
+                ));
+            }
+            let mut wildcard_topics = BTreeSet::new();
+            let mut keyed_topics = BTreeSet::new();
+            for topic in &nomad.topics {
+                let parts: Vec<&str> = topic.split(':').collect();
+                match parts.as_slice() {
+                    [name] if !name.is_empty() => {
+                        wildcard_topics.insert(*name);
+                    }
+                    [name, "*"] if !name.is_empty() => {
+                        wildcard_topics.insert(*name);
+                    }
+                    [name, _key] if !name.is_empty() => {
+                        keyed_topics.insert(*name);
+                    }
+                    _ => {
+                        return fail(format!(
+                            "`{key}.topics`: `{topic}` is not `Topic` or `Topic:Key` (Nomad refuses more than one `:`)"
+                        ));
+                    }
+                }
+            }
+            if let Some(topic) = wildcard_topics.intersection(&keyed_topics).next() {
+                return fail(format!(
+                    "`{key}.topics`: `{topic}` is listed both whole and with a key; Nomad then delivers only the keyed events (the wildcard is lost), so list it one way"
+                ));
+            }
+            if nomad.idle_timeout.0 < Duration::from_millis(100) {
+                return fail(format!(
+                    "`{key}.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production"
+                ));
+            }
+            if nomad.max_line_bytes.0 < 1024 {
+                return fail(format!(
+                    "`{key}.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)"
+                ));
+            }
+            let tls = &nomad.tls;
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return fail(format!(
+                    "`{key}.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither"
+                ));
+            }
         }
         if self.journal.segment_bytes.0 < 4096 {
             return fail("`journal.segment_bytes`: must be at least 4KiB".into());
@@ -578,6 +621,23 @@ impl Config {
     }
 }
 
+/// Prefixes each error of a sub-table's deserialisation with the table's key path.
+fn with_path(prefix: &str, error: figment::Error) -> ConfigError {
+    let mut text = String::new();
+    for error in error {
+        let path = error.path.join(".");
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        if path.is_empty() {
+            text.push_str(&format!("`{prefix}`: {}", error.kind));
+        } else {
+            text.push_str(&format!("`{prefix}.{path}`: {}", error.kind));
+        }
+    }
+    ConfigError(format!("invalid configuration: {text}"))
+}
+
 fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
     let mut common = Dict::new();
     for key in COMMON_SINK_KEYS {
@@ -585,21 +645,8 @@ fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
             common.insert((*key).to_owned(), value);
         }
     }
-    let context = |error: figment::Error| {
-        let mut text = String::new();
-        for error in error {
-            let path = error.path.join(".");
-            if !text.is_empty() {
-                text.push_str("; ");
-            }
-            if path.is_empty() {
-                text.push_str(&format!("`sinks.{name}`: {}", error.kind));
-            } else {
-                text.push_str(&format!("`sinks.{name}.{path}`: {}", error.kind));
-            }
-        }
-        ConfigError(format!("invalid configuration: {text}"))
-    };
+    let prefix = format!("sinks.{name}");
+    let context = |error: figment::Error| with_path(&prefix, error);
     if !table.contains_key("type") {
         return Err(ConfigError(format!("`sinks.{name}.type`: missing; set it to \"file\" or \"stdout\"")));
     }
@@ -626,8 +673,9 @@ mod tests {
         )
         .expect("minimal config");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
-        assert_eq!(config.nomad.namespace, "*");
-        assert_eq!(config.nomad.topics.len(), DEFAULT_TOPICS.len());
+        assert_eq!(config.nomad[0].namespace, "*");
+        assert_eq!(config.nomad[0].name, "default");
+        assert_eq!(config.nomad[0].topics.len(), DEFAULT_TOPICS.len());
         assert!(
             matches!(&config.sinks["out"].kind, SinkKindConfig::File(file) if file.path == Path::new("./events.ndjson"))
         );
@@ -699,7 +747,29 @@ mod tests {
         assert!(error.to_string().contains("oldest"), "{error}");
         let config =
             Config::from_toml("[nomad]\nstart = 1234\n[sinks.out]\ntype = \"stdout\"\n").expect("index");
-        assert_eq!(config.nomad.start, StartAt::Index(1234));
+        assert_eq!(config.nomad[0].start, StartAt::Index(1234));
+    }
+
+    #[test]
+    fn several_clusters_need_distinct_names() {
+        let config = Config::from_toml(
+            "[[nomad]]\nname = \"eu\"\naddress = \"http://eu:4646\"\n[[nomad]]\nname = \"us\"\naddress = \"http://us:4646\"\n[sinks.out]\ntype = \"stdout\"\n",
+        )
+        .expect("two clusters");
+        assert_eq!(config.nomad.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
+        let error =
+            Config::from_toml("[[nomad]]\naddress = \"http://eu:4646\"\n[sinks.out]\ntype = \"stdout\"\n")
+                .expect_err("unnamed");
+        assert!(error.to_string().contains("`nomad[0].name`: missing"), "{error}");
+        let error = Config::from_toml(
+            "[[nomad]]\nname = \"eu\"\n[[nomad]]\nname = \"eu\"\n[sinks.out]\ntype = \"stdout\"\n",
+        )
+        .expect_err("duplicate");
+        assert!(error.to_string().contains("used by two"), "{error}");
+        let error =
+            Config::from_toml("[[nomad]]\nname = \"eu\"\nadress = \"x\"\n[sinks.out]\ntype = \"stdout\"\n")
+                .expect_err("typo");
+        assert!(error.to_string().contains("`nomad[0]") && error.to_string().contains("adress"), "{error}");
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let _lock = lock_data_dir(&config.data_dir)?;
     let journal_dir = journal_dir(&config.data_dir);
     let dir = journal_dir.clone();
-    let recovered = tokio::task::spawn_blocking(move || journal::recover(&dir, true))
+    let source_names: Vec<String> = config.nomad.iter().map(|n| n.name.clone()).collect();
+    let mut recovered = tokio::task::spawn_blocking(move || journal::recover(&dir, true, &source_names))
         .await
         .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))??;
 
@@ -95,9 +96,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         )));
     }
     let oldest = if recovered.segments.is_empty() { head + 1 } else { recovered.oldest };
-    match &recovered.checkpoint {
-        Some(checkpoint) => info!(index = checkpoint.index, journal_head = head, "resuming from the journal"),
-        None => info!(start = ?config.nomad.start, "journal is empty; first start"),
+    for nomad in &config.nomad {
+        match recovered.checkpoints.get(&nomad.name) {
+            Some(checkpoint) => {
+                info!(source = %nomad.name, index = checkpoint.index, journal_head = head, "resuming from the journal")
+            }
+            None => {
+                info!(source = %nomad.name, start = ?nomad.start, "nothing journaled from this source yet; first start")
+            }
+        }
     }
 
     let board = Arc::new(CursorBoard::default());
@@ -131,10 +138,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .spawn(move || writer.run(events_rx))
         .map_err(|e| RelayError::Other(format!("cannot start the journal writer: {e}")))?;
 
-    let source_stats = Arc::new(SourceStats::default());
-    let resume = Resume::new(recovered.checkpoint, config.nomad.start, config.nomad.gap_markers);
-    let source = Source::new(config.nomad.clone(), resume, events_tx, source_stats)
-        .map_err(|e| RelayError::Other(e.to_string()))?;
+    let mut sources = Vec::new();
+    for nomad in &config.nomad {
+        let checkpoint = recovered.checkpoints.remove(&nomad.name);
+        let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
+        let stats = Arc::new(SourceStats::default());
+        let source = Source::new(nomad.clone(), resume, events_tx.clone(), stats)
+            .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
+        sources.push((nomad.name.clone(), source));
+    }
+    drop(events_tx);
 
     let tracker = TaskTracker::new();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
@@ -148,13 +161,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         }
     };
     let source_shutdown = shutdown.child_token();
-    {
+    for (name, source) in sources {
         let source_shutdown = source_shutdown.clone();
         let fail = fail.clone();
         tracker.spawn(async move {
             source.run(source_shutdown.clone()).await;
             if !source_shutdown.is_cancelled() {
-                fail("the journal writer stopped taking events".to_owned());
+                fail(format!("Nomad source `{name}` stopped: the journal writer no longer takes events"));
             }
         });
     }

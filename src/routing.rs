@@ -72,6 +72,7 @@ mod tests {
         Envelope {
             seq: 1,
             id: EventId { index: 1, digest: 1, occurrence: 0 },
+            source: "default".into(),
             topic: topic.into(),
             event_type: event_type.into(),
             key: key.into(),

@@ -14,7 +14,7 @@ fn the_example_config_documents_a_valid_configuration() {
     let config = Config::load(Sources { file: Some(&path), environment: false }).unwrap();
     assert_eq!(config.sinks.len(), 2);
     assert_eq!(config.routes.len(), 2);
-    assert_eq!(config.nomad.topics.len(), 9);
+    assert_eq!(config.nomad[0].topics.len(), 9);
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn environment_overrides_the_file_and_nomad_variables_fill_in() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("nomad: https://nomad.example:4646 (namespace prod"), "{stdout}");
+    assert!(stdout.contains("nomad default: https://nomad.example:4646 (namespace prod"), "{stdout}");
 }
 
 #[test]

@@ -63,3 +63,60 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing_modern_framing() {
 async fn sigkill_at_random_moments_loses_and_repeats_nothing_legacy_gzip_framing() {
     survive_kills(Framing::Legacy, true, 11).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_each_resume_from_their_own_checkpoint_across_kills() {
+    let config_for = |seed| EmulatorConfig {
+        buffer_size: 1_000_000,
+        fragment_writes: Some(seed),
+        ..EmulatorConfig::default()
+    };
+    let eu = emulator(config_for(21)).await;
+    let us = emulator(config_for(22)).await;
+    let scratch = Scratch::new();
+    // Two [[nomad]] tables instead of the template's single [nomad] one.
+    let config = scratch.config("http://unused", "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let single = text[text.find("[nomad]").unwrap()..text.find("[sinks.out]").unwrap()].to_owned();
+    let two = format!(
+        "[[nomad]]\nname = \"eu\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[[nomad]]\nname = \"us\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n",
+        eu.url(),
+        us.url()
+    );
+    std::fs::write(&config, text.replace(&single, &two)).unwrap();
+    let runs = [eu.clone(), us.clone()].map(|emulator| {
+        let generator = emulator.generator(GeneratorConfig {
+            rate: Some(1_000.0),
+            total_events: Some(6_000),
+            seed: emulator.addr().port() as u64,
+            ..GeneratorConfig::default()
+        });
+        tokio::spawn(generator.run())
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut relay = Relay::start(&config);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
+        relay.kill();
+        relay = Relay::start(&config);
+    }
+    for run in runs {
+        run.await.unwrap();
+    }
+    let expected_eu = expected_lines(&eu.published(), DEFAULT_TOPICS);
+    let expected_us = expected_lines(&us.published(), DEFAULT_TOPICS);
+    let total = expected_eu.len() + expected_us.len();
+    eventually("every event of both clusters", Duration::from_secs(120), || {
+        (scratch.lines("events.ndjson").len() >= total).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), total, "nothing repeated");
+    let eu_set: std::collections::HashSet<&String> = expected_eu.iter().collect();
+    let (from_eu, from_us): (Vec<String>, Vec<String>) =
+        lines.into_iter().partition(|line| eu_set.contains(line));
+    assert_lines_equal(&from_eu, &expected_eu);
+    assert_lines_equal(&from_us, &expected_us);
+    assert!(!relay.log().contains("possible gap"));
+}

@@ -23,7 +23,7 @@ pub mod writer;
 use crate::source::resume::Checkpoint;
 use nomad_relay_sink_api::EventId;
 use record::{HEADER_LEN, header, peek};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -111,6 +111,16 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Segment>, JournalError> {
     Ok(segments)
 }
 
+/// One source's records within a scanned segment.
+#[derive(Debug)]
+struct SourceTail {
+    /// Index of its first record in the segment.
+    first_index: u64,
+    /// Its highest index in the segment, and the ids at that index.
+    max_index: u64,
+    ids: HashSet<EventId>,
+}
+
 /// What a scan of one segment found.
 #[derive(Debug, Default)]
 struct Scan {
@@ -118,10 +128,8 @@ struct Scan {
     valid_len: u64,
     /// Sequence of the last valid record.
     last_seq: Option<u64>,
-    /// Index of the first valid record.
-    first_index: Option<u64>,
-    /// Highest index and the ids at it.
-    tail: Option<(u64, HashSet<EventId>)>,
+    /// Per source: where its records in this segment start and end.
+    sources: HashMap<String, SourceTail>,
     /// A reason the scan stopped before the end of the file.
     stopped: Option<String>,
 }
@@ -156,7 +164,7 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
             scan.stopped = Some("a record whose checksum does not match".into());
             break;
         }
-        let Some((seq, id)) = peek(&body) else {
+        let Some((seq, id, source)) = peek(&body) else {
             scan.stopped = Some("a record too short for its fields".into());
             break;
         };
@@ -167,12 +175,21 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         expected_seq += 1;
         scan.valid_len += (HEADER_LEN + len) as u64;
         scan.last_seq = Some(seq);
-        scan.first_index.get_or_insert(id.index);
-        match &mut scan.tail {
-            Some((index, ids)) if *index == id.index => {
-                ids.insert(id);
+        match scan.sources.get_mut(source) {
+            Some(tail) if id.index > tail.max_index => {
+                tail.max_index = id.index;
+                tail.ids = HashSet::from([id]);
             }
-            _ => scan.tail = Some((id.index, HashSet::from([id]))),
+            Some(tail) => {
+                if id.index == tail.max_index {
+                    tail.ids.insert(id);
+                }
+            }
+            None => {
+                let tail =
+                    SourceTail { first_index: id.index, max_index: id.index, ids: HashSet::from([id]) };
+                scan.sources.insert(source.to_owned(), tail);
+            }
         }
     }
     Ok(scan)
@@ -185,19 +202,24 @@ pub struct Recovered {
     pub head: u64,
     /// Sequence of the oldest record still kept.
     pub oldest: u64,
-    /// The source's checkpoint, `None` when nothing was ever journaled.
-    pub checkpoint: Option<Checkpoint>,
+    /// Each source's checkpoint; a source missing here has journaled nothing yet.
+    pub checkpoints: HashMap<String, Checkpoint>,
     /// The segments, oldest first.
     pub segments: Vec<Segment>,
 }
 
-/// Reads the journal in `dir`. With `repair`, a torn last record is cut off (the writer
-/// needs a clean end); without it, the journal is only read, and an unfinished record at
-/// the end (a write in progress, for `checkpoint show` on a running relay) is ignored.
-pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, JournalError> {
+/// Reads the journal in `dir` and rebuilds the checkpoint of each of `sources`. With
+/// `repair`, a torn last record is cut off (the writer needs a clean end); without it, the
+/// journal is only read, and an unfinished record at the end (a write in progress, for
+/// `checkpoint show` on a running relay) is ignored.
+///
+/// A source's checkpoint is its highest journaled index and every id journaled at it. The
+/// newest segment usually settles it; older segments are read only while a source's records
+/// at its highest index may continue further back (or it has not been seen yet).
+pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
     let Some(last) = segments.last().cloned() else {
-        return Ok(Recovered { head: 0, oldest: 1, checkpoint: None, segments });
+        return Ok(Recovered { head: 0, oldest: 1, checkpoints: HashMap::new(), segments });
     };
     let scan = scan_segment(&last)?;
     if let Some(reason) = scan.stopped.as_ref().filter(|_| repair) {
@@ -215,28 +237,37 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, JournalError> {
     }
     let head = scan.last_seq.unwrap_or(last.first_seq - 1);
     let oldest = segments.first().map(|s| s.first_seq).unwrap_or(1);
-    // The ids at the highest index may start in earlier segments.
-    let mut tail = scan.tail;
-    let mut continues_back = scan.first_index.is_none() || scan.first_index == tail.as_ref().map(|t| t.0);
+    let mut found: HashMap<String, (Checkpoint, bool)> = HashMap::new();
+    let mut merge = |scan: Scan| {
+        for name in sources {
+            let Some(tail) = scan.sources.get(name) else { continue };
+            match found.get_mut(name) {
+                None => {
+                    let checkpoint = Checkpoint { index: tail.max_index, seen: tail.ids.clone() };
+                    found.insert(name.clone(), (checkpoint, tail.first_index < tail.max_index));
+                }
+                Some((checkpoint, settled @ false)) => {
+                    if tail.max_index == checkpoint.index {
+                        checkpoint.seen.extend(tail.ids.iter().copied());
+                        *settled = tail.first_index < checkpoint.index;
+                    } else {
+                        *settled = true;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        sources.iter().all(|name| found.get(name).is_some_and(|(_, settled)| *settled))
+    };
+    let mut settled = merge(scan);
     for segment in segments.iter().rev().skip(1) {
-        if !continues_back {
+        if settled {
             break;
         }
-        let earlier = scan_segment(segment)?;
-        match (&mut tail, earlier.tail) {
-            (None, found) => {
-                tail = found;
-                continues_back = earlier.first_index == tail.as_ref().map(|t| t.0);
-            }
-            (Some((index, ids)), Some((earlier_index, earlier_ids))) if *index == earlier_index => {
-                ids.extend(earlier_ids);
-                continues_back = earlier.first_index == Some(*index);
-            }
-            _ => continues_back = false,
-        }
+        settled = merge(scan_segment(segment)?);
     }
-    let checkpoint = tail.map(|(index, seen)| Checkpoint { index, seen });
-    Ok(Recovered { head, oldest, checkpoint, segments })
+    let checkpoints = found.into_iter().map(|(name, (checkpoint, _))| (name, checkpoint)).collect();
+    Ok(Recovered { head, oldest, checkpoints, segments })
 }
 
 /// Seeks `reader` to the record with sequence `seq` in `segment`, returning its offset, or

@@ -20,15 +20,20 @@ fn event(index: u64, key: &str, size: usize) -> Envelope {
         seq: 0,
         id: EventId {
             index,
-            digest: crate::source::resume::digest("Job", "JobRegistered", "default", key),
+            digest: crate::source::resume::digest("default", "Job", "JobRegistered", "default", key),
             occurrence: 0,
         },
+        source: "default".into(),
         topic: "Job".into(),
         event_type: "JobRegistered".into(),
         key: key.into(),
         namespace: "default".into(),
         raw: Bytes::from(format!("{{\"Key\":\"{key}\",\"Pad\":\"{}\"}}", "x".repeat(size))),
     }
+}
+
+fn sources() -> Vec<String> {
+    vec!["default".to_owned()]
 }
 
 fn config(segment: u64, max: u64) -> JournalConfig {
@@ -46,7 +51,7 @@ struct Running {
 }
 
 fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running {
-    let recovered = recover(dir, true).expect("recover");
+    let recovered = recover(dir, true, &sources()).expect("recover");
     let (writer, head) = JournalWriter::open(
         dir,
         config,
@@ -126,9 +131,9 @@ async fn recovery_cuts_a_torn_record_and_rebuilds_the_checkpoint() {
     file.write_all(&torn[..torn.len() / 2]).expect("write");
     drop(file);
 
-    let recovered = recover(dir.path(), true).expect("recover");
+    let recovered = recover(dir.path(), true, &sources()).expect("recover");
     assert_eq!(recovered.head, 4);
-    let checkpoint = recovered.checkpoint.expect("checkpoint");
+    let checkpoint = recovered.checkpoints["default"].clone();
     assert_eq!(checkpoint.index, 11);
     assert_eq!(checkpoint.seen.len(), 3, "every id at the last index, across writes");
     assert_eq!(fs::metadata(&last.path).expect("metadata").len(), last.len, "the torn half-record is gone");
@@ -149,7 +154,7 @@ async fn the_checkpoint_gathers_ids_from_earlier_segments() {
     }
     journal.stop();
     assert!(list_segments(dir.path()).expect("list").len() > 2);
-    let checkpoint = recover(dir.path(), false).expect("recover").checkpoint.expect("checkpoint");
+    let checkpoint = recover(dir.path(), false, &sources()).expect("recover").checkpoints["default"].clone();
     assert_eq!(checkpoint.index, 2);
     assert_eq!(checkpoint.seen.len(), 30);
 }
@@ -187,4 +192,29 @@ async fn retention_keeps_what_a_blocking_sink_needs_and_skips_a_dropping_one() {
     assert!(
         matches!(reader.read(head, 100, 1 << 20).expect("read"), Batch::Events(events) if events[0].seq == oldest)
     );
+}
+
+#[tokio::test]
+async fn each_source_gets_its_own_checkpoint_even_when_it_was_quiet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(4096, 1 << 30), Arc::default());
+    let from = |source: &str, index: u64, key: &str| {
+        let mut event = event(index, key, 400);
+        event.source = source.to_owned();
+        event
+    };
+    // `eu` writes twice at index 7, then only `us` writes for several segments.
+    journal.write(vec![from("eu", 7, "a")]).await;
+    journal.write(vec![from("eu", 7, "b")]).await;
+    for index in 100..140 {
+        journal.write(vec![from("us", index, "x")]).await;
+    }
+    journal.stop();
+    assert!(list_segments(dir.path()).expect("list").len() > 3);
+    let names = vec!["eu".to_owned(), "us".to_owned(), "asia".to_owned()];
+    let recovered = recover(dir.path(), false, &names).expect("recover");
+    assert_eq!(recovered.checkpoints["eu"].index, 7);
+    assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
+    assert_eq!(recovered.checkpoints["us"].index, 139);
+    assert!(!recovered.checkpoints.contains_key("asia"), "a source that never wrote starts fresh");
 }

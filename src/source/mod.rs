@@ -155,10 +155,10 @@ impl Source {
                     denied_delays = denied.build();
                     if streamed {
                         normal_delays = normal.build();
-                        info!(nomad = %url, "event stream ended ({reason}); reconnecting at index {}", self.resume.request_index());
+                        info!(source = %self.config.name, source = %self.config.name, nomad = %url, "event stream ended ({reason}); reconnecting at index {}", self.resume.request_index());
                     } else {
                         address += 1;
-                        warn!(nomad = %url, "event stream failed: {reason}");
+                        warn!(source = %self.config.name, source = %self.config.name, nomad = %url, "event stream failed: {reason}");
                     }
                     normal_delays.next().unwrap_or(reconnect.max_delay.0)
                 }
@@ -166,7 +166,7 @@ impl Source {
                     address += 1;
                     let delay = denied_delays.next().unwrap_or(reconnect.denied_max_delay.0);
                     error!(
-                        nomad = %url,
+                        source = %self.config.name, nomad = %url,
                         "Nomad refused the event stream subscription: {reason}. {}. Retrying in {:.0?}.",
                         permissions::explain(&self.config.topics, &self.config.namespace),
                         delay
@@ -314,7 +314,7 @@ impl Source {
                 if !saw_line {
                     saw_line = true;
                     self.stats.connected.store(true, Ordering::Relaxed);
-                    info!(nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
+                    info!(source = %self.config.name, nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
                 }
                 let outcome = match piece {
                     Piece::Line(line) => match parse_line(&line) {
@@ -325,7 +325,7 @@ impl Source {
                         }
                         Err(e) => {
                             add(&self.stats.lines_skipped, 1);
-                            error!(nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {e}");
+                            error!(source = %self.config.name, nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {e}");
                             let index = index_from_prefix(&line);
                             self.resume.on_skipped_line(
                                 index,
@@ -341,7 +341,7 @@ impl Source {
                         add(&self.stats.lines_skipped, 1);
                         let index = index_from_prefix(&prefix);
                         error!(
-                            nomad = %address,
+                            source = %self.config.name, nomad = %address,
                             "skipping a line of {length} bytes at index {} : it exceeds `nomad.max_line_bytes` ({} bytes); raise the limit to receive such lines",
                             index.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
                             self.config.max_line_bytes.0
@@ -355,6 +355,7 @@ impl Source {
                 if let Some(gap) = outcome.gap {
                     add(&self.stats.gaps, 1);
                     warn!(
+                        source = %self.config.name,
                         last_index = gap.last_index,
                         resumed_index = gap.resumed_index,
                         "possible gap in Nomad's events: the relay had index {} and Nomad resumed at {}; events in between may have been dropped from Nomad's buffer",

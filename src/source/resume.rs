@@ -25,6 +25,9 @@ use bytes::Bytes;
 use nomad_relay_sink_api::{Envelope, EventId};
 use std::collections::{HashMap, HashSet};
 
+/// The name of the only Nomad source when the configuration has a single `[nomad]` table.
+pub const DEFAULT_SOURCE: &str = "default";
+
 /// Topic of the events the relay itself adds to the stream.
 pub const RELAY_TOPIC: &str = "NomadRelay";
 /// Type of the gap marker event.
@@ -66,6 +69,8 @@ pub struct LineOutcome {
 /// Resume and de-duplication state for one Nomad source.
 #[derive(Debug)]
 pub struct Resume {
+    /// The configured name of the Nomad cluster or region.
+    source: String,
     checkpoint: Checkpoint,
     /// Whether `checkpoint` came from the journal (so a jump past it is a gap).
     have_checkpoint: bool,
@@ -77,10 +82,11 @@ pub struct Resume {
     awaiting_first_line: bool,
 }
 
-/// The stable digest of an event's identity fields.
-pub fn digest(topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 {
+/// The stable digest of an event's identity fields (and its source's name, since raft
+/// indexes belong to one region).
+pub fn digest(source: &str, topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for field in [topic, event_type, namespace, key] {
+    for field in [source, topic, event_type, namespace, key] {
         hasher.update(&(field.len() as u64).to_le_bytes());
         hasher.update(field.as_bytes());
     }
@@ -88,10 +94,12 @@ pub fn digest(topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 
 }
 
 impl Resume {
-    /// Resume state from the journal's checkpoint (`None` when the journal is empty).
-    pub fn new(checkpoint: Option<Checkpoint>, start: StartAt, gap_markers: bool) -> Self {
+    /// Resume state for `source` from the journal's checkpoint (`None` when nothing of this
+    /// source was journaled yet).
+    pub fn new(source: &str, checkpoint: Option<Checkpoint>, start: StartAt, gap_markers: bool) -> Self {
         let have_checkpoint = checkpoint.is_some();
         Resume {
+            source: source.to_owned(),
             checkpoint: checkpoint.unwrap_or_default(),
             have_checkpoint,
             start,
@@ -156,15 +164,18 @@ impl Resume {
             let gap = Gap { last_index: self.checkpoint.index, resumed_index: index };
             outcome.gap = Some(gap);
             if self.gap_markers {
-                let payload =
-                    format!("{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}}}}}", gap.last_index);
+                let payload = format!(
+                    "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}{}}}}}",
+                    gap.last_index,
+                    self.source_field()
+                );
                 let marker = self.marker(index, &payload);
                 self.record(index, marker, &mut outcome);
             }
         }
         let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
         for event in events {
-            let digest = digest(&event.topic, &event.event_type, &event.namespace, &event.key);
+            let digest = digest(&self.source, &event.topic, &event.event_type, &event.namespace, &event.key);
             if !in_line.insert(digest) {
                 outcome.repeated_in_line += 1;
                 continue;
@@ -174,6 +185,7 @@ impl Resume {
             let envelope = Envelope {
                 seq: 0,
                 id,
+                source: self.source.clone(),
                 topic: event.topic,
                 event_type: event.event_type,
                 key: event.key,
@@ -199,16 +211,27 @@ impl Resume {
         outcome.gap = Some(Gap { last_index: self.checkpoint.index, resumed_index: index });
         let reason = serde_json::Value::from(reason).to_string();
         let payload = format!(
-            "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index},\"Reason\":{reason}}}}}",
-            self.checkpoint.index
+            "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
+            self.checkpoint.index,
+            self.source_field()
         );
         let marker = self.marker(index, &payload);
         self.record(index, marker, &mut outcome);
         outcome
     }
 
+    /// `,"Source":"<name>"` for a named source, nothing for the single default one, so the
+    /// marker of a one-cluster relay is exactly `{"Gap":{"LastIndex":N,"ResumedIndex":M}}`.
+    fn source_field(&self) -> String {
+        if self.source == DEFAULT_SOURCE {
+            String::new()
+        } else {
+            format!(",\"Source\":{}", serde_json::Value::from(self.source.as_str()))
+        }
+    }
+
     fn marker(&mut self, index: u64, payload: &str) -> Envelope {
-        let digest = digest(RELAY_TOPIC, GAP_TYPE, "", "");
+        let digest = digest(&self.source, RELAY_TOPIC, GAP_TYPE, "", "");
         let occurrence = self.bump(digest);
         let raw = format!(
             "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{GAP_TYPE}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
@@ -216,6 +239,7 @@ impl Resume {
         Envelope {
             seq: 0,
             id: EventId { index, digest, occurrence },
+            source: self.source.clone(),
             topic: RELAY_TOPIC.to_owned(),
             event_type: GAP_TYPE.to_owned(),
             key: String::new(),
@@ -254,7 +278,7 @@ impl Resume {
             self.line_index = index;
             self.occurrences.clear();
         }
-        let digest = digest(&event.topic, &event.event_type, &event.namespace, &event.key);
+        let digest = digest(&self.source, &event.topic, &event.event_type, &event.namespace, &event.key);
         EventId { index, digest, occurrence: self.bump(digest) }
     }
 
@@ -286,14 +310,14 @@ mod tests {
 
     #[test]
     fn resumes_inclusively_and_drops_what_was_journaled() {
-        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
         assert_eq!(resume.request_index(), 0);
         resume.on_connect();
         let first = resume.on_line(10, vec![event("Job", "web")]);
         assert_eq!(keys(&first), ["Job:web"]);
         // The connection drops before the second line of index 10 arrives.
         let checkpoint = resume.checkpoint().clone();
-        let mut resume = Resume::new(Some(checkpoint), StartAt::Oldest, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, Some(checkpoint), StartAt::Oldest, true);
         assert_eq!(resume.request_index(), 10, "reconnect with index=N, not N+1");
         resume.on_connect();
         let replayed = resume.on_line(10, vec![event("Job", "web")]);
@@ -306,7 +330,7 @@ mod tests {
 
     #[test]
     fn repeats_of_one_object_across_lines_of_one_index_are_distinct() {
-        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
         resume.on_connect();
         let a = resume.on_line(7, vec![event("CSIVolume", "v")]);
         let b = resume.on_line(7, vec![event("CSIVolume", "v")]);
@@ -314,7 +338,8 @@ mod tests {
         assert_eq!(b.events.len(), 1);
         assert_ne!(a.events[0].id, b.events[0].id);
         // Replaying both lines after a restart journals neither again.
-        let mut resume = Resume::new(Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+        let mut resume =
+            Resume::new(DEFAULT_SOURCE, Some(resume.checkpoint().clone()), StartAt::Oldest, true);
         resume.on_connect();
         assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
         assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
@@ -323,7 +348,7 @@ mod tests {
 
     #[test]
     fn exact_repeats_inside_one_line_are_dropped() {
-        let mut resume = Resume::new(None, StartAt::Oldest, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume
             .on_line(3, vec![event("Allocation", "a"), event("Allocation", "a"), event("Allocation", "b")]);
@@ -334,7 +359,7 @@ mod tests {
     #[test]
     fn stale_lines_below_the_checkpoint_are_skipped() {
         let checkpoint = Checkpoint { index: 50, seen: HashSet::new() };
-        let mut resume = Resume::new(Some(checkpoint), StartAt::Oldest, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, Some(checkpoint), StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume.on_line(40, vec![event("Job", "x")]);
         assert!(outcome.stale && outcome.events.is_empty());
@@ -342,8 +367,12 @@ mod tests {
 
     #[test]
     fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
-        let mut resume =
-            Resume::new(Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
+        let mut resume = Resume::new(
+            DEFAULT_SOURCE,
+            Some(Checkpoint { index: 50, seen: HashSet::new() }),
+            StartAt::Oldest,
+            true,
+        );
         resume.on_connect();
         let outcome = resume.on_line(90, vec![event("Job", "x")]);
         assert_eq!(outcome.gap, Some(Gap { last_index: 50, resumed_index: 90 }));
@@ -352,6 +381,16 @@ mod tests {
             std::str::from_utf8(&outcome.events[0].raw).expect("utf8"),
             r#"{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":90,"Payload":{"Gap":{"LastIndex":50,"ResumedIndex":90}}}"#
         );
+        let mut named =
+            Resume::new("eu", Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
+        named.on_connect();
+        let outcome = named.on_line(90, vec![event("Job", "x")]);
+        assert!(
+            std::str::from_utf8(&outcome.events[0].raw)
+                .expect("utf8")
+                .ends_with(r#""Payload":{"Gap":{"LastIndex":50,"ResumedIndex":90,"Source":"eu"}}}"#)
+        );
+        assert_eq!(outcome.events[1].source, "eu");
         // Only the first line after a connect can reveal a gap.
         let later = resume.on_line(120, vec![event("Job", "y")]);
         assert!(later.gap.is_none());
@@ -359,8 +398,12 @@ mod tests {
 
     #[test]
     fn gap_markers_can_be_turned_off() {
-        let mut resume =
-            Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, false);
+        let mut resume = Resume::new(
+            DEFAULT_SOURCE,
+            Some(Checkpoint { index: 5, seen: HashSet::new() }),
+            StartAt::Oldest,
+            false,
+        );
         resume.on_connect();
         let outcome = resume.on_line(9, vec![event("Job", "x")]);
         assert!(outcome.gap.is_some());
@@ -369,7 +412,7 @@ mod tests {
 
     #[test]
     fn start_now_skips_the_newest_batch_nomad_already_had() {
-        let mut resume = Resume::new(None, StartAt::Now, true);
+        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Now, true);
         assert_eq!(resume.request_index(), i64::MAX as u64);
         resume.on_connect();
         assert!(resume.on_line(100, vec![event("Job", "old")]).events.is_empty());
@@ -378,8 +421,12 @@ mod tests {
 
     #[test]
     fn oversized_line_leaves_a_marker_once() {
-        let mut resume =
-            Resume::new(Some(Checkpoint { index: 5, seen: HashSet::new() }), StartAt::Oldest, true);
+        let mut resume = Resume::new(
+            DEFAULT_SOURCE,
+            Some(Checkpoint { index: 5, seen: HashSet::new() }),
+            StartAt::Oldest,
+            true,
+        );
         resume.on_connect();
         resume.on_line(5, vec![event("Job", "a")]);
         let outcome =
@@ -391,7 +438,8 @@ mod tests {
                 .contains("exceeds nomad.max_line_bytes")
         );
         // After a reconnect at 6, the same line is skipped again without a second marker.
-        let mut resume = Resume::new(Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+        let mut resume =
+            Resume::new(DEFAULT_SOURCE, Some(resume.checkpoint().clone()), StartAt::Oldest, true);
         resume.on_connect();
         assert!(resume.on_skipped_line(Some(6), "again").events.is_empty());
     }

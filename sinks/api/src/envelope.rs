@@ -10,7 +10,9 @@ use std::fmt;
 /// A deterministic identity for one event, the same on every replay and on every Nomad
 /// server of a region.
 ///
-/// It is built from the event's Index, a digest of `(Topic, Type, Namespace, Key)` and an
+/// It is built from the event's Index, a digest of `(source, Topic, Type, Namespace, Key)`
+/// (the source being the configured name of the Nomad cluster or region, whose raft indexes
+/// are its own) and an
 /// occurrence counter that tells apart repeats of the same object at the same Index (several
 /// lines can share one Index). The payload is deliberately not part of it: Nomad encodes maps
 /// in random order, so payload bytes differ between servers for the same event.
@@ -21,7 +23,7 @@ use std::fmt;
 pub struct EventId {
     /// The Nomad (raft) index of the event.
     pub index: u64,
-    /// Digest of `(Topic, Type, Namespace, Key)`.
+    /// Digest of `(source, Topic, Type, Namespace, Key)`.
     pub digest: u64,
     /// How many events with the same digest came before this one at the same index.
     pub occurrence: u32,
@@ -47,6 +49,9 @@ pub struct Envelope {
     pub seq: u64,
     /// The event's deterministic identity.
     pub id: EventId,
+    /// The configured name of the Nomad cluster or region the event came from (`default`
+    /// when the configuration has a single `[nomad]` table).
+    pub source: String,
     /// Nomad's `Topic` (for example `Allocation`).
     pub topic: String,
     /// Nomad's `Type` (for example `PlanResult`).

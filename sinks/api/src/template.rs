@@ -9,7 +9,7 @@ use crate::Envelope;
 use std::fmt::Write as _;
 
 /// The field names a template may use, in the order they are documented.
-pub const TEMPLATE_FIELDS: &[&str] = &["Topic", "Type", "Key", "Namespace", "Index", "Id"];
+pub const TEMPLATE_FIELDS: &[&str] = &["Topic", "Type", "Key", "Namespace", "Index", "Id", "Source"];
 
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,7 @@ enum Field {
     Namespace,
     Index,
     Id,
+    Source,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +76,7 @@ impl Template {
                 "Namespace" => Field::Namespace,
                 "Index" => Field::Index,
                 "Id" => Field::Id,
+                "Source" => Field::Source,
                 _ => {
                     return Err(TemplateError::UnknownField {
                         field: name.to_owned(),
@@ -113,6 +115,7 @@ impl Template {
                 Part::Field(Field::Id) => {
                     let _ = write!(out, "{}", event.id);
                 }
+                Part::Field(Field::Source) => out.push_str(&event.source),
             }
         }
         out
@@ -128,6 +131,7 @@ mod tests {
         Envelope {
             seq: 1,
             id: EventId { index: 42, digest: 0xabc, occurrence: 1 },
+            source: "eu".into(),
             topic: "Allocation".into(),
             event_type: "PlanResult".into(),
             key: "a1".into(),
@@ -138,11 +142,12 @@ mod tests {
 
     #[test]
     fn renders_every_field() {
-        let template = Template::parse("nomad.{{Topic}}.{{ Type }}/{{Key}}@{{Namespace}}#{{Index}}:{{Id}}")
-            .expect("valid template");
+        let template =
+            Template::parse("nomad.{{Topic}}.{{ Type }}/{{Key}}@{{Namespace}}#{{Index}}:{{Id}}<{{Source}}")
+                .expect("valid template");
         assert_eq!(
             template.render(&envelope()),
-            "nomad.Allocation.PlanResult/a1@prod#42:42-0000000000000abc-1"
+            "nomad.Allocation.PlanResult/a1@prod#42:42-0000000000000abc-1<eu"
         );
     }
 
@@ -157,7 +162,7 @@ mod tests {
         let error = Template::parse("nomad.{{Topc}}").expect_err("unknown field");
         let text = error.to_string();
         assert!(text.contains("`Topc`"), "{text}");
-        assert!(text.contains("Topic, Type, Key, Namespace, Index, Id"), "{text}");
+        assert!(text.contains("Topic, Type, Key, Namespace, Index, Id, Source"), "{text}");
     }
 
     #[test]

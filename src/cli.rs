@@ -63,6 +63,10 @@ pub enum Command {
         /// Last Nomad index to deliver (inclusive; default: everything the sink already had).
         #[arg(long)]
         to_index: Option<u64>,
+        /// Only events of this Nomad source (`[[nomad]]` name); indexes are per region, so
+        /// give it when several sources are configured.
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Inspect saved positions.
     Checkpoint {

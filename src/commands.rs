@@ -123,14 +123,37 @@ pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
     Ok(out)
 }
 
-/// `replay`: delivers the journaled events with Nomad index in `from..=to` to one sink again.
-/// Events past the sink's cursor are left to `run`, so nothing is delivered twice by the two.
-pub async fn replay(
-    config: Config,
-    sink_name: &str,
-    from_index: u64,
-    to_index: Option<u64>,
-) -> Result<String, RelayError> {
+/// Which journaled events `replay` delivers again.
+#[derive(Debug, Clone)]
+pub struct ReplayRange {
+    /// First Nomad index (inclusive).
+    pub from_index: u64,
+    /// Last Nomad index (inclusive); `None` for everything the sink already had.
+    pub to_index: Option<u64>,
+    /// Only this source's events; `None` for every source.
+    pub source: Option<String>,
+}
+
+impl ReplayRange {
+    fn contains(&self, event: &nomad_relay_sink_api::Envelope) -> bool {
+        self.source.as_ref().is_none_or(|source| *source == event.source)
+            && event.id.index >= self.from_index
+            && self.to_index.is_none_or(|to| event.id.index <= to)
+    }
+}
+
+/// `replay`: delivers the journaled events in `range` to one sink again. Events past the
+/// sink's cursor are left to `run`, so nothing is delivered twice by the two.
+pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Result<String, RelayError> {
+    if let Some(source) = &range.source
+        && !config.nomad.iter().any(|n| &n.name == source)
+    {
+        let known: Vec<&str> = config.nomad.iter().map(|n| n.name.as_str()).collect();
+        return Err(RelayError::Other(format!(
+            "no Nomad source named `{source}`; configured sources are {}",
+            known.join(", ")
+        )));
+    }
     let Some(sink_config) = config.sinks.get(sink_name) else {
         let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
         return Err(RelayError::Other(format!(
@@ -162,16 +185,10 @@ pub async fn replay(
             Batch::Events(events) => events,
             Batch::Skipped { .. } => continue,
         };
-        let mut past_end = false;
-        let mut chosen = Vec::new();
-        for event in batch {
-            if to_index.is_some_and(|to| event.id.index > to) {
-                past_end = true;
-                break;
-            }
-            if event.id.index >= from_index && router.routes_to(sink_name, &event) {
-                chosen.push(event);
-            }
+        let chosen: Vec<_> =
+            batch.into_iter().filter(|e| range.contains(e) && router.routes_to(sink_name, e)).collect();
+        if chosen.is_empty() {
+            continue;
         }
         let outcomes = sink.send(&chosen).await;
         for (event, outcome) in chosen.iter().zip(outcomes) {
@@ -189,9 +206,6 @@ pub async fn replay(
                     )));
                 }
             }
-        }
-        if past_end {
-            break;
         }
     }
     sink.flush().await.map_err(|e| RelayError::Other(e.report()))?;

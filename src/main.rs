@@ -57,8 +57,11 @@ async fn dispatch(command: Command) -> ExitCode {
             Ok(config) => commands::tail(config, index, shutdown_on_signal()).await.map(|()| None),
             Err(code) => return code,
         },
-        Command::Replay { config, sink, from_index, to_index } => match load(&config) {
-            Ok(config) => commands::replay(config, &sink, from_index, to_index).await.map(Some),
+        Command::Replay { config, sink, from_index, to_index, source } => match load(&config) {
+            Ok(config) => {
+                let range = commands::ReplayRange { from_index, to_index, source };
+                commands::replay(config, &sink, range).await.map(Some)
+            }
             Err(code) => return code,
         },
         Command::Checkpoint { action: CheckpointAction::Show { config } } => match load(&config) {

@@ -127,12 +127,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let (writer, head_rx) = JournalWriter::open(
         &journal_dir,
         config.journal.clone(),
-        recovered.segments,
-        head,
+        (std::mem::take(&mut recovered.segments), head, recovered.checkpoints.clone()),
         board.clone(),
         stopping.clone(),
     )?;
-    let (events_tx, events_rx) = mpsc::channel(1024);
+    // Bounded in lines; the writer takes every waiting line in one write.
+    let (events_tx, events_rx) = mpsc::channel(256);
     let writer_thread = std::thread::Builder::new()
         .name("journal-writer".into())
         .spawn(move || writer.run(events_rx))

@@ -18,6 +18,7 @@
 pub mod board;
 pub mod reader;
 pub mod record;
+pub mod sources;
 pub mod writer;
 
 use crate::source::resume::Checkpoint;
@@ -215,11 +216,15 @@ pub struct Recovered {
 ///
 /// A source's checkpoint is its highest journaled index and every id journaled at it. The
 /// newest segment usually settles it; older segments are read only while a source's records
-/// at its highest index may continue further back (or it has not been seen yet).
+/// at its highest index may continue further back (or it has not been seen yet), and never
+/// past the head recorded in the [`sources`] file, which holds every checkpoint as of the
+/// last time retention removed a segment.
 pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
+    let saved = sources::load(dir)?;
     let Some(last) = segments.last().cloned() else {
-        return Ok(Recovered { head: 0, oldest: 1, checkpoints: HashMap::new(), segments });
+        let checkpoints = saved.map(|saved| saved.checkpoints).unwrap_or_default();
+        return Ok(Recovered { head: 0, oldest: 1, checkpoints, segments });
     };
     let scan = scan_segment(&last)?;
     if let Some(reason) = scan.stopped.as_ref().filter(|_| repair) {
@@ -259,14 +264,26 @@ pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered
         }
         sources.iter().all(|name| found.get(name).is_some_and(|(_, settled)| *settled))
     };
-    let mut settled = merge(scan);
+    // Records up to the saved head are already reflected in the sources file.
+    let covered = |segment: &Segment| saved.as_ref().is_some_and(|saved| segment.first_seq <= saved.head + 1);
+    let mut settled = merge(scan) || covered(&last);
     for segment in segments.iter().rev().skip(1) {
         if settled {
             break;
         }
-        settled = merge(scan_segment(segment)?);
+        settled = merge(scan_segment(segment)?) || covered(segment);
     }
-    let checkpoints = found.into_iter().map(|(name, (checkpoint, _))| (name, checkpoint)).collect();
+    let mut checkpoints: HashMap<String, Checkpoint> =
+        found.into_iter().map(|(name, (checkpoint, _))| (name, checkpoint)).collect();
+    for (name, saved) in saved.map(|saved| saved.checkpoints).unwrap_or_default() {
+        match checkpoints.get_mut(&name) {
+            Some(found) if found.index == saved.index => found.seen.extend(saved.seen),
+            Some(found) if found.index > saved.index => {}
+            _ => {
+                checkpoints.insert(name, saved);
+            }
+        }
+    }
     Ok(Recovered { head, oldest, checkpoints, segments })
 }
 

@@ -51,12 +51,12 @@ struct Running {
 }
 
 fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running {
-    let recovered = recover(dir, true, &sources()).expect("recover");
+    let names: Vec<String> = ["default", "eu", "us"].map(String::from).to_vec();
+    let recovered = recover(dir, true, &names).expect("recover");
     let (writer, head) = JournalWriter::open(
         dir,
         config,
-        recovered.segments,
-        recovered.head,
+        (recovered.segments, recovered.head, recovered.checkpoints),
         board,
         Arc::new(AtomicBool::new(false)),
     )
@@ -217,4 +217,39 @@ async fn each_source_gets_its_own_checkpoint_even_when_it_was_quiet() {
     assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
     assert_eq!(recovered.checkpoints["us"].index, 139);
     assert!(!recovered.checkpoints.contains_key("asia"), "a source that never wrote starts fresh");
+}
+
+#[tokio::test]
+async fn retention_never_takes_a_quiet_sources_checkpoint_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let board = Arc::new(CursorBoard::default());
+    let sink = board.register("out", 1, false);
+    let mut journal = start(dir.path(), config(4096, 16384), board.clone());
+    let from = |source: &str, index: u64, key: &str| {
+        let mut event = event(index, key, 400);
+        event.source = source.to_owned();
+        event
+    };
+    let mut head = journal.write(vec![from("eu", 7, "a"), from("eu", 7, "b")]).await;
+    for index in 100..200 {
+        board.update(sink, head + 1);
+        head = journal.write(vec![from("us", index, "x")]).await;
+    }
+    journal.stop();
+    assert!(list_segments(dir.path()).expect("list")[0].first_seq > 2, "eu's records were removed");
+    let names = vec!["eu".to_owned(), "us".to_owned()];
+    let recovered = recover(dir.path(), true, &names).expect("recover");
+    assert_eq!(recovered.checkpoints["eu"].index, 7);
+    assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
+    assert_eq!(recovered.checkpoints["us"].index, 199);
+    // And after more writes and removals, on a restarted writer.
+    let mut journal = start(dir.path(), config(4096, 16384), board.clone());
+    for index in 200..300 {
+        board.update(sink, head + 1);
+        head = journal.write(vec![from("us", index, "x")]).await;
+    }
+    journal.stop();
+    let recovered = recover(dir.path(), false, &names).expect("recover");
+    assert_eq!(recovered.checkpoints["eu"].index, 7);
+    assert_eq!(recovered.checkpoints["us"].index, 299);
 }

@@ -10,9 +10,12 @@
 
 use super::board::CursorBoard;
 use super::record::encode;
+use super::sources;
 use super::{JournalError, Segment, io_error, segment_path};
 use crate::config::JournalConfig;
+use crate::source::resume::Checkpoint;
 use nomad_relay_sink_api::Envelope;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -38,18 +41,21 @@ pub struct JournalWriter {
     board: Arc<CursorBoard>,
     stopping: Arc<AtomicBool>,
     full: bool,
+    /// Every source's checkpoint as of the durable head, saved before segments are removed.
+    checkpoints: HashMap<String, Checkpoint>,
 }
 
 impl JournalWriter {
-    /// Opens the writer on a recovered journal whose last durable record is `head`.
+    /// Opens the writer on a recovered journal whose last durable record is `head`, with the
+    /// sources' checkpoints recovery found.
     pub fn open(
         dir: &Path,
         config: JournalConfig,
-        segments: Vec<Segment>,
-        head: u64,
+        recovered: (Vec<Segment>, u64, HashMap<String, Checkpoint>),
         board: Arc<CursorBoard>,
         stopping: Arc<AtomicBool>,
     ) -> Result<(JournalWriter, watch::Receiver<u64>), JournalError> {
+        let (segments, head, checkpoints) = recovered;
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mut segments: VecDeque<Segment> = segments.into();
         if segments.is_empty() {
@@ -75,6 +81,7 @@ impl JournalWriter {
                 board,
                 stopping,
                 full: false,
+                checkpoints,
             },
             head_rx,
         ))
@@ -98,13 +105,27 @@ impl JournalWriter {
             self.wait_for_room(size as u64);
             encoded.clear();
             let mut seq = self.next_seq;
+            let mut written = Vec::with_capacity(group.iter().map(Vec::len).sum());
             for event in group.iter().flatten() {
                 match encode(seq, event, &mut encoded) {
-                    Ok(()) => seq += 1,
+                    Ok(()) => {
+                        seq += 1;
+                        written.push(event);
+                    }
                     Err(e) => error!("journal: dropping event {}: {e}", event.id),
                 }
             }
-            self.append(&encoded);
+            if written.is_empty() || !self.append(&encoded) {
+                continue;
+            }
+            for event in written {
+                let checkpoint = self.checkpoints.entry(event.source.clone()).or_default();
+                if event.id.index != checkpoint.index {
+                    checkpoint.index = event.id.index;
+                    checkpoint.seen.clear();
+                }
+                checkpoint.seen.insert(event.id);
+            }
             self.next_seq = seq;
             self.head.send_replace(seq - 1);
             if self.segments.back().map(|s| s.len).unwrap_or(0) >= self.config.segment_bytes.0 {
@@ -116,18 +137,20 @@ impl JournalWriter {
         }
     }
 
-    /// Writes and syncs `bytes` to the active segment, retrying until it succeeds.
-    fn append(&mut self, bytes: &[u8]) {
+    /// Writes and syncs `bytes` to the active segment, retrying until it succeeds. Returns
+    /// false, with nothing written, if the relay is stopping before it could (nothing was
+    /// published, so nothing is lost: the source fetches those events again on restart).
+    fn append(&mut self, bytes: &[u8]) -> bool {
         let mut delay = Duration::from_millis(100);
         loop {
-            let Some(segment) = self.segments.back_mut() else { return };
             let result = self.active.write_all(bytes).and_then(|()| self.active.sync_data());
+            let Some(segment) = self.segments.back_mut() else { return false };
             match result {
                 Ok(()) => {
                     segment.len += bytes.len() as u64;
                     segment.modified = SystemTime::now();
                     self.total_bytes += bytes.len() as u64;
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     error!(
@@ -137,13 +160,19 @@ impl JournalWriter {
                         self.dir.display()
                     );
                     // Cut off whatever part of the write landed, so the segment stays whole.
-                    if let Err(e) = self.active.set_len(segment.len) {
-                        error!("journal: cannot cut back {}: {e}", segment.path.display());
+                    let (path, len) = (segment.path.clone(), segment.len);
+                    if let Err(e) = self.active.set_len(len) {
+                        error!("journal: cannot cut back {}: {e}", path.display());
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
+            if self.stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+            // Delivered segments may be what filled the disk.
+            self.remove_segments(u64::MAX / 4, true);
+            self.board.wait_moved(delay);
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -164,6 +193,11 @@ impl JournalWriter {
                 },
                 Err(e) => error!("journal: cannot start a new segment: {e}; retrying in {delay:?}"),
             }
+            if self.stopping.load(Ordering::Relaxed) {
+                // The active segment stays in use; it simply grows past `segment_bytes`.
+                return;
+            }
+            self.remove_segments(u64::MAX / 4, true);
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
@@ -218,7 +252,7 @@ impl JournalWriter {
         while self.segments.len() > 1 {
             let (Some(oldest), Some(next)) = (self.segments.front(), self.segments.get(1)) else { break };
             let passed = next.first_seq <= min_next;
-            let needs_room = self.total_bytes + incoming > self.config.max_bytes.0;
+            let needs_room = self.total_bytes.saturating_add(incoming) > self.config.max_bytes.0;
             let too_old = now.duration_since(oldest.modified).map(|age| age > max_age).unwrap_or(false);
             if !passed || !(needs_room || too_old) {
                 break;
@@ -234,6 +268,10 @@ impl JournalWriter {
             }
             let path = oldest.path.clone();
             let len = oldest.len;
+            if !removed && let Err(e) = sources::save(&self.dir, self.next_seq - 1, &self.checkpoints) {
+                error!("journal: cannot save the sources' checkpoints, so no segment is removed: {e}");
+                break;
+            }
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

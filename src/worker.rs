@@ -87,6 +87,10 @@ impl SinkWorker {
                 }
             }
         }
+        // Record the state the sink opened with before anything is delivered: a sink without a
+        // saved cursor (new, or never confirmed a batch) could otherwise not undo a batch
+        // written just before a crash (the file sink cuts back to this length).
+        self.save_cursor().await?;
         self.stats.healthy.store(true, Ordering::Relaxed);
         info!(sink = %self.name, guarantee = %self.sink.guarantee(), next = self.cursor.next_seq, "sink ready");
         let mut reader = Some(JournalReader::new(self.journal_dir.clone(), self.cursor.next_seq));

@@ -218,3 +218,29 @@ async fn replay_redelivers_a_range_and_the_next_run_keeps_it() {
     assert!(text.contains(&format!("resumes at Nomad index {last_index}")), "{text}");
     assert!(text.contains(&format!("last Nomad index {last_index}, 0 records pending")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sink_is_exactly_once_from_its_very_first_batch() {
+    // The file already has content when the sink is first configured: the sink must only
+    // ever cut back to what it found, and a crash right after its first batch must not
+    // leave that batch twice.
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    std::fs::write(scratch.path("events.ndjson"), "operator's own line\n").unwrap();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    let cursor_path = scratch.path("data/cursors/out.json");
+    eventually("the sink's first cursor", WAIT, || cursor_path.exists().then_some(())).await;
+    let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).unwrap()).unwrap();
+    assert_eq!(cursor["sink_state"]["length"], 20, "the length the sink found is saved before any delivery");
+    let expected = published(&emulator, 200, 8).await;
+    eventually("the first batch", WAIT, || (scratch.lines("events.ndjson").len() > 1).then_some(())).await;
+    relay.kill();
+    let mut relay = Relay::start(&config);
+    eventually("every event", WAIT, || (scratch.lines("events.ndjson").len() > expected.len()).then_some(()))
+        .await;
+    assert!(relay.terminate().success());
+    let mut want = vec!["operator's own line".to_owned()];
+    want.extend(expected);
+    assert_lines_equal(&scratch.lines("events.ndjson"), &want);
+}

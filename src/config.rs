@@ -131,7 +131,8 @@ pub enum StartAt {
     /// The oldest event Nomad still holds in its buffer.
     #[default]
     Oldest,
-    /// Only events published after the relay connects.
+    /// Nomad's newest batch at connect time, then everything after it (Nomad cannot start
+    /// strictly after the present; keeping that batch is what makes this lossless).
     Now,
     /// The given index (inclusive).
     Index(u64),

@@ -34,7 +34,7 @@ async fn an_unreachable_address_is_skipped_for_the_next_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_now_skips_what_nomad_already_had() {
+async fn start_now_begins_with_the_newest_batch_nomad_has() {
     let emulator = emulator(EmulatorConfig::default()).await;
     for index in [3, 5, 8] {
         emulator.publish(job(index, &format!("old-{index}")));
@@ -45,17 +45,38 @@ async fn start_now_skips_what_nomad_already_had() {
     emulator.wait_for_connections(1).await;
     emulator.publish(job(9, "new-9"));
     emulator.publish(job(12, "new-12"));
-    eventually("the two new events", WAIT, || (scratch.lines("events.ndjson").len() >= 2).then_some(()))
-        .await;
+    eventually("the newest old batch and the two new events", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= 3).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
+    // Nomad cannot start strictly after the present: asked for a future index it sends its
+    // newest batch (8) first. Keeping it is what makes `now` lossless on an empty buffer.
     assert_eq!(
         scratch.lines("events.ndjson"),
-        vec![job(9, "new-9").events[0].to_json(9), job(12, "new-12").events[0].to_json(12)]
+        vec![
+            job(8, "old-8").events[0].to_json(8),
+            job(9, "new-9").events[0].to_json(9),
+            job(12, "new-12").events[0].to_json(12)
+        ]
     );
-    assert_eq!(
-        stream_requests(&emulator)[0].index,
-        Some(i64::MAX),
-        "Nomad has no 'latest': a future index yields only its newest batch"
+    assert_eq!(stream_requests(&emulator)[0].index, Some(i64::MAX));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_now_on_an_empty_nomad_keeps_the_first_new_batch() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "start = \"now\"", "");
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_connections(1).await;
+    emulator.publish(job(10, "first"));
+    emulator.publish(job(11, "second"));
+    eventually("both events", WAIT, || (scratch.lines("events.ndjson").len() >= 2).then_some(())).await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(
+        &scratch.lines("events.ndjson"),
+        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
     );
 }
 

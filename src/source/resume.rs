@@ -118,9 +118,19 @@ impl Resume {
         match self.start {
             StartAt::Oldest => 0,
             StartAt::Index(index) => index.min(i64::MAX as u64),
-            // Nomad has no "start at the end": asking for a future index makes it send only
-            // its newest batch, which `on_line` then skips.
+            // Nomad has no "start at the end": asking for a future index makes it send its
+            // newest batch, then what comes after. That batch is kept: skipping it would lose
+            // a genuinely new batch whenever Nomad's buffer was empty at connect time.
             StartAt::Now => i64::MAX as u64,
+        }
+    }
+
+    /// Lines below this index are already journaled (or before the configured start).
+    fn floor(&self) -> u64 {
+        match (self.have_checkpoint, self.start) {
+            (true, _) => self.checkpoint.index,
+            (false, StartAt::Index(index)) => index,
+            (false, _) => 0,
         }
     }
 
@@ -141,18 +151,7 @@ impl Resume {
     pub fn on_line(&mut self, index: u64, events: Vec<RawEvent>) -> LineOutcome {
         let mut outcome = LineOutcome::default();
         let first_line = std::mem::replace(&mut self.awaiting_first_line, false);
-        if first_line && !self.have_checkpoint && self.start == StartAt::Now {
-            // The newest batch Nomad held when we connected: it is the past.
-            self.advance_to(index);
-            for event in &events {
-                let id = self.next_id(index, event);
-                self.checkpoint.seen.insert(id);
-            }
-            self.have_checkpoint = true;
-            outcome.stale = true;
-            return outcome;
-        }
-        if self.have_checkpoint && index < self.checkpoint.index {
+        if index < self.floor() {
             outcome.stale = true;
             return outcome;
         }
@@ -203,20 +202,30 @@ impl Resume {
     pub fn on_skipped_line(&mut self, index: Option<u64>, reason: &str) -> LineOutcome {
         let mut outcome = LineOutcome::default();
         self.awaiting_first_line = false;
-        let index = index.unwrap_or(self.checkpoint.index).max(self.checkpoint.index);
+        let index = match index {
+            Some(index) if index < self.floor() => {
+                // Already handled before a reconnect (or before the configured start).
+                outcome.stale = true;
+                return outcome;
+            }
+            Some(index) => index,
+            None => self.checkpoint.index,
+        };
         if index != self.line_index {
             self.line_index = index;
             self.occurrences.clear();
         }
-        outcome.gap = Some(Gap { last_index: self.checkpoint.index, resumed_index: index });
+        let last_index = self.checkpoint.index;
         let reason = serde_json::Value::from(reason).to_string();
         let payload = format!(
-            "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
-            self.checkpoint.index,
+            "{{\"Gap\":{{\"LastIndex\":{last_index},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
             self.source_field()
         );
         let marker = self.marker(index, &payload);
         self.record(index, marker, &mut outcome);
+        if !outcome.events.is_empty() {
+            outcome.gap = Some(Gap { last_index, resumed_index: index });
+        }
         outcome
     }
 
@@ -271,15 +280,6 @@ impl Resume {
             self.checkpoint.index = index;
             self.checkpoint.seen.clear();
         }
-    }
-
-    fn next_id(&mut self, index: u64, event: &RawEvent) -> EventId {
-        if index != self.line_index {
-            self.line_index = index;
-            self.occurrences.clear();
-        }
-        let digest = digest(&self.source, &event.topic, &event.event_type, &event.namespace, &event.key);
-        EventId { index, digest, occurrence: self.bump(digest) }
     }
 
     fn bump(&mut self, digest: u64) -> u32 {
@@ -411,12 +411,20 @@ mod tests {
     }
 
     #[test]
-    fn start_now_skips_the_newest_batch_nomad_already_had() {
+    fn start_now_begins_with_the_newest_batch_nomad_has() {
         let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Now, true);
         assert_eq!(resume.request_index(), i64::MAX as u64);
         resume.on_connect();
-        assert!(resume.on_line(100, vec![event("Job", "old")]).events.is_empty());
+        assert_eq!(keys(&resume.on_line(100, vec![event("Job", "newest")])), ["Job:newest"]);
         assert_eq!(keys(&resume.on_line(101, vec![event("Job", "new")])), ["Job:new"]);
+    }
+
+    #[test]
+    fn start_at_an_index_skips_the_tail_nomad_sends_for_a_future_index() {
+        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Index(500), true);
+        resume.on_connect();
+        assert!(resume.on_line(450, vec![event("Job", "tail")]).stale);
+        assert_eq!(keys(&resume.on_line(500, vec![event("Job", "a")])), ["Job:a"]);
     }
 
     #[test]

@@ -191,6 +191,13 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
             continue;
         }
         let outcomes = sink.send(&chosen).await;
+        if outcomes.len() != chosen.len() {
+            return Err(RelayError::Other(format!(
+                "sink `{sink_name}` returned {} outcomes for {} events during replay; nothing was recorded",
+                outcomes.len(),
+                chosen.len()
+            )));
+        }
         for (event, outcome) in chosen.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => {

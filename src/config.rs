@@ -588,7 +588,7 @@ impl Config {
         if self.journal.segment_bytes.0 < 4096 {
             return fail("`journal.segment_bytes`: must be at least 4KiB".into());
         }
-        if self.journal.max_bytes.0 < 2 * self.journal.segment_bytes.0 {
+        if self.journal.max_bytes.0 < self.journal.segment_bytes.0.saturating_mul(2) {
             return fail(format!(
                 "`journal.max_bytes`: must be at least twice `journal.segment_bytes` ({} bytes)",
                 self.journal.segment_bytes.0

@@ -165,9 +165,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         let source_shutdown = source_shutdown.clone();
         let fail = fail.clone();
         tracker.spawn(async move {
-            source.run(source_shutdown.clone()).await;
-            if !source_shutdown.is_cancelled() {
-                fail(format!("Nomad source `{name}` stopped: the journal writer no longer takes events"));
+            // Spawned on its own so that a panic is seen here rather than leaving a relay
+            // that looks alive but reads nothing.
+            match tokio::spawn(source.run(source_shutdown.clone())).await {
+                Err(e) => fail(format!("Nomad source `{name}` crashed: {e}")),
+                Ok(()) if !source_shutdown.is_cancelled() => {
+                    fail(format!("Nomad source `{name}` stopped: the journal writer no longer takes events"))
+                }
+                Ok(()) => {}
             }
         });
     }
@@ -190,8 +195,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         let token = worker_shutdown.clone();
         let fail = fail.clone();
         tracker.spawn(async move {
-            if let Err(e) = worker.run(token).await {
-                fail(format!("the worker of sink `{name}` failed: {e}"));
+            match tokio::spawn(worker.run(token)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fail(format!("the worker of sink `{name}` failed: {e}")),
+                Err(e) => fail(format!("the worker of sink `{name}` crashed: {e}")),
             }
         });
     }

@@ -20,6 +20,8 @@ pub struct SourceStats {
     pub events_journaled: AtomicU64,
     /// Lines that could not be read (malformed or too long).
     pub lines_skipped: AtomicU64,
+    /// Lines below the checkpoint, skipped as already journaled.
+    pub lines_stale: AtomicU64,
 }
 
 /// One sink's counters.

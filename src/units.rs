@@ -102,7 +102,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
         deserializer
             .deserialize_any(NumberOrText {
                 expecting: "a duration such as \"90s\" or a number of seconds",
-                from_number: |seconds| Duration::from_secs(seconds),
+                from_number: |seconds| Duration::from_secs(seconds.min(1_000_000_000_000)),
                 from_text: parse_duration,
             })
             .map(HumanDuration)
@@ -134,6 +134,13 @@ mod tests {
         assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn huge_numbers_are_clamped_not_overflowing() {
+        let value: HumanDuration = serde_json::from_str("18446744073709551615").expect("number");
+        assert_eq!(value.0, Duration::from_secs(1_000_000_000_000));
+        let _ = value.0.saturating_mul(2);
     }
 
     #[test]

@@ -156,9 +156,18 @@ impl SinkWorker {
     ) -> Result<(), Interrupted> {
         let mut delays = self.backoff();
         while !pending.is_empty() {
-            let outcomes = self.sink.send(&pending).await;
+            let mut outcomes = self.sink.send(&pending).await;
             if outcomes.len() != pending.len() {
-                error!(sink = %self.name, "sink returned {} outcomes for {} events; treating the batch as not delivered", outcomes.len(), pending.len());
+                let message = format!(
+                    "the sink returned {} outcomes for {} events (a bug in the sink); the whole batch is sent again",
+                    outcomes.len(),
+                    pending.len()
+                );
+                error!(sink = %self.name, "{message}");
+                outcomes = pending
+                    .iter()
+                    .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Other, message.clone())))
+                    .collect();
             }
             let mut retry = Vec::new();
             let mut reason: Option<SinkError> = None;

@@ -273,3 +273,27 @@ async fn several_lines_with_one_index_survive_a_cut_between_them() {
     let second = &stream_requests(&emulator)[1];
     assert_eq!(second.index, Some(10), "resume is inclusive: index=N, not N+1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_goes_backwards_is_reported_not_silently_dropped() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(5000, "before-rebuild"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    // The cluster is rebuilt: a new raft log starts from low indexes.
+    emulator.restart(false);
+    emulator.wait_for_connections(2).await;
+    for index in 10..20 {
+        emulator.publish(job(index, &format!("after-{index}")));
+    }
+    let log = eventually("the warning", WAIT, || {
+        let log = relay.log();
+        log.contains("went backwards").then_some(log)
+    })
+    .await;
+    assert!(log.contains("below the index the relay already has (5000)"), "{log}");
+    assert!(relay.terminate().success());
+    assert_eq!(scratch.lines("events.ndjson").len(), 1, "lines below the checkpoint are not journaled");
+}

@@ -64,9 +64,10 @@ pub struct TokenSource {
 
 impl TokenSource {
     /// The token to send now, if any.
-    pub fn read(&self) -> Result<Option<String>, String> {
+    pub async fn read(&self) -> Result<Option<String>, String> {
         if let Some(path) = &self.file {
-            return std::fs::read_to_string(path)
+            return tokio::fs::read_to_string(path)
+                .await
                 .map(|text| Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
                 .map_err(|e| format!("cannot read `nomad.token_file` {}: {e}", path.display()));
         }
@@ -207,7 +208,7 @@ impl Source {
             Err(reason) => return Ended::Dropped { streamed: false, reason },
         };
         let mut request = self.client.get(url.clone());
-        match self.token.read() {
+        match self.token.read().await {
             Ok(Some(token)) => request = request.header("X-Nomad-Token", token),
             Ok(None) => {}
             Err(reason) => return Ended::Dropped { streamed: false, reason },
@@ -215,13 +216,16 @@ impl Source {
         debug!(%url, "connecting to Nomad's event stream");
         let response = tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
-            response = tokio::time::timeout(self.config.connect_timeout.0 * 2, request.send()) => response,
+            response = tokio::time::timeout(self.config.connect_timeout.0.saturating_mul(2), request.send()) => response,
         };
         let response = match response {
             Err(_) => {
                 return Ended::Dropped {
                     streamed: false,
-                    reason: format!("no response headers within {:?}", self.config.connect_timeout.0 * 2),
+                    reason: format!(
+                        "no response headers within {:?}",
+                        self.config.connect_timeout.0.saturating_mul(2)
+                    ),
                 };
             }
             Ok(Err(e)) => return Ended::Dropped { streamed: false, reason: error_chain(&e) },
@@ -229,7 +233,12 @@ impl Source {
         };
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+            let body = tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                body = tokio::time::timeout(self.config.connect_timeout.0, response.text()) => {
+                    body.ok().and_then(Result::ok).unwrap_or_default()
+                }
+            };
             let body: String = body.trim().chars().take(500).collect();
             return match status.as_u16() {
                 401 | 403 => Ended::Refused(format!("HTTP {status}: {body}")),
@@ -245,6 +254,8 @@ impl Source {
         let mut splitter = LineSplitter::new(self.config.max_line_bytes.0 as usize);
         let mut pieces = Vec::new();
         let mut saw_line = false;
+        let mut data_lines = 0u64;
+        let mut stale_reported = false;
         let mut body = response.bytes_stream();
         let idle = self.config.idle_timeout.0;
         let mut namespace_changes = self.namespace_changes.clone();
@@ -317,11 +328,28 @@ impl Source {
                     info!(source = %self.config.name, nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
                 }
                 let outcome = match piece {
-                    Piece::Line(line) => match parse_line(&line) {
+                    Piece::Line(line) => match parse_off_runtime(line.clone()).await {
                         Ok(Frame::Heartbeat) => continue,
                         Ok(Frame::Data { index, events }) => {
                             self.stats.last_index.fetch_max(index, Ordering::Relaxed);
-                            self.resume.on_line(index, events)
+                            data_lines += 1;
+                            let outcome = self.resume.on_line(index, events);
+                            if outcome.stale {
+                                add(&self.stats.lines_stale, 1);
+                                // The first line after a connect may be Nomad's newest batch
+                                // (asked for an index it does not have yet); later ones mean
+                                // this server is behind, or its index went backwards.
+                                if data_lines > 1 && !stale_reported {
+                                    stale_reported = true;
+                                    warn!(
+                                        source = %self.config.name,
+                                        nomad = %address,
+                                        "Nomad sent index {index}, below the index the relay already has ({}); such lines are skipped. Either this server is behind the one the relay read before (it catches up by itself), or Nomad's raft index went backwards (the cluster was rebuilt): then stop the relay and move its data_dir aside to start over",
+                                        self.resume.checkpoint().index
+                                    );
+                                }
+                            }
+                            outcome
                         }
                         Err(e) => {
                             add(&self.stats.lines_skipped, 1);
@@ -378,6 +406,20 @@ impl Source {
             }
         }
     }
+}
+
+/// Lines at least this long are parsed on a blocking thread rather than the async runtime.
+const BLOCKING_PARSE_BYTES: usize = 1 << 20;
+
+/// Parses a line, moving multi-megabyte ones off the async runtime.
+async fn parse_off_runtime(line: Bytes) -> Result<Frame, frame::FrameError> {
+    if line.len() < BLOCKING_PARSE_BYTES {
+        return parse_line(&line);
+    }
+    let length = line.len();
+    tokio::task::spawn_blocking(move || parse_line(&line)).await.unwrap_or_else(|e| {
+        Err(frame::FrameError { length, start: String::new(), reason: format!("parser task failed: {e}") })
+    })
 }
 
 /// Resolves when the namespace watcher reports a change; never without a watcher.

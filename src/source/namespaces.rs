@@ -40,7 +40,7 @@ pub async fn watch_namespaces(
         let address = addresses[attempt % addresses.len()].trim_end_matches('/').to_owned();
         let url = format!("{address}/v1/namespaces?index={index}&wait={}s", BLOCKING_WAIT.as_secs());
         let mut request = client.get(&url);
-        if let Ok(Some(token)) = token.read() {
+        if let Ok(Some(token)) = token.read().await {
             request = request.header("X-Nomad-Token", token);
         }
         let response = tokio::select! {

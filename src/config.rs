@@ -6,14 +6,13 @@
 //! keys and bad values are rejected with the key's path and a hint; every check that can be
 //! made without the network is made here, at load time, so `validate` catches it.
 
-use crate::units::{ByteSize, HumanDuration};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use nomad_relay_sink_api::Template;
+pub use nomad_relay_sink_api::units::{ByteSize, HumanDuration, OneOrMany, Secret};
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,37 +91,6 @@ struct RawConfig {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
-}
-
-/// A value that may be written as one item or a list of items.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum OneOrMany<T> {
-    /// A single value.
-    One(T),
-    /// A list.
-    Many(Vec<T>),
-}
-
-impl<T: Clone> OneOrMany<T> {
-    /// The values as a list.
-    pub fn to_vec(&self) -> Vec<T> {
-        match self {
-            OneOrMany::One(value) => vec![value.clone()],
-            OneOrMany::Many(values) => values.clone(),
-        }
-    }
-}
-
-/// A secret string (token, password): never printed by `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
 }
 
 /// Where to start reading when the journal is empty (first start).

@@ -15,5 +15,4 @@ pub mod routing;
 pub mod sinks;
 pub mod source;
 pub mod stats;
-pub mod units;
 pub mod worker;

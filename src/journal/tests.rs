@@ -6,7 +6,7 @@ use super::reader::{Batch, JournalReader};
 use super::writer::JournalWriter;
 use super::*;
 use crate::config::JournalConfig;
-use crate::units::{ByteSize, HumanDuration};
+use crate::config::{ByteSize, HumanDuration};
 use bytes::Bytes;
 use nomad_relay_sink_api::Envelope;
 use std::io::Write;

@@ -13,6 +13,7 @@
 mod envelope;
 mod sink;
 mod template;
+pub mod units;
 
 pub use envelope::{Envelope, EventId};
 pub use sink::{Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind};

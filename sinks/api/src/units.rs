@@ -1,5 +1,6 @@
-//! Human-friendly durations (`"90s"`, `"500ms"`, `"7d"`) and sizes (`"64MiB"`, `1048576`) for
-//! the configuration file, with errors that say which forms are accepted.
+//! Configuration value types shared by the relay and every sink: human-friendly durations
+//! (`"90s"`, `"500ms"`, `"7d"`), sizes (`"64MiB"`, `1048576`), secrets that never print, and
+//! "one or many" lists, with errors that say which forms are accepted.
 
 use serde::{Deserialize, Deserializer, de};
 use std::fmt;
@@ -118,6 +119,37 @@ impl<'de> Deserialize<'de> for ByteSize {
                 from_text: parse_size,
             })
             .map(ByteSize)
+    }
+}
+
+/// A secret string (token, password, key seed): never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// A value that may be written as one item or a list of items.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(value) => vec![value.clone()],
+            OneOrMany::Many(values) => values.clone(),
+        }
     }
 }
 

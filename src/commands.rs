@@ -170,7 +170,8 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         )));
     };
     let delivered_through = cursor.next_seq.saturating_sub(1).min(recovered.head);
-    let mut sink = AnySink::from_config(&sink_config.kind);
+    let mut sink = AnySink::from_config(&sink_config.kind)
+        .map_err(|e| RelayError::Other(format!("sink `{sink_name}`: {e}")))?;
     sink.open(cursor.sink_state.clone())
         .await
         .map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;

@@ -314,6 +314,8 @@ pub enum SinkKindConfig {
     File(FileSinkConfig),
     /// Standard output, one event per line.
     Stdout(StdoutSinkConfig),
+    /// NATS core or JetStream.
+    Nats(nomad_relay_sink_nats::NatsSinkConfig),
 }
 
 /// `type = "file"`.
@@ -565,6 +567,9 @@ impl Config {
         for (name, sink) in &self.sinks {
             if sink.common.batch_size == 0 {
                 return fail(format!("`sinks.{name}.batch_size`: must be at least 1"));
+            }
+            if let SinkKindConfig::Nats(nats) = &sink.kind {
+                nats.validate(&format!("sinks.{name}")).map_err(ConfigError)?;
             }
         }
         for (position, route) in self.routes.iter().enumerate() {

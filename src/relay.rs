@@ -120,9 +120,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             last_index: 0,
             sink_state: None,
         });
+        let sink = AnySink::from_config(&sink_config.kind)
+            .map_err(|e| RelayError::Other(format!("sink `{name}`: {e}")))?;
         let slot =
             board.register(&name, cursor.next_seq, sink_config.common.when_full == WhenFull::DropOldest);
-        workers.push((name.clone(), cursor, slot));
+        workers.push((name.clone(), sink, cursor, slot));
     }
     let (writer, head_rx) = JournalWriter::open(
         &journal_dir,
@@ -177,11 +179,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         });
     }
     let worker_shutdown = CancellationToken::new();
-    for (name, cursor, slot) in workers {
+    for (name, sink, cursor, slot) in workers {
         let sink_config = &config.sinks[&name];
         let worker = SinkWorker {
             name: name.clone(),
-            sink: AnySink::from_config(&sink_config.kind),
+            sink,
             settings: sink_config.common.clone(),
             cursor,
             data_dir: config.data_dir.clone(),

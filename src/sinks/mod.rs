@@ -13,15 +13,20 @@ pub enum AnySink {
     File(file::FileSink),
     /// Standard output.
     Stdout(stdout::StdoutSink),
+    /// NATS core or JetStream.
+    Nats(Box<nomad_relay_sink_nats::NatsSink>),
 }
 
 impl AnySink {
-    /// Builds the sink described by `config`.
-    pub fn from_config(config: &SinkKindConfig) -> AnySink {
-        match config {
+    /// Builds the sink described by `config` (it connects in [`Sink::open`]).
+    pub fn from_config(config: &SinkKindConfig) -> Result<AnySink, String> {
+        Ok(match config {
             SinkKindConfig::File(file) => AnySink::File(file::FileSink::new(file.path.clone())),
             SinkKindConfig::Stdout(_) => AnySink::Stdout(stdout::StdoutSink::new()),
-        }
+            SinkKindConfig::Nats(nats) => {
+                AnySink::Nats(Box::new(nomad_relay_sink_nats::NatsSink::new(nats.clone())?))
+            }
+        })
     }
 }
 
@@ -30,6 +35,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.guarantee(),
             AnySink::Stdout(sink) => sink.guarantee(),
+            AnySink::Nats(sink) => sink.guarantee(),
         }
     }
 
@@ -37,6 +43,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.open(saved_state).await,
             AnySink::Stdout(sink) => sink.open(saved_state).await,
+            AnySink::Nats(sink) => sink.open(saved_state).await,
         }
     }
 
@@ -44,6 +51,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.send(batch).await,
             AnySink::Stdout(sink) => sink.send(batch).await,
+            AnySink::Nats(sink) => sink.send(batch).await,
         }
     }
 
@@ -51,6 +59,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.flush().await,
             AnySink::Stdout(sink) => sink.flush().await,
+            AnySink::Nats(sink) => sink.flush().await,
         }
     }
 
@@ -58,6 +67,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.health(),
             AnySink::Stdout(sink) => sink.health(),
+            AnySink::Nats(sink) => sink.health(),
         }
     }
 
@@ -65,6 +75,7 @@ impl Sink for AnySink {
         match self {
             AnySink::File(sink) => sink.checkpoint_state(),
             AnySink::Stdout(sink) => sink.checkpoint_state(),
+            AnySink::Nats(sink) => sink.checkpoint_state(),
         }
     }
 }

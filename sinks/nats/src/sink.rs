@@ -1,0 +1,410 @@
+//! The NATS sink itself: connection, stream check, pipelined JetStream publishing with one
+//! outcome per PubAck, and core NATS publishing.
+
+use crate::config::{NatsSinkConfig, OnReject, StorageKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use nomad_relay_sink_api::{
+    Envelope, EventId, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template,
+};
+use std::collections::VecDeque;
+use tracing::{info, warn};
+
+/// The NATS sink.
+pub struct NatsSink {
+    config: NatsSinkConfig,
+    subject: Template,
+    client: Option<Client>,
+    jetstream: Option<async_nats::jetstream::Context>,
+    health: Health,
+}
+
+impl NatsSink {
+    /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad subject template.
+    pub fn new(config: NatsSinkConfig) -> Result<NatsSink, String> {
+        let subject = Template::parse(&config.subject).map_err(|e| e.to_string())?;
+        Ok(NatsSink {
+            config,
+            subject,
+            client: None,
+            jetstream: None,
+            health: Health::Unhealthy("not connected yet".into()),
+        })
+    }
+
+    async fn connect(&mut self) -> Result<(), SinkError> {
+        let config = &self.config;
+        let mut options = ConnectOptions::new()
+            .name("nomad-relay")
+            .connection_timeout(config.connect_timeout.0)
+            .max_reconnects(None)
+            .require_tls(config.tls.required);
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.0.clone());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.0.clone());
+        }
+        if let Some(seed) = &config.nkey_seed {
+            options = options.nkey(seed.0.clone());
+        }
+        if let Some(path) = &config.credentials_file {
+            options = options.credentials_file(path).await.map_err(|e| {
+                SinkError::with_source(
+                    SinkErrorKind::Config,
+                    format!("cannot read the NATS credentials file {}", path.display()),
+                    e,
+                )
+            })?;
+        }
+        if let Some(ca) = &config.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let urls = config.url.to_vec();
+        let client = options.connect(urls.as_slice()).await.map_err(|e| {
+            let hint = match e.kind() {
+                ConnectErrorKind::AuthorizationViolation => {
+                    "NATS refused the credentials; check user/password, token, nkey_seed or credentials_file"
+                }
+                ConnectErrorKind::Tls => "the TLS handshake failed; check tls.ca_file and the certificates",
+                ConnectErrorKind::TimedOut => "no answer in time; is nats-server running there?",
+                _ => "is nats-server running there?",
+            };
+            SinkError::with_source(
+                SinkErrorKind::Unavailable,
+                format!("cannot connect to NATS at {}: {hint}", urls.join(", ")),
+                e,
+            )
+        })?;
+        if config.jetstream {
+            let context = async_nats::jetstream::ContextBuilder::new()
+                .timeout(config.ack_timeout.0)
+                .max_ack_inflight(config.max_in_flight)
+                .build(client.clone());
+            self.jetstream = Some(context);
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Checks (or creates) the configured stream and that it captures the subjects this sink
+    /// publishes to; without a configured stream, asks the server which stream captures them.
+    async fn check_stream(&self) -> Result<(), SinkError> {
+        let Some(context) = &self.jetstream else { return Ok(()) };
+        let sample = self.subject.render(&sample_event());
+        let config_error = |message: String| SinkError::new(SinkErrorKind::Config, message);
+        let Some(name) = &self.config.stream else {
+            return match context.stream_by_subject(sample.clone()).await {
+                Ok(stream) => {
+                    info!("JetStream stream `{stream}` captures subject {sample}");
+                    Ok(())
+                }
+                Err(e) => Err(config_error(format!(
+                    "no JetStream stream captures subject {sample} ({e}); create one, or set `stream` and `create_stream = true` on this sink"
+                ))),
+            };
+        };
+        let mut stream = if self.config.create_stream {
+            let stream_config = async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: self.config.stream_subjects(),
+                duplicate_window: self.config.duplicate_window.0,
+                storage: match self.config.storage {
+                    StorageKind::File => async_nats::jetstream::stream::StorageType::File,
+                    StorageKind::Memory => async_nats::jetstream::stream::StorageType::Memory,
+                },
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            };
+            context.get_or_create_stream(stream_config).await.map_err(|e| {
+                SinkError::with_source(
+                    SinkErrorKind::Config,
+                    format!("cannot create JetStream stream `{name}`"),
+                    e,
+                )
+            })?
+        } else {
+            context.get_stream(name).await.map_err(|e| {
+                config_error(format!(
+                    "JetStream stream `{name}` is not there ({e}); create it, or set `create_stream = true`"
+                ))
+            })?
+        };
+        let info = stream.info().await.map_err(|e| {
+            SinkError::with_source(
+                SinkErrorKind::Unavailable,
+                format!("cannot read JetStream stream `{name}`"),
+                e,
+            )
+        })?;
+        let subjects = info.config.subjects.clone();
+        if !subjects.iter().any(|pattern| subject_matches(pattern, &sample)) {
+            return Err(config_error(format!(
+                "JetStream stream `{name}` captures {subjects:?}, but this sink publishes to subjects like {sample}; add them to the stream or change `subject`"
+            )));
+        }
+        if info.config.duplicate_window < std::time::Duration::from_secs(60) {
+            warn!(
+                "JetStream stream `{name}` has a duplicate window of {:?}: events re-sent after a longer outage are stored twice",
+                info.config.duplicate_window
+            );
+        }
+        Ok(())
+    }
+
+    fn headers(event: &Envelope) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+        headers.insert("Nomad-Index", event.id.index.to_string().as_str());
+        headers.insert("Nomad-Topic", event.topic.as_str());
+        headers.insert("Nomad-Type", event.event_type.as_str());
+        headers.insert("Nomad-Namespace", event.namespace.as_str());
+        headers.insert("Nomad-Key", event.key.as_str());
+        headers
+    }
+
+    async fn send_jetstream(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        let Some(context) = self.jetstream.clone() else {
+            return retry_all(batch, SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"));
+        };
+        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
+        for (position, event) in batch.iter().enumerate() {
+            let subject = self.subject.render(event);
+            let message = PublishMessage::build()
+                .payload(event.raw.clone())
+                .headers(Self::headers(event))
+                .message_id(event.id.to_string());
+            match context.send_publish(subject.clone(), message).await {
+                Ok(ack) => in_flight.push_back((position, subject, ack)),
+                Err(e) => {
+                    outcomes[position] = Some(self.failed(event, &subject, e.kind(), e.to_string()).await)
+                }
+            }
+            while in_flight.len() >= self.config.max_in_flight {
+                if let Some((position, subject, ack)) = in_flight.pop_front() {
+                    outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
+                }
+            }
+        }
+        while let Some((position, subject, ack)) = in_flight.pop_front() {
+            outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no acknowledgement"))
+                })
+            })
+            .collect();
+        self.update_health(&outcomes);
+        outcomes
+    }
+
+    async fn acknowledged(&self, event: &Envelope, subject: &str, ack: PublishAckFuture) -> Outcome {
+        match ack.await {
+            Ok(_) => Outcome::Delivered,
+            Err(e) => self.failed(event, subject, e.kind(), e.to_string()).await,
+        }
+    }
+
+    async fn failed(&self, event: &Envelope, subject: &str, kind: PublishErrorKind, text: String) -> Outcome {
+        match kind {
+            PublishErrorKind::MaxPayloadExceeded => {
+                let max = self.client.as_ref().map(|c| c.server_info().max_payload).unwrap_or(0);
+                let reason = format!(
+                    "event {} ({} bytes with headers) is larger than the NATS server's max_payload ({max} bytes); raise max_payload on the server to relay such events",
+                    event.id,
+                    event.raw.len()
+                );
+                self.reject(event, reason).await
+            }
+            PublishErrorKind::StreamNotFound => Outcome::Retry(SinkError::new(
+                SinkErrorKind::Config,
+                format!(
+                    "no JetStream stream captures subject {subject}; create one, or set `stream` and `create_stream = true` on this sink"
+                ),
+            )),
+            _ => Outcome::Retry(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!("JetStream did not acknowledge {subject}: {text}"),
+            )),
+        }
+    }
+
+    /// A refused event: counted and dropped, or noted on the dead-letter subject first (if
+    /// that notice cannot be stored, the event is retried rather than lost unseen).
+    async fn reject(&self, event: &Envelope, reason: String) -> Outcome {
+        if self.config.on_reject == OnReject::DeadLetter
+            && let (Some(subject), Some(client)) = (&self.config.dead_letter_subject, &self.client)
+        {
+            let notice = serde_json::json!({
+                "Id": event.id.to_string(), "Index": event.id.index, "Topic": event.topic,
+                "Type": event.event_type, "Key": event.key, "Namespace": event.namespace,
+                "Bytes": event.raw.len(), "Reason": reason,
+            });
+            let body = Bytes::from(notice.to_string());
+            let stored = match &self.jetstream {
+                Some(context) => match context.publish(subject.clone(), body).await {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => client.publish(subject.clone(), body).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = stored {
+                return Outcome::Retry(SinkError::new(
+                    SinkErrorKind::Unavailable,
+                    format!("cannot publish the dead-letter notice for {} to {subject}: {e}", event.id),
+                ));
+            }
+        }
+        Outcome::Rejected(SinkError::new(SinkErrorKind::Refused, reason))
+    }
+
+    async fn send_core(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        let Some(client) = self.client.clone() else {
+            return retry_all(batch, SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"));
+        };
+        let max_payload = client.server_info().max_payload;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for event in batch {
+            let subject = self.subject.render(event);
+            if max_payload > 0 && event.raw.len() > max_payload {
+                let reason = format!(
+                    "event {} ({} bytes) is larger than the NATS server's max_payload ({max_payload} bytes)",
+                    event.id,
+                    event.raw.len()
+                );
+                outcomes.push(self.reject(event, reason).await);
+                continue;
+            }
+            match client.publish_with_headers(subject.clone(), Self::headers(event), event.raw.clone()).await
+            {
+                Ok(()) => outcomes.push(Outcome::Delivered),
+                Err(e) => outcomes.push(Outcome::Retry(SinkError::with_source(
+                    SinkErrorKind::Unavailable,
+                    format!("cannot publish to {subject}"),
+                    e,
+                ))),
+            }
+        }
+        if let Err(e) = client.flush().await {
+            let error = SinkError::with_source(SinkErrorKind::Unavailable, "cannot flush to NATS", e);
+            let text = error.report();
+            for outcome in &mut outcomes {
+                if outcome.is_delivered() {
+                    *outcome = Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, text.clone()));
+                }
+            }
+        }
+        self.update_health(&outcomes);
+        outcomes
+    }
+
+    fn update_health(&mut self, outcomes: &[Outcome]) {
+        self.health = match outcomes.iter().find_map(|o| match o {
+            Outcome::Retry(e) => Some(e.report()),
+            _ => None,
+        }) {
+            Some(reason) => Health::Unhealthy(reason),
+            None => Health::Healthy,
+        };
+    }
+}
+
+fn retry_all(batch: &[Envelope], error: SinkError) -> Vec<Outcome> {
+    let text = error.report();
+    batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
+}
+
+/// An event to render sample subjects with.
+fn sample_event() -> Envelope {
+    Envelope {
+        seq: 0,
+        id: EventId { index: 1, digest: 0, occurrence: 0 },
+        source: "default".into(),
+        topic: "Job".into(),
+        event_type: "JobRegistered".into(),
+        key: "example".into(),
+        namespace: "default".into(),
+        raw: Bytes::new(),
+    }
+}
+
+/// NATS subject matching: `*` matches one token, `>` the rest.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (literal, Some(actual)) if literal == actual => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+impl Sink for NatsSink {
+    fn guarantee(&self) -> Guarantee {
+        if self.config.jetstream { Guarantee::ExactlyOnce } else { Guarantee::AtMostOnce }
+    }
+
+    async fn open(&mut self, _saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
+        if self.client.is_none() {
+            self.connect().await.inspect_err(|e| self.health = Health::Unhealthy(e.report()))?;
+        }
+        self.check_stream().await.inspect_err(|e| self.health = Health::Unhealthy(e.report()))?;
+        if !self.config.jetstream {
+            warn!(
+                "NATS sink in core mode: delivery is at-most-once (events are lost if NATS or the connection fails after the relay hands them over)"
+            );
+        }
+        self.health = Health::Healthy;
+        Ok(())
+    }
+
+    async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        if self.client.is_none()
+            && let Err(error) = self.connect().await
+        {
+            self.health = Health::Unhealthy(error.report());
+            return retry_all(batch, error);
+        }
+        if self.config.jetstream { self.send_jetstream(batch).await } else { self.send_core(batch).await }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some(client) = &self.client {
+            client
+                .flush()
+                .await
+                .map_err(|e| SinkError::with_source(SinkErrorKind::Unavailable, "cannot flush to NATS", e))?;
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        self.health.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_wildcards() {
+        assert!(subject_matches("nomad.*.*", "nomad.Job.JobRegistered"));
+        assert!(subject_matches("nomad.>", "nomad.Job.JobRegistered"));
+        assert!(!subject_matches("nomad.*", "nomad.Job.JobRegistered"));
+        assert!(!subject_matches("other.>", "nomad.Job"));
+        assert!(subject_matches("nomad.Job.JobRegistered", "nomad.Job.JobRegistered"));
+    }
+}

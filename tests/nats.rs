@@ -1,0 +1,266 @@
+//! The NATS sink against real nats-server processes: JetStream exactly-once across SIGKILLs
+//! and across a broker restart, core NATS, and the failures an operator meets (bad
+//! credentials, no stream, a message over max_payload).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use nomad_emulator::{Batch, EmulatorConfig, GeneratorConfig};
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use support::nats::{OwnedServer, Stored, read_stream, shared_url, unique};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn nats_sink(url: &str, prefix: &str, stream: &str, extra: &str) -> String {
+    format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Topic}}}}.{{{{Type}}}}\"\nstream = \"{stream}\"\ncreate_stream = true\nretry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\n{extra}\n"
+    )
+}
+
+fn topic_and_type(line: &str) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    (value["Topic"].as_str().unwrap().to_owned(), value["Type"].as_str().unwrap().to_owned())
+}
+
+/// Every expected event stored exactly once, and in order within each subject.
+fn assert_exactly_once_in_subject_order(stored: &[Stored], expected: &[String], prefix: &str) {
+    let ids: HashSet<&str> = stored.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "a Nats-Msg-Id was stored twice");
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "stored {} messages for {} events",
+        stored.len(),
+        expected.len()
+    );
+    let mut by_subject: HashMap<String, Vec<&str>> = HashMap::new();
+    for message in stored {
+        by_subject.entry(message.subject.clone()).or_default().push(&message.payload);
+    }
+    let mut expected_by_subject: HashMap<String, Vec<&str>> = HashMap::new();
+    for line in expected {
+        let (topic, event_type) = topic_and_type(line);
+        expected_by_subject.entry(format!("{prefix}.{topic}.{event_type}")).or_default().push(line);
+    }
+    assert_eq!(by_subject.len(), expected_by_subject.len());
+    for (subject, want) in expected_by_subject {
+        assert_eq!(
+            by_subject.get(&subject),
+            Some(&want),
+            "subject {subject}: events missing, repeated or out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_exactly_once_across_sigkills() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig {
+        buffer_size: 1_000_000,
+        fragment_writes: Some(31),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let scratch = Scratch::new();
+    let (prefix, stream) = (unique("kill"), unique("KILL"));
+    let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(2_000.0),
+        total_events: Some(20_000),
+        seed: 31,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let mut relay = Relay::start(&config);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
+        relay.kill();
+        relay = Relay::start(&config);
+    }
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    assert!(expected.len() > 10_000);
+    let cursor_path = scratch.path("data/cursors/nats.json");
+    let head = expected.len();
+    eventually("the NATS sink to deliver everything", Duration::from_secs(180), || {
+        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
+        (cursor["next_seq"].as_u64()? as usize > head).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let stored = read_stream(&url, &stream).await;
+    assert_exactly_once_in_subject_order(&stored, &expected, &prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
+    let scratch = Scratch::new();
+    let mut server = OwnedServer::start(scratch.dir.path(), None);
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let (prefix, stream) = (unique("cut"), unique("CUT"));
+    let config = scratch.config(
+        &emulator.url(),
+        "",
+        &nats_sink(&server.url(), &prefix, &stream, "ack_timeout = \"2s\""),
+    );
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(1_500.0),
+        total_events: Some(9_000),
+        seed: 32,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    let cursor_path = scratch.path("data/cursors/nats.json");
+    let progress = || -> Option<u64> {
+        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
+        cursor["next_seq"].as_u64()
+    };
+    eventually("some events in NATS", WAIT, || progress().filter(|n| *n > 1_000)).await;
+    server.stop();
+    // The outage itself: NATS stays down for a while as events keep arriving from Nomad.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.resume();
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("everything delivered after the restart", Duration::from_secs(120), || {
+        progress().filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let stored = read_stream(&server.url(), &stream).await;
+    let ids: HashSet<&str> = stored.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "nothing stored twice");
+    let payloads: HashSet<&str> = stored.iter().map(|m| m.payload.as_str()).collect();
+    let missing = expected.iter().filter(|line| !payloads.contains(line.as_str())).count();
+    assert_eq!(missing, 0, "nothing lost");
+    assert_eq!(stored.len(), expected.len());
+    assert!(
+        relay.log().contains("JetStream did not acknowledge") || relay.log().contains("not delivered"),
+        "the outage was noticed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_publishes_every_event_with_headers() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "web"));
+    emulator.publish(job(4, "api"));
+    let scratch = Scratch::new();
+    let prefix = unique("core");
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Namespace}}}}.{{{{Key}}}}\"\njetstream = false\n"
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let mut relay = Relay::start(&config);
+    use futures_util::StreamExt;
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        received.push(tokio::time::timeout(WAIT, subscription.next()).await.unwrap().unwrap());
+    }
+    assert!(relay.terminate().success());
+    assert_eq!(received[0].subject.as_str(), format!("{prefix}.default.web"));
+    assert_eq!(received[0].payload, job(3, "web").events[0].to_json(3).as_bytes());
+    let headers = received[1].headers.clone().unwrap();
+    assert_eq!(headers.get("Nomad-Index").unwrap().as_str(), "4");
+    assert_eq!(headers.get("Nomad-Topic").unwrap().as_str(), "Job");
+    assert_eq!(headers.get("Nomad-Type").unwrap().as_str(), "JobRegistered");
+    assert_eq!(headers.get("Nomad-Namespace").unwrap().as_str(), "default");
+    assert_eq!(headers.get("Nomad-Key").unwrap().as_str(), "api");
+    assert!(headers.get("Nats-Msg-Id").unwrap().as_str().starts_with("4-"));
+    assert!(relay.log().contains("at-most-once"), "core mode says what it guarantees");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_reported_and_retried() {
+    let scratch = Scratch::new();
+    let server =
+        OwnedServer::start(scratch.dir.path(), Some("authorization { user: relay, password: right }\n"));
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "web"));
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{}\"\njetstream = false\nuser = \"relay\"\npassword = \"wrong-secret\"\nretry_min_delay = \"50ms\"\n",
+        server.url()
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let mut relay = Relay::start(&config);
+    let log = eventually("the credentials refusal", WAIT, || {
+        let log = relay.log();
+        log.contains("NATS refused the credentials").then_some(log)
+    })
+    .await;
+    assert!(!log.contains("wrong-secret"), "passwords never appear in logs");
+    assert!(relay.is_running());
+    eventually("the file sink unaffected", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_a_clear_error() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "web"));
+    let scratch = Scratch::new();
+    let prefix = unique("nostream");
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Topic}}}}\"\nretry_min_delay = \"50ms\"\n"
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let mut relay = Relay::start(&config);
+    let log = eventually("the missing-stream error", WAIT, || {
+        let log = relay.log();
+        log.contains("no JetStream stream captures subject").then_some(log)
+    })
+    .await;
+    assert!(log.contains(&format!("{prefix}.Job")), "{log}");
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_max_payload_is_rejected_with_a_dead_letter_notice() {
+    let scratch = Scratch::new();
+    let server = OwnedServer::start(scratch.dir.path(), Some("max_payload: 8192\n"));
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "small"));
+    emulator.publish(Batch { index: 4, events: vec![job_event("huge", "JobRegistered", 20_000)] });
+    emulator.publish(job(5, "after"));
+    let (prefix, stream) = (unique("big"), unique("BIG"));
+    let extra = format!(
+        "subjects = [\"{prefix}.>\"]\non_reject = \"dead_letter\"\ndead_letter_subject = \"{prefix}.dead\""
+    );
+    let config = scratch.config(&emulator.url(), "", &nats_sink(&server.url(), &prefix, &stream, &extra));
+    let mut relay = Relay::start(&config);
+    let cursor_path = scratch.path("data/cursors/nats.json");
+    eventually("all three events passed", WAIT, || {
+        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
+        (cursor["next_seq"].as_u64()? > 3).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let stored = read_stream(&server.url(), &stream).await;
+    let subjects: Vec<&str> = stored.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            format!("{prefix}.Job.JobRegistered"),
+            format!("{prefix}.dead"),
+            format!("{prefix}.Job.JobRegistered")
+        ]
+    );
+    let notice: serde_json::Value = serde_json::from_str(&stored[1].payload).unwrap();
+    assert_eq!(notice["Key"], "huge");
+    assert!(notice["Reason"].as_str().unwrap().contains("max_payload (8192 bytes)"), "{notice}");
+    assert!(relay.log().contains("refused this event for good"), "{}", relay.log());
+}

@@ -315,7 +315,7 @@ pub enum SinkKindConfig {
     /// Standard output, one event per line.
     Stdout(StdoutSinkConfig),
     /// NATS core or JetStream.
-    Nats(nomad_relay_sink_nats::NatsSinkConfig),
+    Nats(Box<nomad_relay_sink_nats::NatsSinkConfig>),
 }
 
 /// `type = "file"`.

@@ -24,7 +24,7 @@ impl AnySink {
             SinkKindConfig::File(file) => AnySink::File(file::FileSink::new(file.path.clone())),
             SinkKindConfig::Stdout(_) => AnySink::Stdout(stdout::StdoutSink::new()),
             SinkKindConfig::Nats(nats) => {
-                AnySink::Nats(Box::new(nomad_relay_sink_nats::NatsSink::new(nats.clone())?))
+                AnySink::Nats(Box::new(nomad_relay_sink_nats::NatsSink::new((**nats).clone())?))
             }
         })
     }

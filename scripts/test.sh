@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: builds the workspace, lints it, and runs every
-# test (unit, emulator, end-to-end). Everything the tests need is started by this script or
-# by the tests themselves; nothing is skipped silently.
+# Runs the whole test suite on a fresh machine: makes sure the brokers are up (starting them
+# if needed), builds the workspace, lints it, and runs every test (unit, emulator,
+# end-to-end, real brokers). Nothing is skipped silently: a missing broker fails the run
+# with the command that starts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "==> brokers on loopback (started if missing)"
+./scripts/services.sh all
 
 echo "==> cargo build (workspace, all targets)"
 cargo build --workspace --all-targets --locked

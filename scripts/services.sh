@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Makes sure the brokers the tests talk to are running on loopback, starting any that is
+# not, or exits non-zero naming the one that is missing and how to start it.
+# Usage: scripts/services.sh            (all)   |   scripts/services.sh nats
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local name=$1 port=$2 seconds=$3
+  for _ in $(seq 1 $((seconds * 10))); do
+    port_open "$port" && return 0
+    sleep 0.1
+  done
+  echo "error: $name did not start listening on 127.0.0.1:$port within ${seconds}s" >&2
+  return 1
+}
+
+ensure_nats() {
+  if port_open 4222; then
+    echo "NATS: running on 127.0.0.1:4222"
+    return
+  fi
+  if ! command -v nats-server >/dev/null; then
+    echo "error: NATS is not running on 127.0.0.1:4222 and nats-server is not installed (apt-get install nats-server)" >&2
+    exit 1
+  fi
+  local store=${NATS_STORE_DIR:-/tmp/nomad-relay-nats-store}
+  mkdir -p "$store"
+  echo "NATS: starting nats-server -a 127.0.0.1 -p 4222 -js -sd $store"
+  nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$store" >"$store/nats-server.log" 2>&1 &
+  wait_port NATS 4222 20
+}
+
+case "${1:-all}" in
+  nats) ensure_nats ;;
+  all) ensure_nats ;;
+  *) echo "usage: $0 [nats|all]" >&2; exit 2 ;;
+esac

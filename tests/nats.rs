@@ -84,7 +84,7 @@ async fn jetstream_exactly_once_across_sigkills() {
     }
     publishing.await.unwrap();
     let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
-    assert!(expected.len() > 10_000);
+    assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
     let cursor_path = scratch.path("data/cursors/nats.json");
     let head = expected.len();
     eventually("the NATS sink to deliver everything", Duration::from_secs(180), || {
@@ -263,4 +263,42 @@ async fn a_message_over_max_payload_is_rejected_with_a_dead_letter_notice() {
     assert_eq!(notice["Key"], "huge");
     assert!(notice["Reason"].as_str().unwrap().contains("max_payload (8192 bytes)"), "{notice}");
     assert!(relay.log().contains("refused this event for good"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_to_nats() {
+    let scratch = Scratch::new();
+    let (files, _) = support::tls::make_certs(scratch.dir.path(), "localhost");
+    let server_config = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        files.server_cert.display(),
+        files.server_key.display(),
+        files.ca.display()
+    );
+    let server = OwnedServer::start(scratch.dir.path(), Some(&server_config));
+    let url = format!("tls://localhost:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(files.ca.clone())
+        .add_client_certificate(files.client_cert.clone(), files.client_key.clone())
+        .require_tls(true)
+        .connect(&url)
+        .await
+        .unwrap();
+    let prefix = unique("tls");
+    let mut subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "web"));
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Topic}}}}\"\njetstream = false\n[sinks.nats.tls]\nrequired = true\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.ca.display(),
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let mut relay = Relay::start(&config);
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(WAIT, subscription.next()).await.unwrap().unwrap();
+    assert!(relay.terminate().success());
+    assert_eq!(message.payload, job(3, "web").events[0].to_json(3).as_bytes());
 }

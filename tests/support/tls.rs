@@ -1,5 +1,6 @@
-//! A TLS front for the emulator: terminates TLS (optionally demanding a client certificate)
-//! and pipes the bytes to the emulator's plain TCP port, with a throw-away CA made by rcgen.
+//! TLS for the tests: a throw-away CA with server and client certificates (rcgen), and a TLS
+//! front for the emulator that terminates TLS (optionally demanding a client certificate) and
+//! pipes the bytes to the emulator's plain TCP port.
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use std::net::SocketAddr;
@@ -11,11 +12,60 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
-/// PEM files written for the relay.
+/// PEM files: the CA, a client certificate, and a server certificate.
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// The server side in DER, for a rustls server.
+pub struct ServerIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+}
+
+/// A CA, a server certificate naming `dns_name`, and a client certificate, written as PEM
+/// files under `dir`.
+pub fn make_certs(dir: &Path, dns_name: &str) -> (TlsFiles, ServerIdentity) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = issue(dns_name);
+    let (client_cert, client_key) = issue("nomad-relay.client");
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client-key.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+    };
+    std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&files.client_cert, client_cert.pem()).unwrap();
+    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
+    std::fs::write(&files.server_cert, server_cert.pem()).unwrap();
+    std::fs::write(&files.server_key, server_key.serialize_pem()).unwrap();
+    let identity = ServerIdentity {
+        chain: vec![
+            CertificateDer::from(server_cert.der().to_vec()),
+            CertificateDer::from(ca_cert.der().to_vec()),
+        ],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        ca: CertificateDer::from(ca_cert.der().to_vec()),
+    };
+    (files, identity)
 }
 
 /// Starts a TLS front for `backend` whose certificate names only `dns_name`; returns its
@@ -28,32 +78,9 @@ pub async fn tls_front(
     dir: &Path,
 ) -> (SocketAddr, TlsFiles) {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec![dns_name.to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca_cert, &ca_key)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["nomad-relay.client".to_owned()])
-        .unwrap()
-        .signed_by(&client_key, &ca_cert, &ca_key)
-        .unwrap();
-
-    let files = TlsFiles {
-        ca: dir.join("ca.pem"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client-key.pem"),
-    };
-    std::fs::write(&files.ca, ca_cert.pem()).unwrap();
-    std::fs::write(&files.client_cert, client_cert.pem()).unwrap();
-    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
-
+    let (files, identity) = make_certs(dir, dns_name);
     let mut roots = RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
+    roots.add(identity.ca).unwrap();
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
     let builder = if require_client_cert {
@@ -63,10 +90,7 @@ pub async fn tls_front(
     } else {
         builder.with_no_client_auth()
     };
-    let chain =
-        vec![CertificateDer::from(server_cert.der().to_vec()), CertificateDer::from(ca_cert.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-    let config = builder.with_single_cert(chain, key).unwrap();
+    let config = builder.with_single_cert(identity.chain, identity.key).unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -70,7 +70,7 @@ async fn jetstream_exactly_once_across_sigkills() {
     let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
     let generator = emulator.generator(GeneratorConfig {
         rate: Some(2_000.0),
-        total_events: Some(20_000),
+        total_events: Some(30_000),
         seed: 31,
         ..GeneratorConfig::default()
     });

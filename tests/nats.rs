@@ -10,7 +10,7 @@ use nomad_emulator::{Batch, EmulatorConfig, GeneratorConfig};
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use support::nats::{OwnedServer, Stored, read_stream, shared_url, unique};
+use support::nats::{OwnedServer, Stored, delete_stream, read_stream, shared_url, unique};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -94,6 +94,7 @@ async fn jetstream_exactly_once_across_sigkills() {
     .await;
     assert!(relay.terminate().success());
     let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
     assert_exactly_once_in_subject_order(&stored, &expected, &prefix);
 }
 

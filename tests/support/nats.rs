@@ -122,3 +122,9 @@ pub async fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
     }
     stored
 }
+
+/// Deletes a test's stream from a shared server, so runs do not pile up data.
+pub async fn delete_stream(url: &str, stream: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    jetstream::new(client).delete_stream(stream).await.unwrap();
+}

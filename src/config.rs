@@ -316,6 +316,8 @@ pub enum SinkKindConfig {
     Stdout(StdoutSinkConfig),
     /// NATS core or JetStream.
     Nats(Box<nomad_relay_sink_nats::NatsSinkConfig>),
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp(Box<nomad_relay_sink_amqp::AmqpSinkConfig>),
 }
 
 /// `type = "file"`.
@@ -568,8 +570,11 @@ impl Config {
             if sink.common.batch_size == 0 {
                 return fail(format!("`sinks.{name}.batch_size`: must be at least 1"));
             }
-            if let SinkKindConfig::Nats(nats) = &sink.kind {
-                nats.validate(&format!("sinks.{name}")).map_err(ConfigError)?;
+            let key = format!("sinks.{name}");
+            match &sink.kind {
+                SinkKindConfig::Nats(nats) => nats.validate(&key).map_err(ConfigError)?,
+                SinkKindConfig::Amqp(amqp) => amqp.validate(&key).map_err(ConfigError)?,
+                SinkKindConfig::File(_) | SinkKindConfig::Stdout(_) => {}
             }
         }
         for (position, route) in self.routes.iter().enumerate() {

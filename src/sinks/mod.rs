@@ -15,6 +15,8 @@ pub enum AnySink {
     Stdout(stdout::StdoutSink),
     /// NATS core or JetStream.
     Nats(Box<nomad_relay_sink_nats::NatsSink>),
+    /// RabbitMQ.
+    Amqp(Box<nomad_relay_sink_amqp::AmqpSink>),
 }
 
 impl AnySink {
@@ -26,6 +28,9 @@ impl AnySink {
             SinkKindConfig::Nats(nats) => {
                 AnySink::Nats(Box::new(nomad_relay_sink_nats::NatsSink::new((**nats).clone())?))
             }
+            SinkKindConfig::Amqp(amqp) => {
+                AnySink::Amqp(Box::new(nomad_relay_sink_amqp::AmqpSink::new((**amqp).clone())?))
+            }
         })
     }
 }
@@ -36,6 +41,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.guarantee(),
             AnySink::Stdout(sink) => sink.guarantee(),
             AnySink::Nats(sink) => sink.guarantee(),
+            AnySink::Amqp(sink) => sink.guarantee(),
         }
     }
 
@@ -44,6 +50,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.open(saved_state).await,
             AnySink::Stdout(sink) => sink.open(saved_state).await,
             AnySink::Nats(sink) => sink.open(saved_state).await,
+            AnySink::Amqp(sink) => sink.open(saved_state).await,
         }
     }
 
@@ -52,6 +59,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.send(batch).await,
             AnySink::Stdout(sink) => sink.send(batch).await,
             AnySink::Nats(sink) => sink.send(batch).await,
+            AnySink::Amqp(sink) => sink.send(batch).await,
         }
     }
 
@@ -60,6 +68,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.flush().await,
             AnySink::Stdout(sink) => sink.flush().await,
             AnySink::Nats(sink) => sink.flush().await,
+            AnySink::Amqp(sink) => sink.flush().await,
         }
     }
 
@@ -68,6 +77,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.health(),
             AnySink::Stdout(sink) => sink.health(),
             AnySink::Nats(sink) => sink.health(),
+            AnySink::Amqp(sink) => sink.health(),
         }
     }
 
@@ -76,6 +86,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.checkpoint_state(),
             AnySink::Stdout(sink) => sink.checkpoint_state(),
             AnySink::Nats(sink) => sink.checkpoint_state(),
+            AnySink::Amqp(sink) => sink.checkpoint_state(),
         }
     }
 }

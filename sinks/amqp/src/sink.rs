@@ -1,0 +1,383 @@
+//! The RabbitMQ sink itself: connection and confirm-mode channel, topology, and pipelined
+//! publishing with one outcome per confirm.
+
+use crate::config::{AmqpSinkConfig, OnFailure, redact};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template};
+use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// The RabbitMQ sink.
+pub struct AmqpSink {
+    config: AmqpSinkConfig,
+    routing_key: Template,
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+    health: Health,
+}
+
+fn error(kind: SinkErrorKind, message: impl Into<String>, source: lapin::Error) -> SinkError {
+    SinkError::with_source(kind, message, source)
+}
+
+impl AmqpSink {
+    /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad routing-key template.
+    pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, String> {
+        let routing_key = Template::parse(&config.routing_key).map_err(|e| e.to_string())?;
+        Ok(AmqpSink {
+            config,
+            routing_key,
+            connection: None,
+            channel: None,
+            health: Health::Unhealthy("not connected yet".into()),
+        })
+    }
+
+    fn tls(&self) -> Result<OwnedTLSConfig, SinkError> {
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                SinkError::with_source(SinkErrorKind::Config, format!("cannot read {}", path.display()), e)
+            })
+        };
+        let cert_chain = match &self.config.tls.ca_file {
+            Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+            None => None,
+        };
+        let identity = match (&self.config.tls.cert_file, &self.config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 { pem: read(cert)?, key: read(key)? }),
+            _ => None,
+        };
+        Ok(OwnedTLSConfig { identity, cert_chain })
+    }
+
+    /// Connects and opens a confirm-mode channel.
+    async fn connect(&mut self) -> Result<(), SinkError> {
+        self.channel = None;
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close(0, "reconnecting".into()).await;
+        }
+        let where_ = self.config.redacted_uri();
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| error(SinkErrorKind::Other, "no async runtime for lapin", e))?;
+        let properties = ConnectionProperties::default().with_connection_name("nomad-relay".into());
+        let connection =
+            Connection::connect_with_config(&self.config.uri.0, properties, self.tls()?, runtime)
+                .await
+                .map_err(|e| {
+                    let text = e.to_string();
+                    let hint =
+                        if text.contains("ACCESS_REFUSED") || text.contains("403") || text.contains("auth") {
+                            "RabbitMQ refused the credentials in `uri` (user, password or vhost)"
+                        } else {
+                            "is RabbitMQ running there?"
+                        };
+                    error(
+                        SinkErrorKind::Unavailable,
+                        format!("cannot connect to RabbitMQ at {where_}: {hint}"),
+                        e,
+                    )
+                })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| error(SinkErrorKind::Unavailable, "cannot open an AMQP channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| error(SinkErrorKind::Unavailable, "cannot enable publisher confirms", e))?;
+        self.connection = Some(connection);
+        self.channel = Some(channel);
+        Ok(())
+    }
+
+    /// Declares the topology, or checks that the exchange exists.
+    async fn prepare_topology(&self) -> Result<(), SinkError> {
+        let Some(connection) = &self.connection else { return Ok(()) };
+        let exchange = self.config.exchange.clone();
+        // A failed passive declare closes its channel, so checks use a channel of their own.
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| error(SinkErrorKind::Unavailable, "cannot open an AMQP channel", e))?;
+        if !self.config.declare {
+            let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+            channel
+                .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default())
+                .await
+                .map_err(|e| {
+                    error(
+                        SinkErrorKind::Config,
+                        format!("exchange `{exchange}` does not exist on RabbitMQ; declare it, or set `declare = true` on this sink"),
+                        e,
+                    )
+                })?;
+            let _ = channel.close(200, "checked".into()).await;
+            return Ok(());
+        }
+        let kind = match self.config.exchange_type.as_str() {
+            "topic" => ExchangeKind::Topic,
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            other => ExchangeKind::Custom(other.to_owned()),
+        };
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(exchange.as_str().into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(|e| error(SinkErrorKind::Config, format!("cannot declare exchange `{exchange}`"), e))?;
+        for queue in &self.config.queues {
+            let mut arguments = FieldTable::default();
+            if queue.quorum {
+                arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            }
+            let options =
+                QueueDeclareOptions { durable: queue.durable || queue.quorum, ..Default::default() };
+            channel.queue_declare(queue.name.as_str().into(), options, arguments).await.map_err(|e| {
+                error(SinkErrorKind::Config, format!("cannot declare queue `{}`", queue.name), e)
+            })?;
+            for binding in &queue.bindings {
+                channel
+                    .queue_bind(
+                        queue.name.as_str().into(),
+                        exchange.as_str().into(),
+                        binding.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        error(
+                            SinkErrorKind::Config,
+                            format!("cannot bind queue `{}` with `{binding}`", queue.name),
+                            e,
+                        )
+                    })?;
+            }
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        info!("RabbitMQ topology declared: exchange `{exchange}`, {} queue(s)", self.config.queues.len());
+        Ok(())
+    }
+
+    fn properties(event: &Envelope, reason: Option<&str>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert("nomad-index".into(), AMQPValue::LongLongInt(event.id.index as i64));
+        headers.insert("nomad-topic".into(), AMQPValue::LongString(event.topic.as_str().into()));
+        headers.insert("nomad-type".into(), AMQPValue::LongString(event.event_type.as_str().into()));
+        headers.insert("nomad-namespace".into(), AMQPValue::LongString(event.namespace.as_str().into()));
+        headers.insert("nomad-key".into(), AMQPValue::LongString(event.key.as_str().into()));
+        if let Some(reason) = reason {
+            headers.insert("nomad-relay-reason".into(), AMQPValue::LongString(LongString::from(reason)));
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(event.id.to_string()))
+            .with_timestamp(now)
+            .with_headers(headers)
+    }
+
+    async fn publish(
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        event: &Envelope,
+        reason: Option<&str>,
+    ) -> Result<PublisherConfirm, lapin::Error> {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &event.raw,
+                Self::properties(event, reason),
+            )
+            .await
+    }
+
+    /// Waits for one confirm and turns it into an outcome. `Err` means the connection is no
+    /// longer trustworthy (the outcome is a retry).
+    async fn confirmed(
+        &self,
+        event: &Envelope,
+        routing_key: &str,
+        confirm: PublisherConfirm,
+    ) -> (Outcome, bool) {
+        let exchange = &self.config.exchange;
+        match tokio::time::timeout(self.config.confirm_timeout.0, confirm).await {
+            Err(_) => (
+                Outcome::Retry(SinkError::new(
+                    SinkErrorKind::Unavailable,
+                    format!("no publisher confirm within {:?}", self.config.confirm_timeout.0),
+                )),
+                false,
+            ),
+            Ok(Err(e)) => (
+                Outcome::Retry(error(
+                    SinkErrorKind::Unavailable,
+                    "the AMQP connection failed before the confirm",
+                    e,
+                )),
+                false,
+            ),
+            Ok(Ok(Confirmation::Ack(None))) => (Outcome::Delivered, true),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                let reason = format!(
+                    "returned as unroutable ({} {}): no queue is bound to exchange `{exchange}` for routing key `{routing_key}`",
+                    returned.reply_code, returned.reply_text
+                );
+                (self.failed(event, self.config.on_unroutable, reason).await, true)
+            }
+            Ok(Ok(Confirmation::Nack(_))) => {
+                let reason = format!(
+                    "refused by RabbitMQ (nack) on exchange `{exchange}` with routing key `{routing_key}`: a queue is full (x-overflow reject-publish) or failed"
+                );
+                (self.failed(event, self.config.on_nack, reason).await, true)
+            }
+            Ok(Ok(Confirmation::NotRequested)) => (
+                Outcome::Retry(SinkError::new(
+                    SinkErrorKind::Other,
+                    "publisher confirms are not enabled on the channel",
+                )),
+                false,
+            ),
+        }
+    }
+
+    /// A message the broker did not take: retried, or dead-lettered and counted as rejected
+    /// (retried if the dead-letter publish itself is not confirmed).
+    async fn failed(&self, event: &Envelope, on_failure: OnFailure, reason: String) -> Outcome {
+        if on_failure == OnFailure::Retry {
+            return Outcome::Retry(SinkError::new(SinkErrorKind::Refused, reason));
+        }
+        let (Some(exchange), Some(channel)) = (&self.config.dead_letter_exchange, &self.channel) else {
+            return Outcome::Retry(SinkError::new(SinkErrorKind::Refused, reason));
+        };
+        let routing_key = &self.config.dead_letter_routing_key;
+        let stored = match Self::publish(channel, exchange, routing_key, event, Some(&reason)).await {
+            Ok(confirm) => matches!(
+                tokio::time::timeout(self.config.confirm_timeout.0, confirm).await,
+                Ok(Ok(Confirmation::Ack(None)))
+            ),
+            Err(_) => false,
+        };
+        if stored {
+            Outcome::Rejected(SinkError::new(
+                SinkErrorKind::Refused,
+                format!("{reason}; sent to dead-letter exchange `{exchange}`"),
+            ))
+        } else {
+            Outcome::Retry(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!("{reason}; and the dead-letter exchange `{exchange}` did not take it either"),
+            ))
+        }
+    }
+
+    fn retry_all(batch: &[Envelope], error: &SinkError) -> Vec<Outcome> {
+        let text = error.report();
+        batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
+    }
+}
+
+impl Sink for AmqpSink {
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::AtLeastOnce
+    }
+
+    async fn open(&mut self, _saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
+        let result = async {
+            self.connect().await?;
+            self.prepare_topology().await
+        }
+        .await;
+        match &result {
+            Ok(()) => self.health = Health::Healthy,
+            Err(e) => self.health = Health::Unhealthy(e.report()),
+        }
+        result
+    }
+
+    async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        let usable = self.channel.as_ref().is_some_and(|c| c.status().connected());
+        if !usable {
+            warn!("AMQP channel to {} is down; reconnecting", redact(&self.config.uri.0));
+            if let Err(error) = self.connect().await {
+                self.health = Health::Unhealthy(error.report());
+                return Self::retry_all(batch, &error);
+            }
+        }
+        let Some(channel) = self.channel.clone() else {
+            return Self::retry_all(batch, &SinkError::new(SinkErrorKind::Unavailable, "no AMQP channel"));
+        };
+        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        let mut in_flight: VecDeque<(usize, String, PublisherConfirm)> = VecDeque::new();
+        let mut healthy = true;
+        for (position, event) in batch.iter().enumerate() {
+            let routing_key = self.routing_key.render(event);
+            match Self::publish(&channel, &self.config.exchange, &routing_key, event, None).await {
+                Ok(confirm) => in_flight.push_back((position, routing_key, confirm)),
+                Err(e) => {
+                    // The channel is gone: this and every later event of the batch are retried.
+                    healthy = false;
+                    let failure = error(SinkErrorKind::Unavailable, "cannot publish to RabbitMQ", e);
+                    let text = failure.report();
+                    for outcome in outcomes.iter_mut().skip(position) {
+                        *outcome =
+                            Some(Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, text.clone())));
+                    }
+                    break;
+                }
+            }
+            while in_flight.len() >= self.config.max_in_flight {
+                if let Some((position, key, confirm)) = in_flight.pop_front() {
+                    let (outcome, ok) = self.confirmed(&batch[position], &key, confirm).await;
+                    healthy &= ok;
+                    outcomes[position] = Some(outcome);
+                }
+            }
+        }
+        while let Some((position, key, confirm)) = in_flight.pop_front() {
+            let (outcome, ok) = self.confirmed(&batch[position], &key, confirm).await;
+            healthy &= ok;
+            outcomes[position] = Some(outcome);
+        }
+        if !healthy {
+            // Confirms can no longer be trusted on this channel: start afresh next time.
+            self.channel = None;
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no confirm"))))
+            .collect();
+        self.health = match outcomes.iter().find_map(|o| match o {
+            Outcome::Retry(e) => Some(e.report()),
+            _ => None,
+        }) {
+            Some(reason) => Health::Unhealthy(reason),
+            None => Health::Healthy,
+        };
+        outcomes
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close(200, "nomad-relay stopping".into()).await;
+        }
+        self.channel = None;
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        self.health.clone()
+    }
+}

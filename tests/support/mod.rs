@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod amqp;
 pub mod nats;
+pub mod proxy;
 pub mod tls;
 
 #[allow(unused_imports)]

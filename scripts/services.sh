@@ -33,8 +33,23 @@ ensure_nats() {
   wait_port NATS 4222 20
 }
 
+ensure_rabbitmq() {
+  if port_open 5672; then
+    echo "RabbitMQ: running on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "error: RabbitMQ is not running on 127.0.0.1:5672 and rabbitmq-server is not installed (apt-get install rabbitmq-server)" >&2
+    exit 1
+  fi
+  echo "RabbitMQ: starting rabbitmq-server -detached"
+  rabbitmq-server -detached
+  wait_port RabbitMQ 5672 120
+}
+
 case "${1:-all}" in
   nats) ensure_nats ;;
-  all) ensure_nats ;;
-  *) echo "usage: $0 [nats|all]" >&2; exit 2 ;;
+  rabbitmq) ensure_rabbitmq ;;
+  all) ensure_nats; ensure_rabbitmq ;;
+  *) echo "usage: $0 [nats|rabbitmq|all]" >&2; exit 2 ;;
 esac

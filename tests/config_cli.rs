@@ -12,7 +12,7 @@ use support::*;
 fn the_example_config_documents_a_valid_configuration() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let config = Config::load(Sources { file: Some(&path), environment: false }).unwrap();
-    assert_eq!(config.sinks.len(), 3);
+    assert_eq!(config.sinks.len(), 4);
     assert_eq!(config.routes.len(), 2);
     assert_eq!(config.nomad[0].topics.len(), 9);
 }

@@ -110,11 +110,7 @@ async fn a_cut_connection_is_rebuilt_and_nothing_is_lost() {
     });
     let publishing = tokio::spawn(generator.run());
     let mut relay = Relay::start(&config);
-    let cursor_path = scratch.path("data/cursors/rabbit.json");
-    let progress = || -> Option<u64> {
-        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
-        cursor["next_seq"].as_u64()
-    };
+    let progress = || scratch.cursor_next("rabbit");
     for threshold in [1_000, 3_000] {
         eventually("progress before the cut", WAIT, || progress().filter(|n| *n > threshold)).await;
         proxy.cut();

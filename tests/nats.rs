@@ -85,11 +85,9 @@ async fn jetstream_exactly_once_across_sigkills() {
     publishing.await.unwrap();
     let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
     assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
-    let cursor_path = scratch.path("data/cursors/nats.json");
-    let head = expected.len();
+    let head = expected.len() as u64;
     eventually("the NATS sink to deliver everything", Duration::from_secs(180), || {
-        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
-        (cursor["next_seq"].as_u64()? as usize > head).then_some(())
+        scratch.cursor_next("nats").filter(|next| *next > head)
     })
     .await;
     assert!(relay.terminate().success());
@@ -117,11 +115,7 @@ async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
     });
     let publishing = tokio::spawn(generator.run());
     let mut relay = Relay::start(&config);
-    let cursor_path = scratch.path("data/cursors/nats.json");
-    let progress = || -> Option<u64> {
-        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
-        cursor["next_seq"].as_u64()
-    };
+    let progress = || scratch.cursor_next("nats");
     eventually("some events in NATS", WAIT, || progress().filter(|n| *n > 1_000)).await;
     server.stop();
     // The outage itself: NATS stays down for a while as events keep arriving from Nomad.
@@ -243,12 +237,8 @@ async fn a_message_over_max_payload_is_rejected_with_a_dead_letter_notice() {
     );
     let config = scratch.config(&emulator.url(), "", &nats_sink(&server.url(), &prefix, &stream, &extra));
     let mut relay = Relay::start(&config);
-    let cursor_path = scratch.path("data/cursors/nats.json");
-    eventually("all three events passed", WAIT, || {
-        let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&cursor_path).ok()?).ok()?;
-        (cursor["next_seq"].as_u64()? > 3).then_some(())
-    })
-    .await;
+    eventually("all three events passed", WAIT, || scratch.cursor_next("nats").filter(|next| *next > 3))
+        .await;
     assert!(relay.terminate().success());
     let stored = read_stream(&server.url(), &stream).await;
     let subjects: Vec<&str> = stored.iter().map(|m| m.subject.as_str()).collect();

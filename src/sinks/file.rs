@@ -92,10 +92,7 @@ impl Sink for FileSink {
     }
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
-        let retry_all = |error: SinkError| -> Vec<Outcome> {
-            let text = error.report();
-            batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
-        };
+        let retry_all = |error: SinkError| Outcome::retry_all(batch.len(), &error);
         if self.file.is_none()
             && let Err(error) = self.open(Some(json!({ "length": self.length }))).await
         {

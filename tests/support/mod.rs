@@ -81,6 +81,13 @@ retry_max_delay = "200ms"
         path
     }
 
+    /// The journal record a sink delivers next, from its cursor file (`None` before it has one).
+    pub fn cursor_next(&self, sink: &str) -> Option<u64> {
+        let text = fs::read(self.path(&format!("data/cursors/{sink}.json"))).ok()?;
+        let cursor: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        cursor["next_seq"].as_u64()
+    }
+
     pub fn lines(&self, name: &str) -> Vec<String> {
         read_lines(&self.path(name))
     }

@@ -282,11 +282,6 @@ impl AmqpSink {
             ))
         }
     }
-
-    fn retry_all(batch: &[Envelope], error: &SinkError) -> Vec<Outcome> {
-        let text = error.report();
-        batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
-    }
 }
 
 impl Sink for AmqpSink {
@@ -313,11 +308,14 @@ impl Sink for AmqpSink {
             warn!("AMQP channel to {} is down; reconnecting", redact(&self.config.uri.0));
             if let Err(error) = self.connect().await {
                 self.health = Health::Unhealthy(error.report());
-                return Self::retry_all(batch, &error);
+                return Outcome::retry_all(batch.len(), &error);
             }
         }
         let Some(channel) = self.channel.clone() else {
-            return Self::retry_all(batch, &SinkError::new(SinkErrorKind::Unavailable, "no AMQP channel"));
+            return Outcome::retry_all(
+                batch.len(),
+                &SinkError::new(SinkErrorKind::Unavailable, "no AMQP channel"),
+            );
         };
         let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
         let mut in_flight: VecDeque<(usize, String, PublisherConfirm)> = VecDeque::new();
@@ -359,13 +357,7 @@ impl Sink for AmqpSink {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no confirm"))))
             .collect();
-        self.health = match outcomes.iter().find_map(|o| match o {
-            Outcome::Retry(e) => Some(e.report()),
-            _ => None,
-        }) {
-            Some(reason) => Health::Unhealthy(reason),
-            None => Health::Healthy,
-        };
+        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
 

@@ -77,6 +77,25 @@ impl Outcome {
     pub fn is_delivered(&self) -> bool {
         matches!(self, Outcome::Delivered)
     }
+
+    /// A retry for each of `count` events, for a failure that hit the whole batch.
+    pub fn retry_all(count: usize, error: &SinkError) -> Vec<Outcome> {
+        let text = error.report();
+        (0..count).map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
+    }
+}
+
+impl Health {
+    /// Healthy, unless an outcome is a retry: then unhealthy with the first retry's reason.
+    pub fn from_outcomes(outcomes: &[Outcome]) -> Health {
+        outcomes
+            .iter()
+            .find_map(|outcome| match outcome {
+                Outcome::Retry(error) => Some(Health::Unhealthy(error.report())),
+                _ => None,
+            })
+            .unwrap_or(Health::Healthy)
+    }
 }
 
 /// A sink's own view of whether it can deliver right now.

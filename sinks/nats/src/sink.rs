@@ -170,7 +170,10 @@ impl NatsSink {
 
     async fn send_jetstream(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         let Some(context) = self.jetstream.clone() else {
-            return retry_all(batch, SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"));
+            return Outcome::retry_all(
+                batch.len(),
+                &SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"),
+            );
         };
         let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
         let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
@@ -203,7 +206,7 @@ impl NatsSink {
                 })
             })
             .collect();
-        self.update_health(&outcomes);
+        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
 
@@ -269,7 +272,10 @@ impl NatsSink {
 
     async fn send_core(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         let Some(client) = self.client.clone() else {
-            return retry_all(batch, SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"));
+            return Outcome::retry_all(
+                batch.len(),
+                &SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"),
+            );
         };
         let max_payload = client.server_info().max_payload;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -303,24 +309,9 @@ impl NatsSink {
                 }
             }
         }
-        self.update_health(&outcomes);
+        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
-
-    fn update_health(&mut self, outcomes: &[Outcome]) {
-        self.health = match outcomes.iter().find_map(|o| match o {
-            Outcome::Retry(e) => Some(e.report()),
-            _ => None,
-        }) {
-            Some(reason) => Health::Unhealthy(reason),
-            None => Health::Healthy,
-        };
-    }
-}
-
-fn retry_all(batch: &[Envelope], error: SinkError) -> Vec<Outcome> {
-    let text = error.report();
-    batch.iter().map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
 }
 
 /// An event to render sample subjects with.
@@ -375,7 +366,7 @@ impl Sink for NatsSink {
             && let Err(error) = self.connect().await
         {
             self.health = Health::Unhealthy(error.report());
-            return retry_all(batch, error);
+            return Outcome::retry_all(batch.len(), &error);
         }
         if self.config.jetstream { self.send_jetstream(batch).await } else { self.send_core(batch).await }
     }

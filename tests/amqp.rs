@@ -42,6 +42,11 @@ fn assert_at_least_once(received: &[Received], expected: &[String], max_repeats:
             }
         }
     }
+    eprintln!(
+        "{} messages for {} events: {repeats} repeats (bound {max_repeats})",
+        received.len(),
+        expected.len()
+    );
     let want: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_eq!(first.len(), want.len(), "distinct events received vs published");
     assert!(first == want, "first deliveries are not the published events in order");

@@ -24,13 +24,8 @@ async fn an_unreachable_address_is_skipped_for_the_next_one() {
         &format!("address = [\"http://127.0.0.1:1\", \"{}\"]", emulator.url()),
     );
     std::fs::write(&config, text).unwrap();
-    let mut relay = Relay::start(&config);
-    eventually("the event via the second address", WAIT, || {
-        (scratch.lines("events.ndjson").len() == 1).then_some(())
-    })
-    .await;
-    assert!(relay.terminate().success());
-    assert!(relay.log().contains("127.0.0.1:1"), "the failed address is named: {}", relay.log());
+    let log = relay_everything(&scratch, &config, &emulator, WAIT).await;
+    assert!(log.contains("127.0.0.1:1"), "the failed address is named: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

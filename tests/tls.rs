@@ -24,16 +24,8 @@ async fn mtls_with_a_ca_file_and_a_server_name_override() {
         files.client_key.display()
     );
     let config = scratch.config(&format!("https://127.0.0.1:{}", addr.port()), "", &tls);
-    let mut relay = Relay::start(&config);
-    eventually("the event over mTLS", Duration::from_secs(30), || {
-        (scratch.lines("events.ndjson").len() == 1).then_some(())
-    })
-    .await;
-    assert!(relay.terminate().success());
-    assert_lines_equal(
-        &scratch.lines("events.ndjson"),
-        &expected_lines(&emulator.published(), DEFAULT_TOPICS),
-    );
+    relay_everything(&scratch, &config, &emulator, Duration::from_secs(30)).await;
+    assert_eq!(scratch.lines("events.ndjson").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,6 +171,26 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut(
     }
 }
 
+/// Runs the relay on `config` until the file sink holds every event the emulator published
+/// (default topics), stops it with SIGTERM, and checks the file line for line. Returns the
+/// relay's log.
+pub async fn relay_everything(
+    scratch: &Scratch,
+    config: &Path,
+    emulator: &Emulator,
+    timeout: Duration,
+) -> String {
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let mut relay = Relay::start(config);
+    eventually("every published event in the file", timeout, || {
+        (scratch.lines("events.ndjson").len() >= expected.len()).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success(), "SIGTERM is a clean exit");
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
+    relay.log()
+}
+
 /// Every event line the relay should write for `published`, in order, for the given topics.
 pub fn expected_lines(published: &[Batch], topics: &[&str]) -> Vec<String> {
     published

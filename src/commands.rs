@@ -76,6 +76,15 @@ pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToke
     Ok(())
 }
 
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
+) -> Result<T, RelayError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RelayError::Other(format!("blocking task failed: {e}")))?
+}
+
 fn source_names(config: &Config) -> Vec<String> {
     config.nomad.iter().map(|n| n.name.clone()).collect()
 }
@@ -163,8 +172,13 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     };
     let _lock = lock_data_dir(&config.data_dir)?;
     let dir = journal_dir(&config.data_dir);
-    let recovered = journal::recover(&dir, true, &source_names(&config))?;
-    let Some(mut cursor) = cursor::load(&config.data_dir, sink_name)? else {
+    let (recovered, saved) = blocking({
+        let (dir, data_dir, names, sink_name) =
+            (dir.clone(), config.data_dir.clone(), source_names(&config), sink_name.to_owned());
+        move || Ok((journal::recover(&dir, true, &names)?, cursor::load(&data_dir, &sink_name)?))
+    })
+    .await?;
+    let Some(mut cursor) = saved else {
         return Err(RelayError::Other(format!(
             "sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it"
         )));
@@ -176,12 +190,20 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         .await
         .map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
     let router = Router::new(config.routes.clone());
-    let mut reader = JournalReader::new(dir.clone(), recovered.oldest);
+    let mut reader = Some(JournalReader::new(dir.clone(), recovered.oldest));
     let (mut replayed, mut skipped_rejected) = (0u64, 0u64);
     let mut first_index = None;
     let mut last_index = 0;
     loop {
-        let batch = match reader.read(delivered_through, sink_config.common.batch_size, 16 << 20)? {
+        let batch_size = sink_config.common.batch_size;
+        let Some(mut taken) = reader.take() else { break };
+        let (returned, batch) = blocking(move || {
+            let batch = taken.read(delivered_through, batch_size, 16 << 20);
+            Ok((taken, batch))
+        })
+        .await?;
+        reader = Some(returned);
+        let batch = match batch? {
             Batch::Events(events) if events.is_empty() => break,
             Batch::Events(events) => events,
             Batch::Skipped { .. } => continue,
@@ -219,7 +241,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     sink.flush().await.map_err(|e| RelayError::Other(e.report()))?;
     cursor.sink_state = sink.checkpoint_state();
     let data_dir = config.data_dir.clone();
-    cursor::save(&data_dir, &cursor)?;
+    blocking(move || Ok(cursor::save(&data_dir, &cursor)?)).await?;
     let mut summary = format!("replayed {replayed} events to sink `{sink_name}`");
     if let Some(first) = first_index {
         summary.push_str(&format!(" (Nomad indexes {first}..={last_index})"));

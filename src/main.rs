@@ -65,7 +65,10 @@ async fn dispatch(command: Command) -> ExitCode {
             Err(code) => return code,
         },
         Command::Checkpoint { action: CheckpointAction::Show { config } } => match load(&config) {
-            Ok(config) => commands::checkpoint_show(&config).map(Some),
+            Ok(config) => tokio::task::spawn_blocking(move || commands::checkpoint_show(&config))
+                .await
+                .unwrap_or_else(|e| Err(relay::RelayError::Other(format!("checkpoint show failed: {e}"))))
+                .map(Some),
             Err(code) => return code,
         },
     };

@@ -15,7 +15,6 @@ use crate::stats::SourceStats;
 use nomad_relay_sink_api::{Outcome, Sink};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// `validate`: prints a summary of a valid configuration.
@@ -47,7 +46,7 @@ pub fn validate(config: &Config) -> String {
 
 /// `tail`: prints events from every configured Nomad source until `shutdown`.
 pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = crate::source::handoff(64, 64 << 20);
     let mut tasks = Vec::new();
     for nomad in config.nomad {
         let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
@@ -59,9 +58,9 @@ pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToke
     }
     drop(tx);
     let mut stdout = tokio::io::stdout();
-    while let Some(events) = rx.recv().await {
+    while let Some(handoff) = rx.recv().await {
         let mut buffer = Vec::new();
-        for event in events {
+        for event in handoff.events {
             buffer.extend_from_slice(&event.raw);
             buffer.push(b'\n');
         }

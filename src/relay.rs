@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+/// Bytes of received events that may wait for the journal writer.
+const HANDOFF_BYTES: u32 = 64 << 20;
 
 /// How long workers get to finish their batch at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -133,8 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         board.clone(),
         stopping.clone(),
     )?;
-    // Bounded in lines; the writer takes every waiting line in one write.
-    let (events_tx, events_rx) = mpsc::channel(256);
+    // Bounded in lines and bytes; the writer takes every waiting line in one write.
+    let (events_tx, events_rx) = crate::source::handoff(256, HANDOFF_BYTES);
     let writer_thread = std::thread::Builder::new()
         .name("journal-writer".into())
         .spawn(move || writer.run(events_rx))

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 fn event(index: u64, key: &str, size: usize) -> Envelope {
     Envelope {
@@ -45,7 +45,7 @@ fn config(segment: u64, max: u64) -> JournalConfig {
 }
 
 struct Running {
-    sender: mpsc::Sender<Vec<Envelope>>,
+    sender: crate::source::EventSender,
     head: watch::Receiver<u64>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -61,7 +61,7 @@ fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running 
         Arc::new(AtomicBool::new(false)),
     )
     .expect("open writer");
-    let (sender, receiver) = mpsc::channel(16);
+    let (sender, receiver) = crate::source::handoff(16, 1 << 20);
     let thread = std::thread::spawn(move || writer.run(receiver));
     Running { sender, head, thread }
 }

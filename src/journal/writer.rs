@@ -13,8 +13,8 @@ use super::record::encode;
 use super::sources;
 use super::{JournalError, Segment, io_error, segment_path};
 use crate::config::JournalConfig;
+use crate::source::Handoff;
 use crate::source::resume::Checkpoint;
-use nomad_relay_sink_api::Envelope;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -88,15 +88,15 @@ impl JournalWriter {
     }
 
     /// Writes batches from `batches` until every sender is gone.
-    pub fn run(mut self, mut batches: mpsc::Receiver<Vec<Envelope>>) {
+    pub fn run(mut self, mut batches: mpsc::Receiver<Handoff>) {
         let mut encoded = Vec::with_capacity(1 << 20);
         while let Some(first) = batches.blocking_recv() {
+            let mut size: usize = first.events.iter().map(|e| e.raw.len()).sum();
             let mut group = vec![first];
-            let mut size: usize = group[0].iter().map(|e| e.raw.len()).sum();
             while size < GROUP_BYTES {
                 match batches.try_recv() {
                     Ok(batch) => {
-                        size += batch.iter().map(|e| e.raw.len()).sum::<usize>();
+                        size += batch.events.iter().map(|e| e.raw.len()).sum::<usize>();
                         group.push(batch);
                     }
                     Err(_) => break,
@@ -105,8 +105,8 @@ impl JournalWriter {
             self.wait_for_room(size as u64);
             encoded.clear();
             let mut seq = self.next_seq;
-            let mut written = Vec::with_capacity(group.iter().map(Vec::len).sum());
-            for event in group.iter().flatten() {
+            let mut written = Vec::with_capacity(group.iter().map(|h| h.events.len()).sum());
+            for event in group.iter().flat_map(|h| &h.events) {
                 match encode(seq, event, &mut encoded) {
                     Ok(()) => {
                         seq += 1;

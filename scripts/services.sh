@@ -47,9 +47,29 @@ ensure_rabbitmq() {
   wait_port RabbitMQ 5672 120
 }
 
+# A Kafka-protocol broker: tansu from crates.io (about 10 minutes to build the first time;
+# the installed binary is reused), in memory, on 127.0.0.1:9092. Not part of `all` until the
+# Kafka sink's tests exist.
+ensure_kafka() {
+  if port_open 9092; then
+    echo "Kafka (tansu): running on 127.0.0.1:9092"
+    return
+  fi
+  if ! command -v tansu >/dev/null; then
+    echo "Kafka (tansu): installing with cargo install tansu --version 0.6.0 --locked --features dynostore"
+    cargo install tansu --version 0.6.0 --locked --features dynostore
+  fi
+  local log=${TANSU_LOG:-/tmp/nomad-relay-tansu.log}
+  echo "Kafka (tansu): starting tansu broker on 127.0.0.1:9092 (in memory), log in $log"
+  nohup tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$log" 2>&1 &
+  wait_port "Kafka (tansu)" 9092 30
+}
+
 case "${1:-all}" in
   nats) ensure_nats ;;
   rabbitmq) ensure_rabbitmq ;;
+  kafka) ensure_kafka ;;
   all) ensure_nats; ensure_rabbitmq ;;
-  *) echo "usage: $0 [nats|rabbitmq|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nats|rabbitmq|kafka|all]" >&2; exit 2 ;;
 esac

@@ -140,11 +140,7 @@ async fn an_unroutable_event_is_retried_until_a_queue_is_bound() {
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, ""));
     let mut relay = Relay::start(&config);
-    let log = eventually("the unroutable report", WAIT, || {
-        let log = relay.log();
-        log.contains("returned as unroutable").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("returned as unroutable", WAIT).await;
     assert!(log.contains("routing key `Job.JobRegistered`"), "{log}");
     topology.bind("Job.*").await;
     let received = drain(&topology.queue, 1, Duration::from_millis(500)).await;
@@ -194,8 +190,7 @@ async fn a_nack_is_retried_not_counted_as_delivered() {
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, ""));
     let mut relay = Relay::start(&config);
-    eventually("the nack report", WAIT, || relay.log().contains("refused by RabbitMQ (nack)").then_some(()))
-        .await;
+    relay.wait_for_log("refused by RabbitMQ (nack)", WAIT).await;
     // Consuming makes room; the refused events are delivered, none lost.
     let received = drain(&topology.queue, 8, Duration::from_millis(500)).await;
     assert!(relay.terminate().success());
@@ -215,11 +210,7 @@ async fn bad_credentials_are_reported_without_the_password() {
     let sink = amqp_sink("amqp://guest:not-the-password@127.0.0.1:5672/%2f", "amq.topic", "");
     let config = scratch.config(&emulator.url(), "", &sink);
     let mut relay = Relay::start(&config);
-    let log = eventually("the refusal", WAIT, || {
-        let log = relay.log();
-        log.contains("cannot connect to RabbitMQ").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("cannot connect to RabbitMQ", WAIT).await;
     assert!(log.contains("refused the credentials"), "{log}");
     assert!(!log.contains("not-the-password"), "passwords never appear in logs: {log}");
     assert!(relay.terminate().success());
@@ -234,11 +225,7 @@ async fn a_missing_exchange_without_declare_is_a_clear_error() {
     let exchange = unique("missing");
     let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &exchange, ""));
     let mut relay = Relay::start(&config);
-    let log = eventually("the missing-exchange error", WAIT, || {
-        let log = relay.log();
-        log.contains("does not exist").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("does not exist", WAIT).await;
     assert!(log.contains(&format!("exchange `{exchange}`")), "{log}");
     assert!(relay.terminate().success());
 }
@@ -255,8 +242,7 @@ async fn declared_topology_with_a_quorum_queue() {
     );
     let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &format!("{name}.x"), &extra));
     let mut relay = Relay::start(&config);
-    eventually("the topology declared", WAIT, || relay.log().contains("topology declared").then_some(()))
-        .await;
+    relay.wait_for_log("topology declared", WAIT).await;
     let received = drain(&format!("{name}.q"), 1, Duration::from_millis(500)).await;
     assert!(relay.terminate().success());
     Topology { exchange: format!("{name}.x"), queue: format!("{name}.q") }.cleanup().await;

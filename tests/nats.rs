@@ -188,11 +188,7 @@ async fn bad_credentials_are_reported_and_retried() {
     );
     let config = scratch.config(&emulator.url(), "", &sink);
     let mut relay = Relay::start(&config);
-    let log = eventually("the credentials refusal", WAIT, || {
-        let log = relay.log();
-        log.contains("NATS refused the credentials").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("NATS refused the credentials", WAIT).await;
     assert!(!log.contains("wrong-secret"), "passwords never appear in logs");
     assert!(relay.is_running());
     eventually("the file sink unaffected", WAIT, || {
@@ -214,11 +210,7 @@ async fn a_missing_stream_is_a_clear_error() {
     );
     let config = scratch.config(&emulator.url(), "", &sink);
     let mut relay = Relay::start(&config);
-    let log = eventually("the missing-stream error", WAIT, || {
-        let log = relay.log();
-        log.contains("no JetStream stream captures subject").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("no JetStream stream captures subject", WAIT).await;
     assert!(log.contains(&format!("{prefix}.Job")), "{log}");
     assert!(relay.terminate().success());
 }

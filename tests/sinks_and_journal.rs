@@ -45,11 +45,7 @@ async fn a_failing_sink_retries_until_it_recovers_while_the_others_keep_going() 
     })
     .await;
     assert!(read_lines(&flaky).is_empty());
-    let log = eventually("the failing sink's retries logged", WAIT, || {
-        let log = relay.log();
-        log.contains("create its directory").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("create its directory", WAIT).await;
     assert!(log.contains("sink=flaky"), "{log}");
     std::fs::create_dir_all(&missing_dir).unwrap();
     eventually("every event in the recovered sink", WAIT, || {
@@ -74,11 +70,7 @@ async fn a_full_journal_stops_reading_nomad_until_the_stuck_sink_recovers() {
     );
     let config = scratch.config(&emulator.url(), "", &extra);
     let mut relay = Relay::start(&config);
-    let log = eventually("the journal-full warning", WAIT, || {
-        let log = relay.log();
-        log.contains("journal full").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("journal full", WAIT).await;
     assert!(log.contains("`stuck`"), "the warning names the sink holding the journal: {log}");
     // While full, the healthy sink cannot get past what the journal took in.
     let while_full = scratch.lines("events.ndjson").len();
@@ -113,11 +105,8 @@ async fn a_sink_that_accepts_drops_loses_its_oldest_events_and_holds_back_nobody
     })
     .await;
     std::fs::create_dir_all(&missing_dir).unwrap();
-    let log = eventually("the drop reported", WAIT, || {
-        let log = relay.log();
-        log.contains("were removed from the full journal before this sink delivered them").then_some(log)
-    })
-    .await;
+    let log =
+        relay.wait_for_log("were removed from the full journal before this sink delivered them", WAIT).await;
     assert!(log.contains("sink=lossy"), "{log}");
     let tail = eventually("the lossy sink catches up to the end", WAIT, || {
         let lines = read_lines(&lossy);

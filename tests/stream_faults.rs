@@ -116,11 +116,7 @@ async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, 
         pause >= Duration::from_millis(900),
         "a refusal must back off (denied_min_delay = 1s), got {pause:?}"
     );
-    let log = eventually("the refusal explained", WAIT, || {
-        let log = relay.log();
-        log.contains("refused").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("refused", WAIT).await;
     assert!(log.contains(expected_text), "{log}");
     assert!(log.contains("Job need namespace capability `read-job` in namespace `default`"), "{log}");
     assert!(log.contains("Node need `node { policy = \"read\" }`"), "{log}");
@@ -280,11 +276,7 @@ async fn an_index_that_goes_backwards_is_reported_not_silently_dropped() {
     for index in 10..20 {
         emulator.publish(job(index, &format!("after-{index}")));
     }
-    let log = eventually("the warning", WAIT, || {
-        let log = relay.log();
-        log.contains("went backwards").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("went backwards", WAIT).await;
     assert!(log.contains("below the index the relay already has (5000)"), "{log}");
     assert!(relay.terminate().success());
     assert_eq!(scratch.lines("events.ndjson").len(), 1, "lines below the checkpoint are not journaled");

@@ -37,11 +37,7 @@ async fn an_untrusted_certificate_is_refused_with_a_reason() {
     // No ca_file: the system's roots do not know the test CA.
     let config = scratch.config(&format!("https://localhost:{}", addr.port()), "", "");
     let mut relay = Relay::start(&config);
-    let log = eventually("the TLS failure logged", Duration::from_secs(30), || {
-        let log = relay.log();
-        log.contains("event stream failed").then_some(log)
-    })
-    .await;
+    let log = relay.wait_for_log("event stream failed", Duration::from_secs(30)).await;
     assert!(log.to_lowercase().contains("certificate"), "{log}");
     assert!(relay.is_running(), "a TLS failure is retried, not fatal");
     assert!(scratch.lines("events.ndjson").is_empty());

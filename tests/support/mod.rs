@@ -148,6 +148,15 @@ impl Relay {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits until the relay's log contains `needle`, and returns the log.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        eventually(&format!("the relay to log {needle:?}"), timeout, || {
+            let log = self.log();
+            log.contains(needle).then_some(log)
+        })
+        .await
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -212,7 +212,12 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         if chosen.is_empty() {
             continue;
         }
-        let outcomes = sink.send(&chosen).await;
+        let mut outcomes = sink.send(&chosen).await;
+        if outcomes.iter().any(|o| matches!(o, Outcome::Deferred)) {
+            // The sink asked for its state to be saved first; nothing of this batch went out.
+            // A replay saves the state once at the end, so sending again is all it needs.
+            outcomes = sink.send(&chosen).await;
+        }
         if outcomes.len() != chosen.len() {
             return Err(RelayError::Other(format!(
                 "sink `{sink_name}` returned {} outcomes for {} events during replay; nothing was recorded",
@@ -228,6 +233,12 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
                     last_index = event.id.index;
                 }
                 Outcome::Rejected(_) => skipped_rejected += 1,
+                Outcome::Deferred => {
+                    return Err(RelayError::Other(format!(
+                        "sink `{sink_name}` deferred event {} twice during replay; nothing was recorded, run the replay again",
+                        event.id
+                    )));
+                }
                 Outcome::Retry(error) => {
                     return Err(RelayError::Other(format!(
                         "sink `{sink_name}` failed during replay after {replayed} events: {}; nothing was recorded, run the replay again",

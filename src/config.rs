@@ -318,6 +318,8 @@ pub enum SinkKindConfig {
     Nats(Box<nomad_relay_sink_nats::NatsSinkConfig>),
     /// RabbitMQ (AMQP 0-9-1).
     Amqp(Box<nomad_relay_sink_amqp::AmqpSinkConfig>),
+    /// Kafka, exactly-once.
+    Kafka(Box<nomad_relay_sink_kafka::KafkaSinkConfig>),
 }
 
 /// `type = "file"`.
@@ -574,6 +576,7 @@ impl Config {
             match &sink.kind {
                 SinkKindConfig::Nats(nats) => nats.validate(&key).map_err(ConfigError)?,
                 SinkKindConfig::Amqp(amqp) => amqp.validate(&key).map_err(ConfigError)?,
+                SinkKindConfig::Kafka(kafka) => kafka.validate(&key).map_err(ConfigError)?,
                 SinkKindConfig::File(_) | SinkKindConfig::Stdout(_) => {}
             }
         }

@@ -56,8 +56,11 @@ pub struct SinkWorker {
 }
 
 /// Why delivery stopped before every event was done.
-struct Interrupted {
-    first_pending: u64,
+enum Interrupted {
+    /// Shutdown came while `first_pending` was still undelivered.
+    Shutdown { first_pending: u64 },
+    /// The cursor could not be saved when the sink asked for it.
+    Journal(JournalError),
 }
 
 impl SinkWorker {
@@ -136,11 +139,12 @@ impl SinkWorker {
                             self.cursor.last_index = last_index;
                             self.save_cursor().await?;
                         }
-                        Err(Interrupted { first_pending }) => {
+                        Err(Interrupted::Shutdown { first_pending }) => {
                             self.cursor.next_seq = first_pending;
                             self.save_cursor().await?;
                             return self.stop().await;
                         }
+                        Err(Interrupted::Journal(error)) => return Err(error),
                     }
                 }
             }
@@ -155,6 +159,7 @@ impl SinkWorker {
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let mut delays = self.backoff();
+        let mut deferred_before = false;
         while !pending.is_empty() {
             let mut outcomes = self.sink.send(&pending).await;
             if outcomes.len() != pending.len() {
@@ -171,6 +176,7 @@ impl SinkWorker {
             }
             let mut retry = Vec::new();
             let mut reason: Option<SinkError> = None;
+            let mut deferred = false;
             let mut outcomes = outcomes.into_iter();
             for event in pending {
                 let outcome = outcomes.next().unwrap_or_else(|| {
@@ -197,9 +203,26 @@ impl SinkWorker {
                         reason.get_or_insert(error);
                         retry.push(event);
                     }
+                    Outcome::Deferred => {
+                        deferred = true;
+                        retry.push(event);
+                    }
                 }
             }
             pending = retry;
+            if deferred && reason.is_none() {
+                if deferred_before {
+                    // The contract says a sink defers once per change; one that keeps deferring
+                    // is retried with a back-off rather than spun on.
+                    reason = Some(SinkError::new(
+                        SinkErrorKind::Other,
+                        "the sink deferred the same events twice in a row (a bug in the sink)",
+                    ));
+                } else {
+                    self.save_cursor().await.map_err(Interrupted::Journal)?;
+                }
+            }
+            deferred_before = deferred;
             if let Some(reason) = reason {
                 add(&self.stats.retried, 1);
                 self.stats.healthy.store(false, Ordering::Relaxed);
@@ -207,7 +230,7 @@ impl SinkWorker {
                 warn!(sink = %self.name, "{} events not delivered: {}; retrying in {delay:.1?}", pending.len(), reason.report());
                 let first_pending = pending.first().map(|e| e.seq).unwrap_or(0);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Interrupted { first_pending }),
+                    _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending }),
                     _ = tokio::time::sleep(delay) => {}
                 }
             } else {

@@ -17,6 +17,8 @@ pub enum AnySink {
     Nats(Box<nomad_relay_sink_nats::NatsSink>),
     /// RabbitMQ.
     Amqp(Box<nomad_relay_sink_amqp::AmqpSink>),
+    /// Kafka.
+    Kafka(Box<nomad_relay_sink_kafka::KafkaSink>),
 }
 
 impl AnySink {
@@ -31,6 +33,9 @@ impl AnySink {
             SinkKindConfig::Amqp(amqp) => {
                 AnySink::Amqp(Box::new(nomad_relay_sink_amqp::AmqpSink::new((**amqp).clone())?))
             }
+            SinkKindConfig::Kafka(kafka) => {
+                AnySink::Kafka(Box::new(nomad_relay_sink_kafka::KafkaSink::new((**kafka).clone())?))
+            }
         })
     }
 }
@@ -42,6 +47,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.guarantee(),
             AnySink::Nats(sink) => sink.guarantee(),
             AnySink::Amqp(sink) => sink.guarantee(),
+            AnySink::Kafka(sink) => sink.guarantee(),
         }
     }
 
@@ -51,6 +57,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.open(saved_state).await,
             AnySink::Nats(sink) => sink.open(saved_state).await,
             AnySink::Amqp(sink) => sink.open(saved_state).await,
+            AnySink::Kafka(sink) => sink.open(saved_state).await,
         }
     }
 
@@ -60,6 +67,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.send(batch).await,
             AnySink::Nats(sink) => sink.send(batch).await,
             AnySink::Amqp(sink) => sink.send(batch).await,
+            AnySink::Kafka(sink) => sink.send(batch).await,
         }
     }
 
@@ -69,6 +77,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.flush().await,
             AnySink::Nats(sink) => sink.flush().await,
             AnySink::Amqp(sink) => sink.flush().await,
+            AnySink::Kafka(sink) => sink.flush().await,
         }
     }
 
@@ -78,6 +87,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.health(),
             AnySink::Nats(sink) => sink.health(),
             AnySink::Amqp(sink) => sink.health(),
+            AnySink::Kafka(sink) => sink.health(),
         }
     }
 
@@ -87,6 +97,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.checkpoint_state(),
             AnySink::Nats(sink) => sink.checkpoint_state(),
             AnySink::Amqp(sink) => sink.checkpoint_state(),
+            AnySink::Kafka(sink) => sink.checkpoint_state(),
         }
     }
 }

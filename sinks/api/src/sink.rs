@@ -20,6 +20,12 @@
 //! - [`Outcome::Rejected`]: the broker will never take this event as it is (too large,
 //!   unroutable, refused by policy). The relay counts it, logs the reason, and moves on; it is
 //!   never silently dropped.
+//! - [`Outcome::Deferred`]: not sent, because the sink must have new checkpoint state saved
+//!   before it may send this event (the Kafka sink records a topic's partition offsets before
+//!   its first write there, so that a crash right after that write can still be undone). The
+//!   relay saves the state returned by [`Sink::checkpoint_state`] at once, without moving the
+//!   cursor, and sends the event again without a back-off. A sink defers only on such a
+//!   change, never twice in a row for the same reason.
 //!
 //! After `send` returns, the relay calls [`Sink::checkpoint_state`] and stores the value
 //! atomically with its cursor (the cursor is the position of the first event not yet delivered
@@ -70,6 +76,8 @@ pub enum Outcome {
     Retry(SinkError),
     /// Refused for good; the relay counts and logs it and moves on.
     Rejected(SinkError),
+    /// Not sent yet: the relay saves the sink's checkpoint state, then sends it again at once.
+    Deferred,
 }
 
 impl Outcome {

@@ -1,0 +1,57 @@
+//! Kafka sink for nomad-relay: every event exactly once in Kafka, across crashes of the
+//! relay and outages of the brokers, without Kafka transactions.
+//!
+//! # How exactly-once works here
+//!
+//! Each event becomes one record on the topic its `topic` template names, keyed by its
+//! `key` template (the object's id by default), with the event JSON exactly as Nomad sent
+//! it as the value and headers naming it: `nomad-relay-id` (the event id), `nomad-index`,
+//! `nomad-topic`, `nomad-type`, `nomad-namespace`, `nomad-key`, `nomad-source`, and two the
+//! sink reads back, `nomad-relay-writer` (this sink's random writer id, kept with the cursor)
+//! and `nomad-relay-seq` (the event's position in the relay's journal).
+//!
+//! 1. **The sink chooses each record's partition** (murmur2 of the key, as Java clients
+//!    do), so it knows where every event goes, and every update of one object goes to one
+//!    partition, in order.
+//! 2. **The producer is idempotent with `acks=all` and no librdkafka message timeout.**
+//!    Within one producer, a partition therefore holds a prefix of what the sink sent to
+//!    it: the broker refuses a batch whose predecessor it has not stored, and librdkafka
+//!    never gives up on a record and goes on with the next.
+//! 3. **An event is delivered only on its delivery report.** After any failed report, or
+//!    none within `delivery_timeout`, the sink purges and drops the producer (nothing more
+//!    from it can reach a partition) and reports the events without a good report for a
+//!    retry.
+//! 4. **Progress is saved with the relay's cursor**: per partition, an offset at or before
+//!    which every record written since the cursor lies (see [`progress`]). A topic the sink
+//!    has not written to before is looked up (or created with `create_topics`) and saved
+//!    before its first record is sent ([`nomad_relay_sink_api::Outcome::Deferred`]).
+//! 5. **Before sending anything after a start or a failure, the sink reads every tracked
+//!    partition from the saved offset to its end** ([`tail`]) and collects the records
+//!    carrying its writer id. A re-sent event whose journal position and id are among them is
+//!    reported delivered without being sent again; the others are sent, after the records
+//!    already there, so per-key order holds too.
+//!
+//! # Assumptions
+//!
+//! - The broker enforces idempotent-producer sequence numbers (Apache Kafka does; a broker
+//!   that stores a batch out of sequence can let a retried record land after a later one).
+//! - Records are not deleted by retention between a crash and the restart that reads them
+//!   back (the tail read starts at the oldest offset still there).
+//! - Partitions are added to a topic only while the relay runs or is stopped, never removed;
+//!   a topic deleted and created again is read from its start.
+//! - Other producers may write to the same topics; their records are read past during a tail
+//!   check (a slower start), never mistaken for the relay's.
+//!
+//! Kafka transactions are not used: the sink works the same on brokers that have none (such
+//! as tansu) and on Apache Kafka, and consumers need no `read_committed`.
+
+mod client;
+mod config;
+mod partition;
+pub mod progress;
+mod sink;
+pub mod tail;
+
+pub use config::{CreateTopics, KafkaSinkConfig, RESERVED_SETTINGS, SettingValue};
+pub use partition::partition_for;
+pub use sink::KafkaSink;

@@ -1,0 +1,506 @@
+//! The Kafka sink itself: producer lifecycle, topic resolution, one outcome per delivery
+//! report, and the tail check that makes a re-sent event a no-op.
+
+use crate::client::{self, LogContext, TopicLayout};
+use crate::config::KafkaSinkConfig;
+use crate::partition::partition_for;
+use crate::progress::{Progress, SavedProgress};
+use crate::tail::{self, headers};
+use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The Kafka sink. See the crate documentation for how it delivers exactly once.
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    topic: Template,
+    key: Template,
+    producer: Option<FutureProducer<LogContext>>,
+    progress: Progress,
+    /// False after a start or a delivery error: the partitions' tails must be read before
+    /// anything is sent.
+    tails_checked: bool,
+    health: Health,
+}
+
+/// What `prepare` decided for a batch.
+enum Prepared {
+    /// Send, with each event's topic.
+    Send(FutureProducer<LogContext>, Vec<String>),
+    /// Topics or partitions were added: the relay must save the progress first.
+    Defer,
+}
+
+impl KafkaSink {
+    /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad template.
+    pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, String> {
+        let topic = Template::parse(&config.topic).map_err(|e| format!("topic: {e}"))?;
+        let key = Template::parse(&config.key).map_err(|e| format!("key: {e}"))?;
+        Ok(KafkaSink {
+            config,
+            topic,
+            key,
+            producer: None,
+            progress: Progress::new(),
+            tails_checked: false,
+            health: Health::Unhealthy("not connected yet".into()),
+        })
+    }
+
+    fn brokers(&self) -> String {
+        self.config.bootstrap_servers()
+    }
+
+    /// The producer, created (and the brokers reached) if there is none.
+    async fn producer(&mut self) -> Result<FutureProducer<LogContext>, SinkError> {
+        if let Some(producer) = &self.producer {
+            return Ok(producer.clone());
+        }
+        let (config, brokers) = (self.config.clone(), self.brokers());
+        let producer = blocking(move || {
+            let producer = client::producer(&config)?;
+            producer
+                .client()
+                .fetch_metadata(None, config.request_timeout.0)
+                .map_err(|e| client::unreachable_error(&brokers, e))?;
+            Ok(producer)
+        })
+        .await?;
+        self.producer = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// Drops the producer (purging whatever it still holds) off the runtime: after a delivery
+    /// error nothing more may reach a partition from this producer, or a retried event could
+    /// land behind a later one.
+    async fn discard_producer(&mut self) {
+        self.tails_checked = false;
+        if let Some(producer) = self.producer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+        }
+    }
+
+    /// Reads every tracked partition from its saved offset to the end, keeping the records
+    /// this sink wrote there; refreshes each tracked topic's partition count.
+    async fn check_tails(&mut self) -> Result<(), SinkError> {
+        let saved = self.progress.saved();
+        let config = self.config.clone();
+        let known: Vec<(String, i32)> =
+            self.progress.topics().map(|(name, topic)| (name.clone(), topic.partitions)).collect();
+        let brokers = self.brokers();
+        let writer = self.progress.writer().to_owned();
+        let (layouts, tails) = blocking(move || {
+            let reader = client::reader(&config)?;
+            let mut layouts = BTreeMap::new();
+            for (name, _) in &known {
+                let layout =
+                    client::describe_topic(reader.client(), name, config.request_timeout.0, &brokers)?;
+                layouts.insert(name.clone(), layout);
+            }
+            drop(reader);
+            let from: BTreeMap<String, BTreeMap<i32, i64>> = saved
+                .topics
+                .into_iter()
+                .filter(|(name, _)| matches!(layouts.get(name), Some(Some(_))))
+                .map(|(name, topic)| (name, topic.read_from))
+                .collect();
+            let tails = tail::read_tails(&config, &from, &writer)?;
+            Ok((layouts, tails))
+        })
+        .await?;
+        for (name, layout) in layouts {
+            let Some(layout) = layout else {
+                warn!(
+                    "Kafka topic `{name}` no longer exists at {}; it is looked up again before the next event for it",
+                    self.brokers()
+                );
+                self.progress.forget_topic(&name);
+                continue;
+            };
+            let tracked = self.progress.topic(&name).map_or(0, |topic| topic.partitions);
+            if layout.partitions != tracked {
+                warn!(
+                    "Kafka topic `{name}` now has {} partitions (was {tracked}): keys are spread over all of them from now on, so one key's records before and after this change are in different partitions",
+                    layout.partitions
+                );
+                self.progress.add_topic(&name, layout.partitions, &layout.read_start());
+            }
+        }
+        let found = tails.found.len();
+        for ((topic, partition), end) in &tails.ends {
+            self.progress.read_to(topic, *partition, *end);
+        }
+        self.progress.set_found(tails.found);
+        if found > 0 || tails.records > 0 {
+            info!(
+                "Kafka tail check: read {} records past the saved offsets, {found} of them events this relay had sent before its cursor was saved; those are not sent again",
+                tails.records
+            );
+        }
+        self.tails_checked = true;
+        Ok(())
+    }
+
+    /// Looks up (or creates) topics the sink has not written to yet.
+    async fn resolve_topics(&mut self, names: BTreeSet<String>) -> Result<(), SinkError> {
+        let config = self.config.clone();
+        let brokers = self.brokers();
+        let layouts = blocking(move || {
+            let mut layouts = Vec::new();
+            for name in names {
+                layouts.push((name.clone(), find_or_create_topic(&config, &name, &brokers)?));
+            }
+            Ok(layouts)
+        })
+        .await?;
+        for (name, layout) in layouts {
+            info!(
+                "Kafka topic `{name}`: {} partitions; records are keyed with `{}`",
+                layout.partitions, self.config.key
+            );
+            self.progress.add_topic(&name, layout.partitions, &layout.read_start());
+        }
+        Ok(())
+    }
+
+    /// Everything that must hold before a batch is sent: a producer, checked tails, known
+    /// topics, and saved progress for them.
+    async fn prepare(&mut self, batch: &[Envelope]) -> Result<Prepared, SinkError> {
+        let producer = self.producer().await?;
+        if !self.tails_checked {
+            self.check_tails().await?;
+        }
+        if let Some(first) = batch.first() {
+            self.progress.expire_found(first.seq);
+        }
+        let topics: Vec<String> = batch.iter().map(|event| self.topic.render(event)).collect();
+        let unknown: BTreeSet<String> =
+            topics.iter().filter(|name| self.progress.topic(name).is_none()).cloned().collect();
+        if !unknown.is_empty() {
+            self.resolve_topics(unknown).await?;
+        }
+        if self.progress.has_unsaved_layout() {
+            self.progress.layout_saved();
+            return Ok(Prepared::Defer);
+        }
+        Ok(Prepared::Send(producer, topics))
+    }
+
+    fn headers(&self, event: &Envelope, id: &str) -> OwnedHeaders {
+        let index = event.id.index.to_string();
+        let seq = event.seq.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(9);
+        for (key, value) in [
+            (headers::ID, id),
+            ("nomad-index", index.as_str()),
+            ("nomad-topic", event.topic.as_str()),
+            ("nomad-type", event.event_type.as_str()),
+            ("nomad-namespace", event.namespace.as_str()),
+            ("nomad-key", event.key.as_str()),
+            ("nomad-source", event.source.as_str()),
+            (headers::WRITER, self.progress.writer()),
+            (headers::SEQ, seq.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        headers
+    }
+
+    async fn send_batch(
+        &mut self,
+        producer: FutureProducer<LogContext>,
+        batch: &[Envelope],
+        topics: Vec<String>,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        let mut failed = false;
+        for (position, event) in batch.iter().enumerate() {
+            let id = event.id.to_string();
+            let topic = &topics[position];
+            if self.progress.take_found(event.seq, &id) {
+                outcomes[position] = Some(Outcome::Delivered);
+                continue;
+            }
+            let key = self.key.render(event);
+            let partitions = self.progress.topic(topic).map_or(1, |t| t.partitions);
+            let mut record = FutureRecord::to(topic)
+                .partition(partition_for(key.as_bytes(), partitions))
+                .payload(&event.raw[..])
+                .headers(self.headers(event, &id));
+            if !key.is_empty() {
+                record = record.key(key.as_str());
+            }
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back((position, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                        if !pending.is_empty() =>
+                    {
+                        // librdkafka's queue is full: wait for the oldest report, then enqueue again.
+                        let Some((waited, delivery)) = pending.pop_front() else { break };
+                        let outcome = self.await_delivery(&batch[waited], &topics[waited], delivery).await;
+                        failed |= matches!(outcome, Outcome::Retry(_));
+                        outcomes[waited] = Some(outcome);
+                        if failed {
+                            break;
+                        }
+                        record = returned;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                        outcomes[position] = Some(Outcome::Rejected(SinkError::new(
+                            SinkErrorKind::Refused,
+                            format!(
+                                "event {id} ({} bytes) is larger than the producer's message.max.bytes; raise `librdkafka.\"message.max.bytes\"` on this sink (and the topic's max.message.bytes) to relay such events",
+                                event.raw.len()
+                            ),
+                        )));
+                        break;
+                    }
+                    Err((error, _)) => {
+                        failed = true;
+                        outcomes[position] = Some(Outcome::Retry(SinkError::with_source(
+                            SinkErrorKind::Unavailable,
+                            format!("cannot hand event {id} to the Kafka producer for `{topic}`"),
+                            error,
+                        )));
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        while let Some((position, delivery)) = pending.pop_front() {
+            let outcome = self.await_delivery(&batch[position], &topics[position], delivery).await;
+            if matches!(outcome, Outcome::Retry(_)) && !failed {
+                failed = true;
+                // Nothing more may reach a partition from this producer once one record
+                // failed: purge what is left and let the tail check sort out what landed.
+                self.discard_producer().await;
+            }
+            outcomes[position] = Some(outcome);
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    Outcome::Retry(SinkError::new(
+                        SinkErrorKind::Unavailable,
+                        "not sent: an earlier event of the batch failed, and the sink checks the partitions before sending more",
+                    ))
+                })
+            })
+            .collect();
+        if failed {
+            self.discard_producer().await;
+        } else {
+            self.progress.settle();
+        }
+        self.health = Health::from_outcomes(&outcomes);
+        outcomes
+    }
+
+    async fn await_delivery(&mut self, event: &Envelope, topic: &str, delivery: DeliveryFuture) -> Outcome {
+        let timeout = self.config.delivery_timeout.0;
+        match tokio::time::timeout(timeout, delivery).await {
+            Ok(Ok(Ok(delivered))) => {
+                self.progress.delivered(topic, delivered.partition, delivered.offset);
+                Outcome::Delivered
+            }
+            Ok(Ok(Err((error, _)))) => Outcome::Retry(delivery_error(event, topic, error)),
+            Ok(Err(_canceled)) => Outcome::Retry(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!(
+                    "the Kafka producer was closed before it reported on event {} to `{topic}`",
+                    event.id
+                ),
+            )),
+            Err(_elapsed) => Outcome::Retry(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!(
+                    "no delivery report for event {} to `{topic}` within {timeout:?} from {}; is the broker reachable?",
+                    event.id,
+                    self.brokers()
+                ),
+            )),
+        }
+    }
+}
+
+/// The error for a failed delivery report, with what to do about it.
+fn delivery_error(event: &Envelope, topic: &str, error: KafkaError) -> SinkError {
+    let hint = match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            "the broker refused the record batch as too large; set `librdkafka.\"message.max.bytes\"` on this sink at or below the topic's max.message.bytes"
+        }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+            "the broker refused to let this client write the topic; grant it WRITE on the topic"
+        }
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            "the topic or partition is gone; the sink looks it up again"
+        }
+        _ => "the sink checks the partitions and sends again",
+    };
+    SinkError::with_source(
+        SinkErrorKind::Unavailable,
+        format!("Kafka did not take event {} for `{topic}`: {hint}", event.id),
+        error,
+    )
+}
+
+/// Describes `name`, creating it first when it is missing and the sink may create topics.
+fn find_or_create_topic(
+    config: &KafkaSinkConfig,
+    name: &str,
+    brokers: &str,
+) -> Result<TopicLayout, SinkError> {
+    let reader = client::reader(config)?;
+    let timeout = config.request_timeout.0;
+    if let Some(layout) = client::describe_topic(reader.client(), name, timeout, brokers)? {
+        return Ok(layout);
+    }
+    let Some(create) = config.create_topics else {
+        return Err(SinkError::new(
+            SinkErrorKind::Config,
+            format!(
+                "Kafka topic `{name}` does not exist at {brokers}; create it, or set `create_topics = {{ partitions = N, replication = N }}` on this sink. Its events wait in the journal until then"
+            ),
+        ));
+    };
+    let admin: AdminClient<LogContext> = client::admin(config)?;
+    let topic = NewTopic::new(name, create.partitions, TopicReplication::Fixed(create.replication));
+    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results =
+        tokio::runtime::Handle::current().block_on(admin.create_topics([&topic], &options)).map_err(|e| {
+            SinkError::with_source(
+                SinkErrorKind::Unavailable,
+                format!("cannot create Kafka topic `{name}`"),
+                e,
+            )
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(SinkError::new(
+                    SinkErrorKind::Config,
+                    format!(
+                        "Kafka refused to create topic `{name}` ({} partitions, replication {}): {code}",
+                        create.partitions, create.replication
+                    ),
+                ));
+            }
+        }
+    }
+    info!(
+        "created Kafka topic `{name}` with {} partitions, replication {}",
+        create.partitions, create.replication
+    );
+    // A new topic's metadata can take a moment to reach every broker.
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(layout) = client::describe_topic(reader.client(), name, timeout, brokers)? {
+            return Ok(layout);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!("Kafka topic `{name}` was created but is not visible in the metadata yet"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs blocking librdkafka work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "a Kafka client task failed", e))?
+}
+
+impl Sink for KafkaSink {
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+
+    async fn open(&mut self, saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
+        self.progress = match saved_state {
+            None => Progress::new(),
+            Some(value) => serde_json::from_value::<SavedProgress>(value)
+                .map_err(|e| e.to_string())
+                .and_then(Progress::restore)
+                .map_err(|e| {
+                    SinkError::new(
+                        SinkErrorKind::Config,
+                        format!(
+                            "the Kafka progress saved with this sink's cursor cannot be read ({e}); if the sink was of another type before, delete its cursor file to start it afresh"
+                        ),
+                    )
+                })?,
+        };
+        let result = async {
+            self.producer().await.map(drop)?;
+            self.check_tails().await
+        }
+        .await;
+        if let Err(error) = result {
+            self.discard_producer().await;
+            self.health = Health::Unhealthy(error.report());
+            return Err(error);
+        }
+        // The relay saves the state right after `open`.
+        self.progress.layout_saved();
+        self.health = Health::Healthy;
+        Ok(())
+    }
+
+    async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        match self.prepare(batch).await {
+            Ok(Prepared::Send(producer, topics)) => self.send_batch(producer, batch, topics).await,
+            Ok(Prepared::Defer) => batch.iter().map(|_| Outcome::Deferred).collect(),
+            Err(error) => {
+                if error.kind != SinkErrorKind::Config {
+                    self.discard_producer().await;
+                }
+                self.health = Health::Unhealthy(error.report());
+                Outcome::retry_all(batch.len(), &error)
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some(producer) = self.producer.take() {
+            let timeout = self.config.delivery_timeout.0;
+            blocking(move || {
+                producer.flush(timeout).map_err(|e| {
+                    SinkError::with_source(SinkErrorKind::Unavailable, "cannot flush the Kafka producer", e)
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.progress.saved()).ok()
+    }
+}

@@ -1,0 +1,179 @@
+//! Reading the tails of the partitions the sink may have written to since its last saved
+//! progress, to learn which events are already in Kafka.
+//!
+//! Blocking: runs on a `spawn_blocking` thread. The read starts at each partition's saved
+//! offset and goes to the end; the end is where the broker says there is nothing more to
+//! fetch (librdkafka's partition EOF), not the high watermark, which some brokers (tansu)
+//! report too low. Some brokers (tansu again) answer a fetch from inside a record batch
+//! with nothing at all; a partition that neither sends a record nor reports its end within
+//! `request_timeout` is therefore read again from its oldest offset, which is slower but
+//! finds everything.
+
+use crate::client::{self, LogContext};
+use crate::config::KafkaSinkConfig;
+use crate::progress::FoundRecord;
+use nomad_relay_sink_api::{SinkError, SinkErrorKind};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Header names the sink writes and reads.
+pub mod headers {
+    /// The event id.
+    pub const ID: &str = "nomad-relay-id";
+    /// The writing sink's id.
+    pub const WRITER: &str = "nomad-relay-writer";
+    /// The event's position in the writing relay's journal.
+    pub const SEQ: &str = "nomad-relay-seq";
+}
+
+/// What a tail read found.
+#[derive(Debug, Default)]
+pub struct Tails {
+    /// Records this sink wrote, past the offsets read from.
+    pub found: Vec<FoundRecord>,
+    /// Per (topic, partition), the offset just past the last record read.
+    pub ends: BTreeMap<(String, i32), i64>,
+    /// Records read in all.
+    pub records: u64,
+}
+
+/// Reads every partition in `from` (topic → partition → first offset) to its end, keeping
+/// the records written by `writer`.
+pub fn read_tails(
+    config: &KafkaSinkConfig,
+    from: &BTreeMap<String, BTreeMap<i32, i64>>,
+    writer: &str,
+) -> Result<Tails, SinkError> {
+    let reader = client::reader(config)?;
+    let mut tails = Tails::default();
+    for (topic, partitions) in from {
+        if !partitions.is_empty() {
+            read_topic(&reader, config, topic, partitions, writer, &mut tails)?;
+        }
+    }
+    Ok(tails)
+}
+
+fn read_topic(
+    reader: &BaseConsumer<LogContext>,
+    config: &KafkaSinkConfig,
+    topic: &str,
+    partitions: &BTreeMap<i32, i64>,
+    writer: &str,
+    tails: &mut Tails,
+) -> Result<(), SinkError> {
+    let brokers = config.bootstrap_servers();
+    let timeout = config.request_timeout.0;
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, &offset) in partitions {
+        let (low, _) = reader.fetch_watermarks(topic, partition, timeout).map_err(|e| {
+            SinkError::with_source(
+                SinkErrorKind::Unavailable,
+                format!("cannot read the offsets of `{topic}` partition {partition} at {brokers}"),
+                e,
+            )
+        })?;
+        let start = offset.max(low);
+        assignment.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(|e| {
+            SinkError::with_source(SinkErrorKind::Other, "cannot build the tail read's assignment", e)
+        })?;
+        tails.ends.insert((topic.to_owned(), partition), start);
+    }
+    reader.assign(&assignment).map_err(|e| unavailable(topic, &brokers, e))?;
+    let mut open: BTreeSet<i32> = partitions.keys().copied().collect();
+    let mut silent: BTreeSet<i32> = open.clone();
+    let mut read_from_start = false;
+    // Quiet partitions answer at once; the deadline only ends a read that stopped making
+    // progress (it restarts whenever a record arrives).
+    let mut deadline = Instant::now() + timeout;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            if !read_from_start && silent == open {
+                read_from_start = true;
+                warn!(
+                    "Kafka at {brokers} sent nothing for `{topic}` partitions {open:?} from the saved offsets; reading them from their oldest record instead"
+                );
+                let mut again = TopicPartitionList::new();
+                for &partition in &open {
+                    let start = Offset::Beginning;
+                    let _ = again.add_partition_offset(topic, partition, start);
+                }
+                reader.assign(&again).map_err(|e| unavailable(topic, &brokers, e))?;
+                deadline = Instant::now() + timeout;
+                continue;
+            }
+            let _ = reader.unassign();
+            return Err(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!(
+                    "reading the tail of `{topic}` partitions {open:?} at {brokers} made no progress for {timeout:?}"
+                ),
+            ));
+        }
+        let Some(polled) = reader.poll(Duration::from_millis(100)) else { continue };
+        match polled {
+            Ok(message) => {
+                deadline = Instant::now() + timeout;
+                tails.records += 1;
+                let partition = message.partition();
+                silent.remove(&partition);
+                let read_start =
+                    if read_from_start { 0 } else { partitions.get(&partition).copied().unwrap_or(0) };
+                let end = tails.ends.entry((topic.to_owned(), partition)).or_insert(0);
+                *end = (*end).max(message.offset() + 1);
+                if let Some(record) = own_record(&message, writer, topic, read_start) {
+                    tails.found.push(record);
+                }
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                silent.remove(&partition);
+                open.remove(&partition);
+            }
+            Err(error) => {
+                let _ = reader.unassign();
+                return Err(unavailable(topic, &brokers, error));
+            }
+        }
+    }
+    let _ = reader.unassign();
+    Ok(())
+}
+
+fn unavailable(topic: &str, brokers: &str, error: KafkaError) -> SinkError {
+    SinkError::with_source(
+        SinkErrorKind::Unavailable,
+        format!("cannot read the tail of `{topic}` at {brokers}"),
+        error,
+    )
+}
+
+/// The record as a [`FoundRecord`] if `writer` wrote it; `read_from` is where its read began.
+fn own_record(message: &impl Message, writer: &str, topic: &str, read_from: i64) -> Option<FoundRecord> {
+    let headers = message.headers()?;
+    let (mut id, mut seq, mut written_by) = (None, None, None);
+    for header in headers.iter() {
+        let value = header.value.and_then(|v| std::str::from_utf8(v).ok());
+        match header.key {
+            headers::ID => id = value,
+            headers::SEQ => seq = value.and_then(|v| v.parse::<u64>().ok()),
+            headers::WRITER => written_by = value,
+            _ => {}
+        }
+    }
+    if written_by != Some(writer) {
+        return None;
+    }
+    Some(FoundRecord {
+        seq: seq?,
+        id: id?.to_owned(),
+        topic: topic.to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        read_from,
+    })
+}

@@ -1,0 +1,158 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu on 127.0.0.1:9092): records,
+//! headers and partitions, undoing a crash's repeats, a missing topic, an oversized event,
+//! an unreachable broker.
+
+mod common;
+
+use common::*;
+use nomad_relay_sink_api::units::{HumanDuration, OneOrMany};
+use nomad_relay_sink_api::{Outcome, Sink};
+use nomad_relay_sink_kafka::{KafkaSink, KafkaSinkConfig, SettingValue, partition_for};
+use std::time::Duration;
+
+#[tokio::test]
+async fn each_event_is_one_record_on_its_key_partition_with_headers() {
+    let brokers = tansu();
+    let topic = unique("kafka-records");
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 3)).expect("sink");
+    sink.open(None).await.expect("open");
+    let batch = events(1, 40);
+    let first = sink.send(&batch).await;
+    assert!(
+        first.iter().all(|o| matches!(o, Outcome::Deferred)),
+        "a new topic is saved in the progress before its first record: {first:?}"
+    );
+    let state = sink.checkpoint_state().expect("state");
+    assert_eq!(state["topics"][&topic]["partitions"], 3, "{state}");
+    deliver(&mut sink, &batch).await;
+    sink.flush().await.expect("flush");
+
+    let records = read_all(&brokers, &topic);
+    assert_exactly_once(&records, 1..=40);
+    for record in &records {
+        let event = &batch[(record.seq() - 1) as usize];
+        assert_eq!(record.value.as_bytes(), &event.raw[..], "the value is the event as Nomad sent it");
+        assert_eq!(record.key.as_deref(), Some(event.key.as_str()));
+        assert_eq!(record.partition, partition_for(event.key.as_bytes(), 3));
+        assert_eq!(record.headers["nomad-relay-id"], event.id.to_string());
+        assert_eq!(record.headers["nomad-index"], event.id.index.to_string());
+        assert_eq!(record.headers["nomad-topic"], "Allocation");
+        assert_eq!(record.headers["nomad-type"], "AllocationUpdated");
+        assert_eq!(record.headers["nomad-namespace"], "default");
+    }
+}
+
+#[tokio::test]
+async fn events_sent_before_a_crash_are_not_written_again() {
+    let brokers = tansu();
+    let topic = unique("kafka-crash");
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 20)).await;
+    // The relay saves the cursor (past seq 20) with this state...
+    let saved = sink.checkpoint_state();
+    // ...then sends seq 21..=50; events 21..=35 reach Kafka before the relay dies, and its
+    // cursor still says 21.
+    deliver(&mut sink, &events(21, 15)).await;
+    drop(sink);
+
+    let mut restarted = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    restarted.open(saved).await.expect("open after the crash");
+    let outcomes = restarted.send(&events(21, 30)).await;
+    assert!(outcomes.iter().all(Outcome::is_delivered), "{outcomes:?}");
+    deliver(&mut restarted, &events(51, 10)).await;
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=60);
+}
+
+#[tokio::test]
+async fn a_crash_before_a_new_topics_progress_is_saved_is_undone_too() {
+    let brokers = tansu();
+    let topic = unique("kafka-new-topic-crash");
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    sink.open(None).await.expect("open");
+    let opened = sink.checkpoint_state();
+    let batch = events(1, 10);
+    assert!(sink.send(&batch).await.iter().all(|o| matches!(o, Outcome::Deferred)));
+    // The relay saved this state when the sink deferred; the batch then went out and the
+    // relay died before its cursor moved.
+    let deferred = sink.checkpoint_state();
+    assert_ne!(opened, deferred);
+    assert!(sink.send(&batch).await.iter().all(Outcome::is_delivered));
+    drop(sink);
+
+    let mut restarted = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    restarted.open(deferred).await.expect("open");
+    assert!(restarted.send(&batch).await.iter().all(Outcome::is_delivered));
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=10);
+}
+
+#[tokio::test]
+async fn a_missing_topic_holds_its_events_back_with_a_clear_error() {
+    let brokers = tansu();
+    let topic = unique("kafka-missing");
+    let config = KafkaSinkConfig { create_topics: None, ..config(&brokers, &topic, 1) };
+    let mut sink = KafkaSink::new(config.clone()).expect("sink");
+    sink.open(None).await.expect("open");
+    let batch = events(1, 5);
+    let outcomes = sink.send(&batch).await;
+    match &outcomes[0] {
+        Outcome::Retry(error) => {
+            let text = error.report();
+            assert!(text.contains(&format!("topic `{topic}` does not exist")), "{text}");
+            assert!(text.contains("create_topics"), "{text}");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Retry(_))));
+    // An operator creates the topic: the events go out, once.
+    let mut creator =
+        KafkaSink::new(KafkaSinkConfig { ..common::config(&brokers, &topic, 1) }).expect("sink");
+    creator.open(None).await.expect("open");
+    assert!(creator.send(&[]).await.is_empty());
+    let created = creator.send(&events(100, 1)).await;
+    assert!(matches!(created[0], Outcome::Deferred), "{created:?}");
+    deliver(&mut sink, &batch).await;
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=5);
+}
+
+#[tokio::test]
+async fn an_event_larger_than_the_limit_is_rejected_and_the_rest_delivered() {
+    let brokers = tansu();
+    let topic = unique("kafka-too-large");
+    let mut config = config(&brokers, &topic, 1);
+    config.librdkafka.insert("message.max.bytes".into(), SettingValue::Integer(10_000));
+    let mut sink = KafkaSink::new(config).expect("sink");
+    sink.open(None).await.expect("open");
+    let mut batch = events(1, 3);
+    let mut large = event(4, 2000, "alloc-large");
+    large.raw = bytes::Bytes::from(format!(r#"{{"Topic":"Allocation","Payload":"{}"}}"#, "x".repeat(50_000)));
+    batch.push(large);
+    batch.extend(events(5, 3));
+    let mut outcomes = sink.send(&batch).await;
+    if outcomes.iter().all(|o| matches!(o, Outcome::Deferred)) {
+        outcomes = sink.send(&batch).await;
+    }
+    for (position, outcome) in outcomes.iter().enumerate() {
+        if position == 3 {
+            let Outcome::Rejected(error) = outcome else { panic!("the large event: {outcome:?}") };
+            assert!(error.report().contains("message.max.bytes"), "{}", error.report());
+        } else {
+            assert!(outcome.is_delivered(), "event {position}: {outcome:?}");
+        }
+    }
+    assert_exactly_once(&read_all(&brokers, &topic), [1, 2, 3, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn an_unreachable_bootstrap_address_is_named_in_the_error() {
+    let config = KafkaSinkConfig {
+        brokers: OneOrMany::One("127.0.0.1:1".into()),
+        request_timeout: HumanDuration(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let mut sink = KafkaSink::new(config).expect("sink");
+    let error = sink.open(None).await.expect_err("nothing listens on port 1");
+    let text = error.report();
+    assert!(text.contains("cannot reach Kafka at 127.0.0.1:1"), "{text}");
+    assert!(text.contains("brokers"), "{text}");
+}

@@ -1,0 +1,86 @@
+//! Error paths of the Kafka sink under rdkafka's in-process mock cluster: produce requests
+//! that fail, and brokers that go down. After each fault the sink checks the partitions and
+//! every event ends up in Kafka exactly once, in per-key order.
+
+mod common;
+
+use common::*;
+use nomad_relay_sink_api::{Outcome, Sink};
+use nomad_relay_sink_kafka::KafkaSink;
+use nomad_relay_sink_api::units::HumanDuration;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::time::Duration;
+
+fn cluster(topic: &str, partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(topic, partitions, 1).expect("topic");
+    let brokers = mock.bootstrap_servers();
+    (mock, brokers)
+}
+
+#[tokio::test]
+async fn a_refused_produce_request_is_retried_after_a_tail_check_without_repeats() {
+    let topic = unique("mock-refused");
+    let (mock, brokers) = cluster(&topic, 2);
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 10)).await;
+
+    // The broker refuses the next produce requests for good (not retried by librdkafka).
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+    );
+    let batch = events(11, 20);
+    let outcomes = sink.send(&batch).await;
+    let failed: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Retry(_))).collect();
+    assert!(!failed.is_empty(), "the refused requests must show: {outcomes:?}");
+    if let Outcome::Retry(error) = failed[0] {
+        assert!(error.report().contains("Kafka did not take event"), "{}", error.report());
+    }
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+
+    // The relay sends the undelivered ones again, as its worker does.
+    let mut pending: Vec<_> =
+        batch.iter().zip(&outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e.clone()).collect();
+    for _ in 0..5 {
+        if pending.is_empty() {
+            break;
+        }
+        let outcomes = sink.send(&pending).await;
+        pending = pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
+    }
+    assert!(pending.is_empty(), "still undelivered: {pending:?}");
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=30);
+}
+
+#[tokio::test]
+async fn a_broker_that_goes_down_holds_events_back_until_it_returns() {
+    let topic = unique("mock-down");
+    let (mock, brokers) = cluster(&topic, 3);
+    let mut config = config(&brokers, &topic, 3);
+    config.delivery_timeout = HumanDuration(Duration::from_secs(2));
+    let mut sink = KafkaSink::new(config).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 10)).await;
+
+    mock.broker_down(1).expect("down");
+    let batch = events(11, 15);
+    let outcomes = sink.send(&batch).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Retry(_))), "{outcomes:?}");
+    let again = sink.send(&batch).await;
+    assert!(again.iter().all(|o| matches!(o, Outcome::Retry(_))), "still down: {again:?}");
+
+    mock.broker_up(1).expect("up");
+    let mut delivered = false;
+    for _ in 0..10 {
+        if sink.send(&batch).await.iter().all(Outcome::is_delivered) {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the events did not go out after the broker came back");
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=25);
+}

@@ -11,7 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -282,16 +282,22 @@ impl KafkaSink {
                 break;
             }
         }
+        if failed && !pending.is_empty() {
+            purge(&producer).await;
+        }
         while let Some((position, delivery)) = pending.pop_front() {
             let outcome = self.await_delivery(&batch[position], &topics[position], delivery).await;
             if matches!(outcome, Outcome::Retry(_)) && !failed {
                 failed = true;
                 // Nothing more may reach a partition from this producer once one record
-                // failed: purge what is left and let the tail check sort out what landed.
-                self.discard_producer().await;
+                // failed: purge what it still holds (its pending reports then come back at
+                // once) and let the tail check sort out what landed.
+                purge(&producer).await;
             }
             outcomes[position] = Some(outcome);
         }
+        // The sink keeps its own handle; the last one is dropped off the runtime.
+        drop(producer);
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|outcome| {
@@ -337,6 +343,18 @@ impl KafkaSink {
             )),
         }
     }
+}
+
+/// Purges everything the producer still queues or has in flight, off the runtime: each
+/// purged record's delivery report then fails at once.
+async fn purge(producer: &FutureProducer<LogContext>) {
+    let producer = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        producer.purge(PurgeConfig::default().queue().inflight());
+        // Serve the purged records' reports now (the producer's own thread would too).
+        producer.poll(Duration::ZERO);
+    })
+    .await;
 }
 
 /// The error for a failed delivery report, with what to do about it.

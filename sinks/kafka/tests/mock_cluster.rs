@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use nomad_relay_sink_api::units::HumanDuration;
 use nomad_relay_sink_api::{Outcome, Sink};
 use nomad_relay_sink_kafka::KafkaSink;
-use nomad_relay_sink_api::units::HumanDuration;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -50,7 +50,8 @@ async fn a_refused_produce_request_is_retried_after_a_tail_check_without_repeats
             break;
         }
         let outcomes = sink.send(&pending).await;
-        pending = pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
+        pending =
+            pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
     }
     assert!(pending.is_empty(), "still undelivered: {pending:?}");
     assert_exactly_once(&read_all(&brokers, &topic), 1..=30);

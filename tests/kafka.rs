@@ -1,0 +1,152 @@
+//! The Kafka sink end to end, against real tansu brokers: every event exactly once and in
+//! per-key order across twenty SIGKILLs of the relay, and across a broker outage mid-run; a
+//! reserved librdkafka setting refused at start.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use nomad_emulator::{EmulatorConfig, GeneratorConfig};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use support::kafka::{OwnedTansu, Record, read_all, shared_brokers, unique};
+use support::*;
+
+fn kafka_sink(brokers: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "[sinks.kafka]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{{{Topic}}}}\"\ncreate_topics = {{ partitions = 3, replication = 1 }}\nretry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\n{extra}\n"
+    )
+}
+
+fn field(line: &str, name: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    value[name].as_str().unwrap_or_default().to_owned()
+}
+
+/// Reads every topic the expected events go to and asserts each event is there exactly once,
+/// and each object's events are in Nomad's order within their partition.
+fn assert_exactly_once_in_key_order(brokers: &str, prefix: &str, expected: &[String]) {
+    let topics: BTreeSet<String> = expected.iter().map(|line| field(line, "Topic")).collect();
+    let mut records: Vec<(String, Record)> = Vec::new();
+    for topic in &topics {
+        records
+            .extend(read_all(brokers, &format!("{prefix}.{topic}")).into_iter().map(|r| (topic.clone(), r)));
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, record) in &records {
+        *counts.entry(record.value.as_str()).or_default() += 1;
+    }
+    let repeated = counts.values().filter(|&&n| n > 1).count();
+    assert_eq!(repeated, 0, "{repeated} events were written more than once");
+    let missing = expected.iter().filter(|line| !counts.contains_key(line.as_str())).count();
+    assert_eq!(missing, 0, "{missing} of {} events are missing", expected.len());
+    assert_eq!(records.len(), expected.len(), "records that no event explains");
+
+    let mut want: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for line in expected {
+        want.entry((field(line, "Topic"), field(line, "Key"))).or_default().push(line);
+    }
+    let mut got: BTreeMap<(String, String), Vec<(i32, i64, &str)>> = BTreeMap::new();
+    for (topic, record) in &records {
+        let key = record.key.clone().unwrap_or_default();
+        got.entry((topic.clone(), key)).or_default().push((record.partition, record.offset, &record.value));
+    }
+    for (object, lines) in want {
+        let mut stored = got.remove(&object).unwrap_or_default();
+        let partitions: BTreeSet<i32> = stored.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(partitions.len(), 1, "{object:?} is spread over partitions {partitions:?}");
+        stored.sort();
+        let stored: Vec<&str> = stored.into_iter().map(|(_, _, value)| value).collect();
+        assert!(stored == lines, "{object:?}: events out of Nomad's order in their partition");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_exactly_once_across_sigkills() {
+    let brokers = shared_brokers();
+    let emulator = emulator(EmulatorConfig {
+        buffer_size: 1_000_000,
+        fragment_writes: Some(29),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let scratch = Scratch::new();
+    let prefix = unique("kill");
+    let config = scratch.config(&emulator.url(), "", &kafka_sink(&brokers, &prefix, ""));
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(2_000.0),
+        total_events: Some(30_000),
+        seed: 41,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut relay = Relay::start(&config);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
+        relay.kill();
+        relay = Relay::start(&config);
+    }
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
+    let head = expected.len() as u64;
+    eventually("the Kafka sink to deliver everything", Duration::from_secs(180), || {
+        scratch.cursor_next("kafka").filter(|next| *next > head)
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_exactly_once_in_key_order(&brokers, &prefix, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_mid_run_loses_and_repeats_nothing() {
+    let scratch = Scratch::new();
+    let broker = OwnedTansu::start(scratch.dir.path()).await;
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let prefix = unique("outage");
+    let config = scratch.config(
+        &emulator.url(),
+        "",
+        &kafka_sink(&broker.brokers(), &prefix, "delivery_timeout = \"2s\"\nrequest_timeout = \"2s\""),
+    );
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(1_500.0),
+        total_events: Some(9_000),
+        seed: 42,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let relay = Relay::start(&config);
+    let progress = || scratch.cursor_next("kafka");
+    eventually("some events in Kafka", Duration::from_secs(60), || progress().filter(|n| *n > 1_000)).await;
+    broker.proxy.down();
+    relay.wait_for_log("not delivered", Duration::from_secs(30)).await;
+    let stalled = progress().unwrap();
+    broker.proxy.up();
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("everything delivered after the outage", Duration::from_secs(120), || {
+        progress().filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    let mut relay = relay;
+    assert!(relay.terminate().success());
+    assert!((stalled as usize) < expected.len(), "the outage happened mid-run");
+    assert_exactly_once_in_key_order(&broker.brokers(), &prefix, &expected);
+}
+
+#[tokio::test]
+async fn a_reserved_librdkafka_setting_is_refused_at_start() {
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        "http://127.0.0.1:1",
+        "",
+        &kafka_sink("127.0.0.1:9092", "x", "[sinks.kafka.librdkafka]\n\"enable.idempotence\" = false"),
+    );
+    let output = relay_command(&["validate", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`sinks.kafka.librdkafka.\"enable.idempotence\"` cannot be set"), "{stderr}");
+}

@@ -75,7 +75,7 @@ async fn kafka_exactly_once_across_sigkills() {
     let prefix = unique("kill");
     let config = scratch.config(&emulator.url(), "", &kafka_sink(&brokers, &prefix, ""));
     let generator = emulator.generator(GeneratorConfig {
-        rate: Some(2_000.0),
+        rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 41,
         ..GeneratorConfig::default()
@@ -84,7 +84,15 @@ async fn kafka_exactly_once_across_sigkills() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(41);
     let mut relay = Relay::start(&config);
     for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
+        // Kill while the sink is delivering: once its cursor has moved since the restart,
+        // at a random moment of the next batches.
+        let before = scratch.cursor_next("kafka").unwrap_or(0);
+        eventually("the restarted relay to deliver", Duration::from_secs(60), || {
+            let moved = scratch.cursor_next("kafka").is_some_and(|next| next > before);
+            (moved || publishing.is_finished()).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         relay.kill();
         relay = Relay::start(&config);
     }
@@ -97,6 +105,10 @@ async fn kafka_exactly_once_across_sigkills() {
     })
     .await;
     assert!(relay.terminate().success());
+    assert!(
+        relay.log().contains("are already in Kafka and are not sent again"),
+        "no kill landed between a delivery and its cursor save, so the test proved nothing"
+    );
     assert_exactly_once_in_key_order(&brokers, &prefix, &expected);
 }
 

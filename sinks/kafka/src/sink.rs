@@ -138,9 +138,14 @@ impl KafkaSink {
             self.progress.read_to(topic, *partition, *end);
         }
         self.progress.set_found(tails.found);
-        if found > 0 || tails.records > 0 {
+        if found > 0 {
             info!(
-                "Kafka tail check: read {} records past the saved offsets, {found} of them events this relay had sent before its cursor was saved; those are not sent again",
+                "Kafka tail check: {found} events sent before the last saved cursor are already in Kafka and are not sent again ({} records read past the saved offsets)",
+                tails.records
+            );
+        } else if tails.records > 0 {
+            info!(
+                "Kafka tail check: {} records past the saved offsets, none of them this relay's",
                 tails.records
             );
         }

@@ -5,6 +5,7 @@
 #[path = "../../sinks/kafka/tests/common/mod.rs"]
 mod common;
 
+#[allow(unused_imports)]
 pub use common::{Record, read_all, tansu as shared_brokers, unique};
 
 use super::proxy::Proxy;

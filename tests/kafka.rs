@@ -43,11 +43,14 @@ fn assert_exactly_once_in_key_order(brokers: &str, prefix: &str, expected: &[Str
     assert_eq!(missing, 0, "{missing} of {} events are missing", expected.len());
     assert_eq!(records.len(), expected.len(), "records that no event explains");
 
-    let mut want: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    // Per (Nomad topic, object key): the events in Nomad's order, and the records as stored
+    // (partition, offset, value).
+    type Object = (String, String);
+    let mut want: BTreeMap<Object, Vec<&str>> = BTreeMap::new();
     for line in expected {
         want.entry((field(line, "Topic"), field(line, "Key"))).or_default().push(line);
     }
-    let mut got: BTreeMap<(String, String), Vec<(i32, i64, &str)>> = BTreeMap::new();
+    let mut got: BTreeMap<Object, Vec<(i32, i64, &str)>> = BTreeMap::new();
     for (topic, record) in &records {
         let key = record.key.clone().unwrap_or_default();
         got.entry((topic.clone(), key)).or_default().push((record.partition, record.offset, &record.value));

@@ -48,8 +48,7 @@ ensure_rabbitmq() {
 }
 
 # A Kafka-protocol broker: tansu from crates.io (about 10 minutes to build the first time;
-# the installed binary is reused), in memory, on 127.0.0.1:9092. Not part of `all` until the
-# Kafka sink's tests exist.
+# the installed binary is reused), in memory, on 127.0.0.1:9092.
 ensure_kafka() {
   if port_open 9092; then
     echo "Kafka (tansu): running on 127.0.0.1:9092"
@@ -70,6 +69,6 @@ case "${1:-all}" in
   nats) ensure_nats ;;
   rabbitmq) ensure_rabbitmq ;;
   kafka) ensure_kafka ;;
-  all) ensure_nats; ensure_rabbitmq ;;
+  all) ensure_nats; ensure_rabbitmq; ensure_kafka ;;
   *) echo "usage: $0 [nats|rabbitmq|kafka|all]" >&2; exit 2 ;;
 esac

@@ -12,8 +12,13 @@ use support::*;
 fn the_example_config_documents_a_valid_configuration() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let config = Config::load(Sources { file: Some(&path), environment: false }).unwrap();
-    assert_eq!(config.sinks.len(), 4);
+    assert_eq!(config.sinks.len(), 5);
     assert_eq!(config.routes.len(), 2);
+    let nomad_relay::config::SinkKindConfig::Kafka(kafka) = &config.sinks["kafka"].kind else {
+        panic!("sinks.kafka is a Kafka sink")
+    };
+    assert_eq!(kafka.create_topics.map(|c| c.partitions), Some(6));
+    assert_eq!(kafka.librdkafka.len(), 3);
     assert_eq!(config.nomad[0].topics.len(), 9);
 }
 

@@ -456,6 +456,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "a Kafka client task failed", e))?
 }
 
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        // Destroying a librdkafka client blocks (purge, flush, joining its threads); a sink
+        // dropped without `flush` (a task torn down) must not do that on the async runtime.
+        if let Some(producer) = self.producer.take() {
+            let _ = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(producer));
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn guarantee(&self) -> Guarantee {
         Guarantee::ExactlyOnce

@@ -122,10 +122,15 @@ fn read_topic(
                 tails.records += 1;
                 let partition = message.partition();
                 silent.remove(&partition);
-                let read_start =
-                    if read_from_start { 0 } else { partitions.get(&partition).copied().unwrap_or(0) };
+                let saved_start = partitions.get(&partition).copied().unwrap_or(0);
                 let end = tails.ends.entry((topic.to_owned(), partition)).or_insert(0);
                 *end = (*end).max(message.offset() + 1);
+                // Records before the saved offset were written before the cursor was saved:
+                // their events are never sent again by `run`, and a replay means to send them.
+                if message.offset() < saved_start {
+                    continue;
+                }
+                let read_start = if read_from_start { 0 } else { saved_start };
                 if let Some(record) = own_record(&message, writer, topic, read_start) {
                     tails.found.push(record);
                 }

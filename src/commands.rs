@@ -220,7 +220,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         }
         if outcomes.len() != chosen.len() {
             return Err(RelayError::Other(format!(
-                "sink `{sink_name}` returned {} outcomes for {} events during replay; nothing was recorded",
+                "sink `{sink_name}` returned {} outcomes for {} events during replay (a bug in the sink); {replayed} events were delivered again before it, through Nomad index {last_index}",
                 outcomes.len(),
                 chosen.len()
             )));
@@ -235,13 +235,13 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
                 Outcome::Rejected(_) => skipped_rejected += 1,
                 Outcome::Deferred => {
                     return Err(RelayError::Other(format!(
-                        "sink `{sink_name}` deferred event {} twice during replay; nothing was recorded, run the replay again",
+                        "sink `{sink_name}` deferred event {} twice during replay (a bug in the sink); {replayed} events were delivered again before it, through Nomad index {last_index}",
                         event.id
                     )));
                 }
                 Outcome::Retry(error) => {
                     return Err(RelayError::Other(format!(
-                        "sink `{sink_name}` failed during replay after {replayed} events: {}; nothing was recorded, run the replay again",
+                        "sink `{sink_name}` failed during replay after {replayed} events: {}; those {replayed} were delivered again, so a new replay should start after Nomad index {last_index}",
                         error.report()
                     )));
                 }

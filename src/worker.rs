@@ -219,6 +219,12 @@ impl SinkWorker {
                         "the sink deferred the same events twice in a row (a bug in the sink)",
                     ));
                 } else {
+                    // Everything before the first pending event is final; saving the cursor
+                    // there (not at the batch's start) keeps the sink's state and the cursor
+                    // in step, as a shutdown in mid-batch does.
+                    if let Some(first) = pending.first() {
+                        self.cursor.next_seq = first.seq;
+                    }
                     self.save_cursor().await.map_err(Interrupted::Journal)?;
                 }
             }

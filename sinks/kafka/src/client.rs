@@ -51,8 +51,8 @@ impl ClientContext for LogContext {
 
 impl ConsumerContext for LogContext {}
 
-/// The producer: idempotent, `acks=all`, no librdkafka timeout (the sink keeps its own), so a
-/// partition only ever holds a prefix of what one producer sent to it.
+/// The producer: idempotent and gapless, `acks=all`, no librdkafka timeout (the sink keeps its
+/// own), so a partition only ever holds a prefix of what one producer sent to it.
 pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer<LogContext>, SinkError> {
     let mut client = ClientConfig::new();
     for (name, value) in config.producer_settings() {
@@ -62,6 +62,9 @@ pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer<LogContext>, 
         .set("bootstrap.servers", config.bootstrap_servers())
         .set("client.id", "nomad-relay")
         .set("enable.idempotence", "true")
+        // A record the broker refuses for good must stop the producer rather than let the
+        // records behind it through: a retried event would land after them.
+        .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "0")
         .set("allow.auto.create.topics", "false");

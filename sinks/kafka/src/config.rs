@@ -87,6 +87,10 @@ pub const RESERVED_SETTINGS: &[(&str, &str)] = &[
     ("bootstrap.servers", "set the sink's `brokers` key instead"),
     ("metadata.broker.list", "set the sink's `brokers` key instead"),
     ("enable.idempotence", "the idempotent producer is what keeps each partition free of repeats and gaps"),
+    (
+        "enable.gapless.guarantee",
+        "a record refused for good must stop the producer, or the records behind it would land before its retry",
+    ),
     ("acks", "the sink needs acks=all: a record counts as delivered only once every in-sync replica has it"),
     (
         "request.required.acks",
@@ -152,8 +156,13 @@ impl KafkaSinkConfig {
         if self.delivery_timeout.0 < Duration::from_secs(1) {
             return Err(format!("`{key}.delivery_timeout`: must be at least 1s"));
         }
-        if self.request_timeout.0 < Duration::from_millis(100) {
-            return Err(format!("`{key}.request_timeout`: must be at least 100ms"));
+        if self.request_timeout.0 < Duration::from_millis(100)
+            || self.request_timeout.0 > Duration::from_secs(3600)
+        {
+            return Err(format!("`{key}.request_timeout`: must be between 100ms and 1h"));
+        }
+        if self.delivery_timeout.0 > Duration::from_secs(24 * 3600) {
+            return Err(format!("`{key}.delivery_timeout`: must be at most 24h"));
         }
         Ok(())
     }

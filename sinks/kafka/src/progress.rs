@@ -209,15 +209,22 @@ impl Progress {
         self.found.retain(|&found_seq, _| found_seq >= seq);
     }
 
-    /// True (and forgotten) if the event at `seq` with `id` is already in Kafka.
-    pub fn take_found(&mut self, seq: u64, id: &str) -> bool {
-        match self.found.get(&seq) {
-            Some(record) if record.id == id => {
-                self.found.remove(&seq);
-                true
-            }
-            _ => false,
-        }
+    /// True if the event at `seq` with `id` is already in Kafka. The record keeps holding the
+    /// saved offset back until [`Progress::expire_found`] passes it: the relay's cursor may
+    /// still be saved before its event (a batch that fails later on), and a crash then must
+    /// find the record again.
+    pub fn is_found(&self, seq: u64, id: &str) -> bool {
+        self.found.get(&seq).is_some_and(|record| record.id == id)
+    }
+
+    /// Remembers a record the sink learned of from a late delivery report.
+    pub fn add_found(&mut self, record: FoundRecord) {
+        self.found.insert(record.seq, record);
+    }
+
+    /// The settled offset of a partition (0 when untracked).
+    pub fn settled_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.topics.get(topic).and_then(|t| t.settled.get(&partition)).copied().unwrap_or(0)
     }
 
     /// How many found records wait for their event.
@@ -267,10 +274,12 @@ mod tests {
         progress.read_to("t", 0, 12);
         progress.settle();
         assert_eq!(progress.saved().topics["t"].read_from[&0], 10);
-        assert!(!progress.take_found(100, "other id"), "the id must match too");
-        assert!(progress.take_found(100, "id100"));
-        assert!(!progress.take_found(100, "id100"), "taken once");
-        assert_eq!(progress.saved().topics["t"].read_from[&0], 10, "one found record is left");
+        assert!(!progress.is_found(100, "other id"), "the id must match too");
+        assert!(progress.is_found(100, "id100"));
+        assert_eq!(progress.saved().topics["t"].read_from[&0], 10, "held back until expired");
+        progress.expire_found(101);
+        assert!(!progress.is_found(100, "id100"));
+        assert_eq!(progress.saved().topics["t"].read_from[&0], 10, "101 is still waiting");
         progress.expire_found(102);
         assert_eq!(progress.found_count(), 0);
         assert_eq!(progress.saved().topics["t"].read_from[&0], 12);

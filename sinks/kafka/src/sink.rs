@@ -4,7 +4,7 @@
 use crate::client::{self, LogContext, TopicLayout};
 use crate::config::KafkaSinkConfig;
 use crate::partition::partition_for;
-use crate::progress::{Progress, SavedProgress};
+use crate::progress::{FoundRecord, Progress, SavedProgress};
 use crate::tail::{self, headers};
 use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -27,6 +27,10 @@ pub struct KafkaSink {
     /// False after a start or a delivery error: the partitions' tails must be read before
     /// anything is sent.
     tails_checked: bool,
+    /// A record failed or went unreported: the producer is replaced once `in_flight` is empty.
+    producer_failed: bool,
+    /// Records of failed batches still awaiting their delivery report.
+    in_flight: Vec<InFlight>,
     health: Health,
 }
 
@@ -50,6 +54,8 @@ impl KafkaSink {
             producer: None,
             progress: Progress::new(),
             tails_checked: false,
+            producer_failed: false,
+            in_flight: Vec::new(),
             health: Health::Unhealthy("not connected yet".into()),
         })
     }
@@ -82,6 +88,7 @@ impl KafkaSink {
     /// land behind a later one.
     async fn discard_producer(&mut self) {
         self.tails_checked = false;
+        self.producer_failed = false;
         if let Some(producer) = self.producer.take() {
             let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
         }
@@ -108,8 +115,12 @@ impl KafkaSink {
             let from: BTreeMap<String, BTreeMap<i32, i64>> = saved
                 .topics
                 .into_iter()
-                .filter(|(name, _)| matches!(layouts.get(name), Some(Some(_))))
-                .map(|(name, topic)| (name, topic.read_from))
+                .filter_map(|(name, topic)| {
+                    // A topic that is gone, or partitions it no longer has, cannot be read.
+                    let partitions = layouts.get(&name)?.as_ref()?.partitions;
+                    let read_from = topic.read_from.into_iter().filter(|(p, _)| *p < partitions).collect();
+                    Some((name, read_from))
+                })
                 .collect();
             let tails = tail::read_tails(&config, &from, &writer)?;
             Ok((layouts, tails))
@@ -178,6 +189,9 @@ impl KafkaSink {
     /// Everything that must hold before a batch is sent: a producer, checked tails, known
     /// topics, and saved progress for them.
     async fn prepare(&mut self, batch: &[Envelope]) -> Result<Prepared, SinkError> {
+        if !self.in_flight.is_empty() || self.producer_failed {
+            self.settle_in_flight().await?;
+        }
         let producer = self.producer().await?;
         if !self.tails_checked {
             self.check_tails().await?;
@@ -230,7 +244,7 @@ impl KafkaSink {
         for (position, event) in batch.iter().enumerate() {
             let id = event.id.to_string();
             let topic = &topics[position];
-            if self.progress.take_found(event.seq, &id) {
+            if self.progress.is_found(event.seq, &id) {
                 outcomes[position] = Some(Outcome::Delivered);
                 continue;
             }
@@ -254,9 +268,16 @@ impl KafkaSink {
                     {
                         // librdkafka's queue is full: wait for the oldest report, then enqueue again.
                         let Some((waited, delivery)) = pending.pop_front() else { break };
-                        let outcome = self.await_delivery(&batch[waited], &topics[waited], delivery).await;
-                        failed |= matches!(outcome, Outcome::Retry(_));
-                        outcomes[waited] = Some(outcome);
+                        match self.await_delivery(&batch[waited], &topics[waited], delivery).await {
+                            Report::Done(outcome) => {
+                                failed |= matches!(outcome, Outcome::Retry(_));
+                                outcomes[waited] = Some(outcome);
+                            }
+                            Report::Late(delivery) => {
+                                pending.push_front((waited, delivery));
+                                failed = true;
+                            }
+                        }
                         if failed {
                             break;
                         }
@@ -287,19 +308,42 @@ impl KafkaSink {
                 break;
             }
         }
-        if failed && !pending.is_empty() {
-            purge(&producer).await;
+        if failed {
+            purge_queue(&producer).await;
         }
         while let Some((position, delivery)) = pending.pop_front() {
-            let outcome = self.await_delivery(&batch[position], &topics[position], delivery).await;
-            if matches!(outcome, Outcome::Retry(_)) && !failed {
-                failed = true;
-                // Nothing more may reach a partition from this producer once one record
-                // failed: purge what it still holds (its pending reports then come back at
-                // once) and let the tail check sort out what landed.
-                purge(&producer).await;
+            match self.await_delivery(&batch[position], &topics[position], delivery).await {
+                Report::Done(outcome) => {
+                    if matches!(outcome, Outcome::Retry(_)) && !failed {
+                        failed = true;
+                        // Nothing not yet sent may follow a failed record: drop what is still
+                        // queued. Records in flight are left to finish (their fate must be known
+                        // before the partitions are read back).
+                        purge_queue(&producer).await;
+                    }
+                    outcomes[position] = Some(outcome);
+                }
+                Report::Late(delivery) => {
+                    if !failed {
+                        failed = true;
+                        purge_queue(&producer).await;
+                    }
+                    self.in_flight.push(InFlight {
+                        seq: batch[position].seq,
+                        id: batch[position].id.to_string(),
+                        topic: topics[position].clone(),
+                        delivery,
+                    });
+                    outcomes[position] = Some(Outcome::Retry(SinkError::new(
+                        SinkErrorKind::Unavailable,
+                        format!(
+                            "no delivery report within {:?} from {}; the producer keeps the record and the sink waits for its report before sending more",
+                            self.config.delivery_timeout.0,
+                            self.brokers()
+                        ),
+                    )));
+                }
             }
-            outcomes[position] = Some(outcome);
         }
         // The sink keeps its own handle; the last one is dropped off the runtime.
         drop(producer);
@@ -315,7 +359,10 @@ impl KafkaSink {
             })
             .collect();
         if failed {
-            self.discard_producer().await;
+            self.producer_failed = true;
+            if self.in_flight.is_empty() {
+                self.discard_producer().await;
+            }
         } else {
             self.progress.settle();
         }
@@ -323,9 +370,54 @@ impl KafkaSink {
         outcomes
     }
 
-    async fn await_delivery(&mut self, event: &Envelope, topic: &str, delivery: DeliveryFuture) -> Outcome {
+    /// Waits for the reports of records a failed batch left in flight. Each delivered one is
+    /// remembered as found, so its event is not sent again; once all are known, the producer
+    /// is dropped and the tails are read. Fails while reports are still missing.
+    async fn settle_in_flight(&mut self) -> Result<(), SinkError> {
+        let waiting = std::mem::take(&mut self.in_flight);
+        let deadline = tokio::time::Instant::now() + self.config.delivery_timeout.0;
+        for record in waiting {
+            if !self.in_flight.is_empty() {
+                self.in_flight.push(record);
+                continue;
+            }
+            let InFlight { seq, id, topic, mut delivery } = record;
+            match tokio::time::timeout_at(deadline, &mut delivery).await {
+                Ok(Ok(Ok(delivered))) => {
+                    self.progress.delivered(&topic, delivered.partition, delivered.offset);
+                    self.progress.add_found(FoundRecord {
+                        seq,
+                        id,
+                        read_from: self.progress.settled_offset(&topic, delivered.partition),
+                        topic,
+                        partition: delivered.partition,
+                        offset: delivered.offset,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => self.in_flight.push(InFlight { seq, id, topic, delivery }),
+            }
+        }
+        if !self.in_flight.is_empty() {
+            return Err(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!(
+                    "waiting for the delivery reports of {} records from {}; nothing more is sent until they are known",
+                    self.in_flight.len(),
+                    self.brokers()
+                ),
+            ));
+        }
+        if self.producer_failed {
+            self.discard_producer().await;
+        }
+        Ok(())
+    }
+
+    async fn await_delivery(&mut self, event: &Envelope, topic: &str, delivery: DeliveryFuture) -> Report {
         let timeout = self.config.delivery_timeout.0;
-        match tokio::time::timeout(timeout, delivery).await {
+        let mut delivery = delivery;
+        let outcome = match tokio::time::timeout(timeout, &mut delivery).await {
             Ok(Ok(Ok(delivered))) => {
                 self.progress.delivered(topic, delivered.partition, delivered.offset);
                 Outcome::Delivered
@@ -338,25 +430,35 @@ impl KafkaSink {
                     event.id
                 ),
             )),
-            Err(_elapsed) => Outcome::Retry(SinkError::new(
-                SinkErrorKind::Unavailable,
-                format!(
-                    "no delivery report for event {} to `{topic}` within {timeout:?} from {}; is the broker reachable?",
-                    event.id,
-                    self.brokers()
-                ),
-            )),
-        }
+            Err(_elapsed) => return Report::Late(delivery),
+        };
+        Report::Done(outcome)
     }
 }
 
-/// Purges everything the producer still queues or has in flight, off the runtime: each
-/// purged record's delivery report then fails at once.
-async fn purge(producer: &FutureProducer<LogContext>) {
+/// What waiting for one delivery report gave.
+enum Report {
+    /// The report arrived.
+    Done(Outcome),
+    /// None within `delivery_timeout`: the record may still be written.
+    Late(DeliveryFuture),
+}
+
+/// A record whose delivery report had not come when its batch returned.
+struct InFlight {
+    seq: u64,
+    id: String,
+    topic: String,
+    delivery: DeliveryFuture,
+}
+
+/// Drops the records the producer has not sent yet, off the runtime; their reports fail at
+/// once. Records in flight are left alone: purging them would leave their fate unknown while
+/// the broker may still write them.
+async fn purge_queue(producer: &FutureProducer<LogContext>) {
     let producer = producer.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        producer.purge(PurgeConfig::default().queue().inflight());
-        // Serve the purged records' reports now (the producer's own thread would too).
+        producer.purge(PurgeConfig::default().queue());
         producer.poll(Duration::ZERO);
     })
     .await;
@@ -507,7 +609,7 @@ impl Sink for KafkaSink {
             Ok(Prepared::Send(producer, topics)) => self.send_batch(producer, batch, topics).await,
             Ok(Prepared::Defer) => batch.iter().map(|_| Outcome::Deferred).collect(),
             Err(error) => {
-                if error.kind != SinkErrorKind::Config {
+                if error.kind != SinkErrorKind::Config && self.in_flight.is_empty() {
                     self.discard_producer().await;
                 }
                 self.health = Health::Unhealthy(error.report());

@@ -31,6 +31,12 @@ pub mod headers {
     pub const SEQ: &str = "nomad-relay-seq";
 }
 
+/// How far past a partition's reported end the read may go before it stops, and how far
+/// before it a saved offset may lie before the topic counts as recreated: brokers that report
+/// the end too low (tansu reports the last record batch's first offset + 1) are off by at
+/// most one batch, which librdkafka keeps under `batch.num.messages` (10,000) records.
+const WATERMARK_SLACK: i64 = 10_000;
+
 /// What a tail read found.
 #[derive(Debug, Default)]
 pub struct Tails {
@@ -70,15 +76,29 @@ fn read_topic(
     let brokers = config.bootstrap_servers();
     let timeout = config.request_timeout.0;
     let mut assignment = TopicPartitionList::new();
+    // Per partition: the first offset whose records count, and where the read may stop.
+    let mut counted_from: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut stop_at: BTreeMap<i32, i64> = BTreeMap::new();
     for (&partition, &offset) in partitions {
-        let (low, _) = reader.fetch_watermarks(topic, partition, timeout).map_err(|e| {
+        let (low, high) = reader.fetch_watermarks(topic, partition, timeout).map_err(|e| {
             SinkError::with_source(
                 SinkErrorKind::Unavailable,
                 format!("cannot read the offsets of `{topic}` partition {partition} at {brokers}"),
                 e,
             )
         })?;
-        let start = offset.max(low);
+        let start = if offset > high.saturating_add(WATERMARK_SLACK) {
+            warn!(
+                "Kafka topic `{topic}` partition {partition} ends at {high}, before the saved offset {offset}: the topic was deleted and created again; reading it from its start"
+            );
+            low
+        } else {
+            offset.max(low)
+        };
+        counted_from.insert(partition, start);
+        // Records written after the read began are not this sink's (its own are all known by
+        // then); stopping past them keeps a busy shared topic from holding the read forever.
+        stop_at.insert(partition, high.saturating_add(WATERMARK_SLACK));
         assignment.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(|e| {
             SinkError::with_source(SinkErrorKind::Other, "cannot build the tail read's assignment", e)
         })?;
@@ -119,10 +139,16 @@ fn read_topic(
         match polled {
             Ok(message) => {
                 deadline = Instant::now() + timeout;
-                tails.records += 1;
                 let partition = message.partition();
+                if !open.contains(&partition) {
+                    continue;
+                }
+                tails.records += 1;
                 silent.remove(&partition);
-                let saved_start = partitions.get(&partition).copied().unwrap_or(0);
+                if message.offset() >= stop_at.get(&partition).copied().unwrap_or(i64::MAX) {
+                    open.remove(&partition);
+                }
+                let saved_start = counted_from.get(&partition).copied().unwrap_or(0);
                 let end = tails.ends.entry((topic.to_owned(), partition)).or_insert(0);
                 *end = (*end).max(message.offset() + 1);
                 // Records before the saved offset were written before the cursor was saved:

@@ -85,3 +85,40 @@ async fn a_broker_that_goes_down_holds_events_back_until_it_returns() {
     assert!(delivered, "the events did not go out after the broker came back");
     assert_exactly_once(&read_all(&brokers, &topic), 1..=25);
 }
+
+#[tokio::test]
+async fn records_still_in_flight_at_the_timeout_are_waited_for_not_sent_again() {
+    // A broker that answers after 3 s, and a sink that waits 1 s: the records are in flight
+    // when the sink gives up on the batch. They are written all the same; the sink must learn
+    // that from their late reports rather than send them a second time.
+    let topic = unique("mock-slow");
+    let (mock, brokers) = cluster(&topic, 2);
+    let mut config = config(&brokers, &topic, 2);
+    config.delivery_timeout = HumanDuration(Duration::from_secs(1));
+    let mut sink = KafkaSink::new(config).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 5)).await;
+
+    mock.broker_round_trip_time(1, Duration::from_secs(3)).expect("slow broker");
+    let batch = events(6, 10);
+    let first = sink.send(&batch).await;
+    let late = first
+        .iter()
+        .filter(|o| matches!(o, Outcome::Retry(e) if e.report().contains("no delivery report within")))
+        .count();
+    assert!(late > 0, "some reports must be late: {first:?}");
+    // Sent again while the broker is still slow: the sink first waits for the late reports.
+    let _ = sink.send(&batch).await;
+    mock.broker_round_trip_time(1, Duration::ZERO).expect("fast again");
+    let mut pending = batch.clone();
+    for _ in 0..10 {
+        if pending.is_empty() {
+            break;
+        }
+        let outcomes = sink.send(&pending).await;
+        pending =
+            pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
+    }
+    assert!(pending.is_empty(), "still undelivered: {pending:?}");
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=15);
+}

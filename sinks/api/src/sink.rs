@@ -23,9 +23,10 @@
 //! - [`Outcome::Deferred`]: not sent, because the sink must have new checkpoint state saved
 //!   before it may send this event (the Kafka sink records a topic's partition offsets before
 //!   its first write there, so that a crash right after that write can still be undone). The
-//!   relay saves the state returned by [`Sink::checkpoint_state`] at once, without moving the
-//!   cursor, and sends the event again without a back-off. A sink defers only on such a
-//!   change, never twice in a row for the same reason.
+//!   relay saves the state returned by [`Sink::checkpoint_state`] at once, with the cursor at
+//!   the first event of the batch that is not yet delivered or rejected, and sends the
+//!   deferred events again without a back-off. A sink defers only on such a change, never
+//!   twice in a row for the same reason.
 //!
 //! After `send` returns, the relay calls [`Sink::checkpoint_state`] and stores the value
 //! atomically with its cursor (the cursor is the position of the first event not yet delivered

@@ -13,21 +13,24 @@
 //! 1. **The sink chooses each record's partition** (murmur2 of the key, as Java clients
 //!    do), so it knows where every event goes, and every update of one object goes to one
 //!    partition, in order.
-//! 2. **The producer is idempotent with `acks=all` and no librdkafka message timeout.**
-//!    Within one producer, a partition therefore holds a prefix of what the sink sent to
-//!    it: the broker refuses a batch whose predecessor it has not stored, and librdkafka
-//!    never gives up on a record and goes on with the next.
-//! 3. **An event is delivered only on its delivery report.** After any failed report, or
-//!    none within `delivery_timeout`, the sink purges and drops the producer (nothing more
-//!    from it can reach a partition) and reports the events without a good report for a
-//!    retry.
+//! 2. **The producer is idempotent and gapless, with `acks=all` and no librdkafka message
+//!    timeout.** Within one producer, a partition therefore holds a prefix of what the sink
+//!    sent to it: the broker refuses a batch whose predecessor it has not stored, librdkafka
+//!    never gives up on a record and goes on with the next, and a record refused for good
+//!    stops the producer instead of letting the ones behind it through.
+//! 3. **An event is delivered only on its delivery report.** After a failed report, or none
+//!    within `delivery_timeout`, the sink drops the records not yet sent (purging the queue)
+//!    but never those in flight: it waits for their reports, across as many attempts as it
+//!    takes, and counts each one that arrives as written. Only when no record's fate is
+//!    unknown does it drop the producer and report the rest for a retry.
 //! 4. **Progress is saved with the relay's cursor**: per partition, an offset at or before
 //!    which every record written since the cursor lies (see [`progress`]). A topic the sink
 //!    has not written to before is looked up (or created with `create_topics`) and saved
 //!    before its first record is sent ([`nomad_relay_sink_api::Outcome::Deferred`]).
 //! 5. **Before sending anything after a start or a failure, the sink reads every tracked
 //!    partition from the saved offset to its end** ([`tail`]) and collects the records
-//!    carrying its writer id. A re-sent event whose journal position and id are among them is
+//!    carrying its writer id; each keeps the saved offset from moving past it until the
+//!    relay's cursor has passed its event. A re-sent event whose journal position and id are among them is
 //!    reported delivered without being sent again; the others are sent, after the records
 //!    already there, so per-key order holds too.
 //!
@@ -35,6 +38,16 @@
 //!
 //! - The broker enforces idempotent-producer sequence numbers (Apache Kafka does; a broker
 //!   that stores a batch out of sequence can let a retried record land after a later one).
+//! - After a crash (`kill -9`, a lost host), a record the dead relay had in flight is either
+//!   readable (below the high watermark) when the restarted relay reads the tails, or never
+//!   written. A record the leader had appended but not yet replicated to every in-sync replica
+//!   can become readable later (a follower stalled for up to `replica.lag.time.max.ms`), and
+//!   its event is then written twice. Restarts take seconds, so this needs a stalled follower
+//!   and a crash at once.
+//! - A record the broker refuses for good (larger than the topic's `max.message.bytes`, for
+//!   instance) holds the sink back with the broker's reason in the log, rather than being
+//!   skipped: set `librdkafka."message.max.bytes"` at or below the topic's limit, so such an
+//!   event is rejected by the client before it is sent (counted, logged, and the rest go on).
 //! - Records are not deleted by retention between a crash and the restart that reads them
 //!   back (the tail read starts at the oldest offset still there).
 //! - Partitions are added to a topic only while the relay runs or is stopped, never removed;

@@ -68,6 +68,20 @@ pub enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// Start a built-in emulated Nomad cluster and relay its events, to see the relay work
+    /// without a Nomad cluster: to stdout, or to the sinks of a given configuration.
+    Demo {
+        /// Configuration whose sinks, routes and data_dir to use (its [nomad] tables are
+        /// replaced by the emulator). Without it: stdout, journal in a temporary directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Events per second the emulated cluster generates.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Stop generating after this many events (the relay keeps running until Ctrl-C).
+        #[arg(long)]
+        events: Option<u64>,
+    },
     /// Inspect saved positions.
     Checkpoint {
         /// What to do with checkpoints.

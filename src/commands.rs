@@ -267,3 +267,59 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     }
     Ok(summary)
 }
+
+/// How `demo` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    /// Events per second the emulated cluster generates.
+    pub rate: f64,
+    /// Stop generating after this many events.
+    pub events: Option<u64>,
+    /// Journal in a fresh temporary directory (no configuration file was given).
+    pub own_data_dir: bool,
+}
+
+/// `demo`: an emulated Nomad cluster in this process, generating a realistic mix of events,
+/// and the relay following it with `config`'s sinks until `shutdown`.
+pub async fn demo(
+    mut config: Config,
+    options: DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let emulator = nomad_emulator::Emulator::start(nomad_emulator::EmulatorConfig {
+        buffer_size: 10_000,
+        ..nomad_emulator::EmulatorConfig::default()
+    })
+    .await
+    .map_err(|e| RelayError::Other(format!("cannot start the emulated Nomad cluster: {e}")))?;
+    let generator = emulator.generator(nomad_emulator::GeneratorConfig {
+        rate: Some(options.rate),
+        total_events: options.events,
+        seed: std::process::id().into(),
+        ..nomad_emulator::GeneratorConfig::default()
+    });
+    let generating = tokio::spawn(generator.run());
+    config.nomad = vec![crate::config::NomadConfig {
+        address: nomad_relay_sink_api::units::OneOrMany::One(emulator.url()),
+        ..crate::config::NomadConfig::default()
+    }];
+    let temporary = options
+        .own_data_dir
+        .then(|| std::env::temp_dir().join(format!("nomad-relay-demo-{}", std::process::id())));
+    if let Some(dir) = &temporary {
+        config.data_dir = dir.clone();
+    }
+    let sinks: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+    tracing::info!(
+        "demo: an emulated Nomad cluster at {} generates {} events/s; relaying to {}; Ctrl-C stops",
+        emulator.url(),
+        options.rate,
+        sinks.join(", ")
+    );
+    let result = crate::relay::run(config, shutdown).await;
+    generating.abort();
+    if let Some(dir) = temporary {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+    result
+}

@@ -72,6 +72,19 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Routing rules; empty means every event goes to every sink.
     pub routes: Vec<RouteConfig>,
+    /// The metrics and health endpoint; none without an `[http]` table.
+    pub http: Option<HttpConfig>,
+    /// How long a shutdown (SIGTERM, SIGINT) may take to finish the batches in flight and
+    /// save the cursors before the relay exits anyway.
+    pub shutdown_timeout: HumanDuration,
+}
+
+/// `[http]`: where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on, such as "127.0.0.1:8686".
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +100,14 @@ struct RawConfig {
     sinks: BTreeMap<String, Dict>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
+    #[serde(default)]
+    http: Option<HttpConfig>,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout: HumanDuration,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -457,8 +478,15 @@ impl Config {
             }
             Some(table) => vec![table.deserialize::<NomadConfig>().map_err(|e| with_path("nomad", e))?],
         };
-        let config =
-            Config { data_dir: raw.data_dir, nomad, journal: raw.journal, sinks, routes: raw.routes };
+        let config = Config {
+            data_dir: raw.data_dir,
+            nomad,
+            journal: raw.journal,
+            sinks,
+            routes: raw.routes,
+            http: raw.http,
+            shutdown_timeout: raw.shutdown_timeout,
+        };
         config.validate()?;
         Ok(config)
     }

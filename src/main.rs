@@ -64,6 +64,22 @@ async fn dispatch(command: Command) -> ExitCode {
             }
             Err(code) => return code,
         },
+        Command::Demo { config, rate, events } => {
+            let loaded = match &config {
+                Some(_) => load(&config),
+                None => Config::load(Sources { file: None, environment: false }).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }),
+            };
+            match loaded {
+                Ok(loaded) => {
+                    let options = commands::DemoOptions { rate, events, own_data_dir: config.is_none() };
+                    commands::demo(loaded, options, shutdown_on_signal()).await.map(|()| None)
+                }
+                Err(code) => return code,
+            }
+        }
         Command::Checkpoint { action: CheckpointAction::Show { config } } => match load(&config) {
             Ok(config) => tokio::task::spawn_blocking(move || commands::checkpoint_show(&config))
                 .await

@@ -18,16 +18,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 /// Bytes of received events that may wait for the journal writer.
 const HANDOFF_BYTES: u32 = 64 << 20;
-
-/// How long workers get to finish their batch at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the relay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +68,10 @@ pub fn journal_dir(data_dir: &Path) -> PathBuf {
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     let _lock = lock_data_dir(&config.data_dir)?;
+    let listener = match &config.http {
+        Some(http) => Some(crate::http::bind(http.listen).await.map_err(RelayError::Other)?),
+        None => None,
+    };
     let journal_dir = journal_dir(&config.data_dir);
     let dir = journal_dir.clone();
     let source_names: Vec<String> = config.nomad.iter().map(|n| n.name.clone()).collect();
@@ -143,10 +143,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .map_err(|e| RelayError::Other(format!("cannot start the journal writer: {e}")))?;
 
     let mut sources = Vec::new();
+    let mut source_stats = Vec::new();
     for nomad in &config.nomad {
         let checkpoint = recovered.checkpoints.remove(&nomad.name);
         let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
         let stats = Arc::new(SourceStats::default());
+        source_stats.push((nomad.name.clone(), stats.clone()));
         let source = Source::new(nomad.clone(), resume, events_tx.clone(), stats)
             .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
         sources.push((nomad.name.clone(), source));
@@ -181,8 +183,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         });
     }
     let worker_shutdown = CancellationToken::new();
+    let mut sink_stats = Vec::new();
     for (name, sink, cursor, slot) in workers {
         let sink_config = &config.sinks[&name];
+        let stats = Arc::new(SinkStats::default());
+        stats.cursor.store(cursor.next_seq, std::sync::atomic::Ordering::Relaxed);
+        stats.cursor_index.store(cursor.last_index, std::sync::atomic::Ordering::Relaxed);
+        sink_stats.push((name.clone(), stats.clone()));
         let worker = SinkWorker {
             name: name.clone(),
             sink,
@@ -194,7 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             board: board.clone(),
             slot,
             head: head_rx.clone(),
-            stats: Arc::new(SinkStats::default()),
+            stats,
         };
         let token = worker_shutdown.clone();
         let fail = fail.clone();
@@ -207,6 +214,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         });
     }
     tracker.close();
+    let http_shutdown = CancellationToken::new();
+    if let Some(listener) = listener {
+        let telemetry = Arc::new(crate::metrics::Telemetry {
+            sources: source_stats,
+            sinks: sink_stats,
+            journal_dir: journal_dir.clone(),
+            head: head_rx.clone(),
+        });
+        tokio::spawn(crate::http::serve(listener, telemetry, http_shutdown.clone()));
+    }
 
     shutdown.cancelled().await;
     info!("shutting down: no longer reading from Nomad; finishing batches in flight and saving cursors");
@@ -214,11 +231,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     board.wake();
     source_shutdown.cancel();
     worker_shutdown.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    let deadline = config.shutdown_timeout.0;
+    if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
         warn!(
-            "some sinks did not finish within {SHUTDOWN_GRACE:?}; their cursors stay at the last confirmed batch"
+            "some sinks did not finish within shutdown_timeout ({deadline:?}); their cursors stay at the last confirmed batch, and what follows is delivered after the restart"
         );
     }
+    http_shutdown.cancel();
     let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
         error!("the journal writer ended abnormally");

@@ -1,6 +1,7 @@
 //! Counters the relay keeps about itself: the source's connection and gaps, each sink's
 //! deliveries. Plain atomics shared by reference; the metrics endpoint and the logs read them.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The Nomad source's counters.
@@ -41,6 +42,27 @@ pub struct SinkStats {
     pub cursor_index: AtomicU64,
     /// Whether the last attempt succeeded.
     pub healthy: AtomicBool,
+    /// Events handed to the sink and not yet delivered or rejected.
+    pub in_flight: AtomicU64,
+    /// Why the sink last failed, for the readiness endpoint.
+    pub last_problem: Mutex<Option<String>>,
+}
+
+impl SinkStats {
+    /// Records a failure and its reason.
+    pub fn set_unhealthy(&self, reason: String) {
+        self.healthy.store(false, Ordering::Relaxed);
+        *self.last_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+
+    /// Why the sink is unhealthy, as last recorded.
+    pub fn problem(&self) -> String {
+        self.last_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "not delivering yet".to_owned())
+    }
 }
 
 /// Adds `n` to a counter.

@@ -80,7 +80,7 @@ impl SinkWorker {
             match self.sink.open(self.cursor.sink_state.clone()).await {
                 Ok(()) => break,
                 Err(error) => {
-                    self.stats.healthy.store(false, Ordering::Relaxed);
+                    self.stats.set_unhealthy(format!("cannot open: {}", error.report()));
                     let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
                     warn!(sink = %self.name, "cannot open sink: {}; retrying in {delay:.1?}", error.report());
                     tokio::select! {
@@ -161,6 +161,7 @@ impl SinkWorker {
         let mut delays = self.backoff();
         let mut deferred_before = false;
         while !pending.is_empty() {
+            self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
             let mut outcomes = self.sink.send(&pending).await;
             if outcomes.len() != pending.len() {
                 let message = format!(
@@ -229,9 +230,10 @@ impl SinkWorker {
                 }
             }
             deferred_before = deferred;
+            self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
             if let Some(reason) = reason {
                 add(&self.stats.retried, 1);
-                self.stats.healthy.store(false, Ordering::Relaxed);
+                self.stats.set_unhealthy(reason.report());
                 let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
                 warn!(sink = %self.name, "{} events not delivered: {}; retrying in {delay:.1?}", pending.len(), reason.report());
                 let first_pending = pending.first().map(|e| e.seq).unwrap_or(0);

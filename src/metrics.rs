@@ -1,0 +1,244 @@
+//! What the relay reports about itself: Prometheus metrics and readiness, read from the
+//! counters the source and the workers keep ([`crate::stats`]).
+//!
+//! Labels are the configured source and sink names only, so the number of series is fixed by
+//! the configuration.
+
+use crate::stats::{SinkStats, SourceStats};
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::watch;
+
+/// One metric read from a counter struct: name, Prometheus type, help text, and the read.
+type Reading<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+/// Everything the endpoint reads.
+pub struct Telemetry {
+    /// Each Nomad source's counters, by name.
+    pub sources: Vec<(String, Arc<SourceStats>)>,
+    /// Each sink's counters, by name.
+    pub sinks: Vec<(String, Arc<SinkStats>)>,
+    /// The journal directory (its size is read on each scrape).
+    pub journal_dir: PathBuf,
+    /// The journal's durable head (last record written).
+    pub head: watch::Receiver<u64>,
+}
+
+/// Why the relay is not ready.
+#[derive(Debug, serde::Serialize)]
+pub struct NotReady {
+    /// `source` or `sink`.
+    pub kind: &'static str,
+    /// Its configured name.
+    pub name: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Telemetry {
+    /// Everything that keeps the relay from being ready: a source not connected to Nomad, a
+    /// sink that cannot deliver.
+    pub fn not_ready(&self) -> Vec<NotReady> {
+        let mut problems = Vec::new();
+        for (name, stats) in &self.sources {
+            if !stats.connected.load(Ordering::Relaxed) {
+                problems.push(NotReady {
+                    kind: "source",
+                    name: name.clone(),
+                    reason: "not connected to Nomad's event stream".into(),
+                });
+            }
+        }
+        for (name, stats) in &self.sinks {
+            if !stats.healthy.load(Ordering::Relaxed) {
+                problems.push(NotReady { kind: "sink", name: name.clone(), reason: stats.problem() });
+            }
+        }
+        problems
+    }
+
+    /// The Prometheus text exposition of every metric. Reads the journal directory's size,
+    /// so call it off the async runtime.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let head = *self.head.borrow();
+        let last_index = self.sources.iter().map(|(_, s)| s.last_index.load(Ordering::Relaxed)).max();
+        metric(&mut out, "nomad_relay_build_info", "gauge", "Build information; always 1.", |out| {
+            sample(out, "nomad_relay_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+        });
+        let source_gauges: [Reading<SourceStats>; 7] = [
+            ("nomad_relay_source_connected", "gauge", "1 while the event stream is open.", |s| {
+                u64::from(s.connected.load(Ordering::Relaxed))
+            }),
+            ("nomad_relay_source_reconnects_total", "counter", "Connections opened after the first.", |s| {
+                s.reconnects.load(Ordering::Relaxed)
+            }),
+            ("nomad_relay_source_last_index", "gauge", "Highest Nomad index seen on the stream.", |s| {
+                s.last_index.load(Ordering::Relaxed)
+            }),
+            (
+                "nomad_relay_source_gaps_detected_total",
+                "counter",
+                "Times Nomad may have dropped events the relay never received.",
+                |s| s.gaps.load(Ordering::Relaxed),
+            ),
+            ("nomad_relay_source_read_bytes_total", "counter", "Bytes received from Nomad.", |s| {
+                s.bytes_read.load(Ordering::Relaxed)
+            }),
+            ("nomad_relay_source_events_total", "counter", "Events written to the journal.", |s| {
+                s.events_journaled.load(Ordering::Relaxed)
+            }),
+            (
+                "nomad_relay_source_skipped_lines_total",
+                "counter",
+                "Lines that could not be read (malformed or too long).",
+                |s| s.lines_skipped.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, read) in source_gauges {
+            metric(&mut out, name, kind, help, |out| {
+                for (source, stats) in &self.sources {
+                    sample(out, name, &[("source", source)], read(stats));
+                }
+            });
+        }
+        let sink_gauges: [Reading<SinkStats>; 7] = [
+            (
+                "nomad_relay_sink_delivered_events_total",
+                "counter",
+                "Events the destination confirmed.",
+                |s| s.delivered.load(Ordering::Relaxed),
+            ),
+            ("nomad_relay_sink_retries_total", "counter", "Deliveries that had to be retried.", |s| {
+                s.retried.load(Ordering::Relaxed)
+            }),
+            (
+                "nomad_relay_sink_rejected_events_total",
+                "counter",
+                "Events the destination refused for good (logged, skipped).",
+                |s| s.rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_dropped_events_total",
+                "counter",
+                "Events removed from a full journal before this sink had them (when_full = drop_oldest).",
+                |s| s.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_in_flight_events",
+                "gauge",
+                "Events handed to the sink, not yet confirmed.",
+                |s| s.in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_cursor_index",
+                "gauge",
+                "Nomad index of the last event the sink is past.",
+                |s| s.cursor_index.load(Ordering::Relaxed),
+            ),
+            ("nomad_relay_sink_healthy", "gauge", "1 while the sink delivers.", |s| {
+                u64::from(s.healthy.load(Ordering::Relaxed))
+            }),
+        ];
+        for (name, kind, help, read) in sink_gauges {
+            metric(&mut out, name, kind, help, |out| {
+                for (sink, stats) in &self.sinks {
+                    sample(out, name, &[("sink", sink)], read(stats));
+                }
+            });
+        }
+        let name = "nomad_relay_sink_lag_index";
+        metric(&mut out, name, "gauge", "Last Nomad index seen minus the sink's cursor index.", |out| {
+            for (sink, stats) in &self.sinks {
+                let behind = stats.cursor.load(Ordering::Relaxed) <= head;
+                let lag = match last_index {
+                    Some(last) if behind => last.saturating_sub(stats.cursor_index.load(Ordering::Relaxed)),
+                    _ => 0,
+                };
+                sample(out, name, &[("sink", sink)], lag);
+            }
+        });
+        let name = "nomad_relay_sink_backlog_records";
+        metric(&mut out, name, "gauge", "Journal records the sink has not passed yet.", |out| {
+            for (sink, stats) in &self.sinks {
+                let next = stats.cursor.load(Ordering::Relaxed);
+                sample(out, name, &[("sink", sink)], (head + 1).saturating_sub(next.max(1)));
+            }
+        });
+        let name = "nomad_relay_journal_head_record";
+        metric(&mut out, name, "gauge", "Position of the last record written to the journal.", |out| {
+            sample(out, name, &[], head);
+        });
+        let name = "nomad_relay_journal_bytes";
+        metric(&mut out, name, "gauge", "Bytes of journal segments on disk.", |out| {
+            sample(out, name, &[], journal_bytes(&self.journal_dir));
+        });
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: impl FnOnce(&mut String)) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    samples(out);
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (position, (label, text)) in labels.iter().enumerate() {
+            if position > 0 {
+                out.push(',');
+            }
+            let escaped = text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = write!(out, "{label}=\"{escaped}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "seg"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_sink_and_source_with_lag() {
+        let source = Arc::new(SourceStats::default());
+        source.last_index.store(120, Ordering::Relaxed);
+        source.connected.store(true, Ordering::Relaxed);
+        let sink = Arc::new(SinkStats::default());
+        sink.cursor.store(5, Ordering::Relaxed);
+        sink.cursor_index.store(100, Ordering::Relaxed);
+        sink.delivered.store(4, Ordering::Relaxed);
+        let (_tx, head) = watch::channel(9u64);
+        let telemetry = Telemetry {
+            sources: vec![("default".into(), source)],
+            sinks: vec![("out \"1\"".into(), sink.clone())],
+            journal_dir: PathBuf::from("/nonexistent"),
+            head,
+        };
+        let text = telemetry.render();
+        assert!(text.contains("nomad_relay_sink_lag_index{sink=\"out \\\"1\\\"\"} 20"), "{text}");
+        assert!(text.contains("nomad_relay_sink_backlog_records{sink=\"out \\\"1\\\"\"} 5"), "{text}");
+        assert!(text.contains("nomad_relay_sink_delivered_events_total{sink=\"out \\\"1\\\"\"} 4"));
+        assert!(text.contains("nomad_relay_source_connected{source=\"default\"} 1"));
+        assert!(text.contains("# TYPE nomad_relay_sink_retries_total counter"));
+        let problems = telemetry.not_ready();
+        assert_eq!(problems.len(), 1, "the sink is not healthy yet: {problems:?}");
+        assert_eq!(problems[0].kind, "sink");
+    }
+}

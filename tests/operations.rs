@@ -1,0 +1,158 @@
+//! What an operator watches: `/metrics` scraped during a run (counters move, lag reaches 0),
+//! `/readyz` flipping when a sink's broker goes away and comes back, and `nomad-relay demo`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use nomad_emulator::{EmulatorConfig, GeneratorConfig};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::Duration;
+use support::nats::{OwnedServer, unique};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on the relay's endpoint: (status code, body), or `None` if nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Prometheus text as `name{labels}` → value, checking every line is well formed.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            assert!(comment.starts_with(" HELP ") || comment.starts_with(" TYPE "), "bad comment: {line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample: {line}"));
+        samples.insert(series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value: {line}")));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_run_and_lag_reaches_zero() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\""));
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(1_000.0),
+        total_events: Some(3_000),
+        seed: 61,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    let delivered =
+        |samples: &BTreeMap<String, f64>| samples["nomad_relay_sink_delivered_events_total{sink=\"out\"}"];
+    let early = eventually("a first scrape with deliveries", WAIT, || {
+        let (status, body) = get(port, "/metrics")?;
+        assert_eq!(status, 200);
+        let samples = parse_metrics(&body);
+        (delivered(&samples) > 0.0).then_some(samples)
+    })
+    .await;
+    assert_eq!(early["nomad_relay_build_info{version=\"0.1.0\"}"], 1.0);
+    assert_eq!(early["nomad_relay_source_connected{source=\"default\"}"], 1.0);
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS).len() as f64;
+    let last_index = emulator.last_index() as f64;
+    let done = eventually("every event delivered and no lag", WAIT, || {
+        let samples = parse_metrics(&get(port, "/metrics")?.1);
+        (delivered(&samples) == expected && samples["nomad_relay_sink_lag_index{sink=\"out\"}"] == 0.0)
+            .then_some(samples)
+    })
+    .await;
+    assert!(delivered(&done) > delivered(&early), "the counter moved as events flowed");
+    assert_eq!(done["nomad_relay_source_last_index{source=\"default\"}"], last_index);
+    assert_eq!(done["nomad_relay_sink_cursor_index{sink=\"out\"}"], last_index);
+    assert_eq!(done["nomad_relay_source_events_total{source=\"default\"}"], expected);
+    assert_eq!(done["nomad_relay_sink_backlog_records{sink=\"out\"}"], 0.0);
+    assert_eq!(done["nomad_relay_sink_in_flight_events{sink=\"out\"}"], 0.0);
+    assert!(done["nomad_relay_source_read_bytes_total{source=\"default\"}"] > 0.0);
+    assert!(done["nomad_relay_journal_bytes"] > 0.0);
+    assert_eq!(get(port, "/healthz").unwrap(), (200, "ok\n".to_owned()));
+    assert_eq!(get(port, "/nothing").unwrap().0, 404);
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_flips_when_a_sink_goes_down_and_back() {
+    let scratch = Scratch::new();
+    let mut server = OwnedServer::start(scratch.dir.path(), None);
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let port = free_port();
+    let (prefix, stream) = (unique("ready"), unique("READY"));
+    let sink = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[sinks.nats]\ntype = \"nats\"\nurl = \"{}\"\nsubject = \"{prefix}.{{{{Topic}}}}\"\nstream = \"{stream}\"\ncreate_stream = true\nack_timeout = \"1s\"\nretry_min_delay = \"20ms\"\nretry_max_delay = \"200ms\"\n",
+        server.url()
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let generator =
+        emulator.generator(GeneratorConfig { rate: Some(200.0), seed: 62, ..GeneratorConfig::default() });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    eventually("ready while NATS is up", WAIT, || get(port, "/readyz").filter(|(status, _)| *status == 200))
+        .await;
+
+    server.stop();
+    let (_, body) = eventually("not ready while NATS is down", WAIT, || {
+        get(port, "/readyz").filter(|(status, _)| *status == 503)
+    })
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], false);
+    let names: Vec<&str> =
+        report["not_ready"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["nats"], "{body}");
+    assert_eq!(get(port, "/healthz").unwrap().0, 200, "alive all the same");
+
+    server.resume();
+    eventually("ready again once NATS is back", WAIT, || {
+        get(port, "/readyz").filter(|(status, _)| *status == 200)
+    })
+    .await;
+    publishing.abort();
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_events_without_a_nomad_cluster() {
+    let mut child = relay_command(&["demo", "--rate", "500", "--events", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).take(40).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 40, "the demo printed 40 events");
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(event["Topic"].is_string() && event["Index"].as_u64().unwrap() > 0, "{line}");
+    }
+    // SIGTERM: a clean stop.
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

@@ -587,6 +587,11 @@ impl Config {
                 ));
             }
         }
+        if self.shutdown_timeout.0 < Duration::from_secs(1) {
+            return fail(
+                "`shutdown_timeout`: must be at least 1s (sinks need time to finish their batch)".into(),
+            );
+        }
         if self.journal.segment_bytes.0 < 4096 {
             return fail("`journal.segment_bytes`: must be at least 4KiB".into());
         }

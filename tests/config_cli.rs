@@ -19,6 +19,8 @@ fn the_example_config_documents_a_valid_configuration() {
     };
     assert_eq!(kafka.create_topics.map(|c| c.partitions), Some(6));
     assert_eq!(kafka.librdkafka.len(), 3);
+    assert_eq!(config.http.map(|h| h.listen.port()), Some(8686));
+    assert_eq!(config.shutdown_timeout.0, std::time::Duration::from_secs(30));
     assert_eq!(config.nomad[0].topics.len(), 9);
 }
 

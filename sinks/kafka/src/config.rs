@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The Kafka sink's configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port` each.
@@ -43,6 +43,31 @@ impl Default for KafkaSinkConfig {
             request_timeout: HumanDuration(Duration::from_secs(10)),
             librdkafka: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for KafkaSinkConfig {
+    /// Shows every key, with the values of secret librdkafka settings (passwords, keys,
+    /// secrets) replaced, so `validate` and logs never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings: BTreeMap<&str, String> = self
+            .librdkafka
+            .iter()
+            .map(|(name, value)| {
+                let secret =
+                    ["password", "secret", "key", "token", "jaas"].iter().any(|word| name.contains(word));
+                (name.as_str(), if secret { "<redacted>".to_owned() } else { value.to_setting() })
+            })
+            .collect();
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("create_topics", &self.create_topics)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("librdkafka", &settings)
+            .finish()
     }
 }
 
@@ -237,6 +262,17 @@ mod tests {
         let reader: Vec<_> = config.reader_settings().collect();
         assert_eq!(reader, [("security.protocol", "SSL".to_owned())]);
         assert_eq!(config.producer_settings().count(), 2);
+    }
+
+    #[test]
+    fn secret_settings_are_never_shown() {
+        let mut config = KafkaSinkConfig::default();
+        config.librdkafka.insert("sasl.password".into(), SettingValue::Text("hunter2".into()));
+        config.librdkafka.insert("ssl.key.pem".into(), SettingValue::Text("-----BEGIN".into()));
+        config.librdkafka.insert("sasl.username".into(), SettingValue::Text("relay".into()));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("BEGIN"), "{shown}");
+        assert!(shown.contains("relay") && shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -30,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    let code = runtime.block_on(dispatch(cli.command));
+    // A sink past `shutdown_timeout` may still hold a blocking call (a broker that does not
+    // answer); the journal and cursors are durable, so do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {

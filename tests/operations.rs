@@ -156,3 +156,51 @@ async fn demo_prints_events_without_a_nomad_cluster() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_a_stuck_sink_ends_within_its_deadline_and_loses_nothing() {
+    let scratch = Scratch::new();
+    let mut server = OwnedServer::start(scratch.dir.path(), None);
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let (prefix, stream) = (unique("deadline"), unique("DEADLINE"));
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{}\"\nsubject = \"{prefix}.{{{{Topic}}}}\"\nstream = \"{stream}\"\ncreate_stream = true\nack_timeout = \"30s\"\nretry_min_delay = \"20ms\"\nretry_max_delay = \"200ms\"\n",
+        server.url()
+    );
+    let port = free_port();
+    let config =
+        scratch.config(&emulator.url(), "", &format!("{sink}[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // A top-level key goes before the first table.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("shutdown_timeout = \"2s\"\n{text}")).unwrap();
+    let generator =
+        emulator.generator(GeneratorConfig { rate: Some(300.0), seed: 63, ..GeneratorConfig::default() });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    eventually("events in NATS", WAIT, || scratch.cursor_next("nats").filter(|n| *n > 50)).await;
+    server.stop();
+    // The sink now waits (up to its 30 s ack_timeout) for acknowledgements that cannot come.
+    eventually("the NATS sink stuck with events in flight", WAIT, || {
+        let samples = parse_metrics(&get(port, "/metrics")?.1);
+        (samples["nomad_relay_sink_in_flight_events{sink=\"nats\"}"] > 0.0).then_some(())
+    })
+    .await;
+    relay.signal_terminate();
+    eventually("the relay to exit after its 2 s deadline", Duration::from_secs(20), || {
+        (!relay.is_running()).then_some(())
+    })
+    .await;
+    assert!(relay.log().contains("did not finish within shutdown_timeout"), "{}", relay.log());
+    publishing.abort();
+
+    // Nothing was lost: the restarted relay delivers everything to the file and NATS.
+    server.resume();
+    let mut relay = Relay::start(&config);
+    let published = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("everything in the file after the restart", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= published.len()).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &published);
+}

@@ -139,6 +139,12 @@ impl Relay {
     }
 
     /// SIGTERM, then waits for a clean exit.
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_terminate(&self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();

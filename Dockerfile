@@ -7,7 +7,8 @@
 # ---- builder ---------------------------------------------------------------------------------
 # The workspace needs Rust 1.89+ (edition 2024). The full (non-slim) rust image already has
 # what rdkafka-sys needs to build its bundled librdkafka with mklove's ./configure and make
-# (a C toolchain, make, bash, and zlib1g-dev for libz-sys); no cmake, OpenSSL or SASL.
+# (a C toolchain, make, bash, zlib1g-dev, and libssl-dev for Kafka TLS and SASL/SCRAM; zstd is
+# built from source); no cmake. The runtime image's libssl3 comes with ca-certificates.
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .

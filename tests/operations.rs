@@ -204,3 +204,59 @@ async fn a_shutdown_with_a_stuck_sink_ends_within_its_deadline_and_loses_nothing
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_nomad_cannot_be_reached_and_json_logs_on_request() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    let nomad = format!("http://127.0.0.1:{}", free_port());
+    let config = scratch.config(&nomad, "", &format!("[http]\nlisten = \"127.0.0.1:{port}\""));
+    let log_path = scratch.path("json.log");
+    let child = relay_command(&["--log-format", "json", "run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually("a failed connection to Nomad", WAIT, || log().contains("event stream failed").then_some(()))
+        .await;
+    let (status, body) = get(port, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sources: Vec<&str> = report["not_ready"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "source")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["default"], "{body}");
+    child.terminate();
+    let text = log();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 2, "{text}");
+    for line in lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(record["level"].is_string() && record["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+/// A relay started by hand, killed if the test fails before it exits.
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(&mut self) {
+        let pid = self.0.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}

@@ -193,10 +193,10 @@ impl Source {
                     denied_delays = denied.build();
                     if streamed {
                         normal_delays = normal.build();
-                        info!(source = %self.config.name, source = %self.config.name, nomad = %url, "event stream ended ({reason}); reconnecting at index {}", self.resume.request_index());
+                        info!(source = %self.config.name, nomad = %url, "event stream ended ({reason}); reconnecting at index {}", self.resume.request_index());
                     } else {
                         address += 1;
-                        warn!(source = %self.config.name, source = %self.config.name, nomad = %url, "event stream failed: {reason}");
+                        warn!(source = %self.config.name, nomad = %url, "event stream failed: {reason}");
                     }
                     normal_delays.next().unwrap_or(reconnect.max_delay.0)
                 }

@@ -159,6 +159,18 @@ async fn demo_prints_events_without_a_nomad_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_with_a_stuck_sink_ends_within_its_deadline_and_loses_nothing() {
+    shutdown_with_a_stuck_sink(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    shutdown_with_a_stuck_sink(true).await;
+}
+
+/// A NATS sink stuck on a stopped server when the relay is asked to stop: it exits after
+/// `shutdown_timeout` (2 s), or at once on a second signal (with the deadline at 60 s), and
+/// after a restart with NATS back the file and the stream hold every event exactly once.
+async fn shutdown_with_a_stuck_sink(second_signal: bool) {
     let scratch = Scratch::new();
     let mut server = OwnedServer::start(scratch.dir.path(), None);
     let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
@@ -171,8 +183,9 @@ async fn a_shutdown_with_a_stuck_sink_ends_within_its_deadline_and_loses_nothing
     let config =
         scratch.config(&emulator.url(), "", &format!("{sink}[http]\nlisten = \"127.0.0.1:{port}\"\n"));
     // A top-level key goes before the first table.
+    let deadline = if second_signal { "60s" } else { "2s" };
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("shutdown_timeout = \"2s\"\n{text}")).unwrap();
+    std::fs::write(&config, format!("shutdown_timeout = \"{deadline}\"\n{text}")).unwrap();
     let generator =
         emulator.generator(GeneratorConfig { rate: Some(300.0), seed: 63, ..GeneratorConfig::default() });
     let publishing = tokio::spawn(generator.run());
@@ -186,23 +199,38 @@ async fn a_shutdown_with_a_stuck_sink_ends_within_its_deadline_and_loses_nothing
     })
     .await;
     relay.signal_terminate();
-    eventually("the relay to exit after its 2 s deadline", Duration::from_secs(20), || {
-        (!relay.is_running()).then_some(())
-    })
-    .await;
-    assert!(relay.log().contains("did not finish within shutdown_timeout"), "{}", relay.log());
+    if second_signal {
+        relay.wait_for_log("shutting down", WAIT).await;
+        relay.signal_terminate();
+    }
+    let status = eventually("the relay to exit", Duration::from_secs(20), || relay.exit_status()).await;
+    if second_signal {
+        assert_eq!(status.code(), Some(130), "the second signal exits at once");
+        assert!(relay.log().contains("second signal"), "{}", relay.log());
+    } else {
+        assert!(status.success());
+        assert!(relay.log().contains("did not finish within shutdown_timeout"), "{}", relay.log());
+    }
     publishing.abort();
 
-    // Nothing was lost: the restarted relay delivers everything to the file and NATS.
+    // Nothing was lost or repeated: the restarted relay delivers everything to both sinks.
     server.resume();
     let mut relay = Relay::start(&config);
     let published = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("everything delivered after the restart", WAIT, || {
+        scratch.cursor_next("nats").filter(|next| *next as usize > published.len())
+    })
+    .await;
     eventually("everything in the file after the restart", WAIT, || {
         (scratch.lines("events.ndjson").len() >= published.len()).then_some(())
     })
     .await;
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &published);
+    let stored = support::nats::read_stream(&server.url(), &stream).await;
+    let payloads: std::collections::BTreeSet<&str> = stored.iter().map(|m| m.payload.as_str()).collect();
+    assert_eq!(stored.len(), published.len(), "NATS holds every event once");
+    assert!(published.iter().all(|line| payloads.contains(line.as_str())), "NATS lost an event");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

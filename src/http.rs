@@ -3,8 +3,8 @@
 //! a JSON body naming what is not).
 //!
 //! A deliberately small HTTP/1.1 server: GET and HEAD only, one request per connection, a
-//! bounded request head, and a time limit per connection, so a slow or hostile client costs
-//! one task and nothing else.
+//! bounded request head, a time limit per connection and a bounded number of connections, so
+//! a slow or hostile client costs one task and nothing else.
 
 use crate::metrics::Telemetry;
 use std::net::SocketAddr;
@@ -19,6 +19,8 @@ use tracing::{debug, info};
 const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its request and read the answer.
 const CONNECTION_TIME: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Binds `listen`; fails with the reason (address in use, not permitted).
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
@@ -32,6 +34,7 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
     if let Ok(addr) = listener.local_addr() {
         info!("serving /metrics, /healthz and /readyz on http://{addr}");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -43,9 +46,14 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("{MAX_CONNECTIONS} HTTP connections open already; closing a new one");
+            continue;
+        };
         let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CONNECTION_TIME, answer(stream, telemetry)).await;
+            drop(slot);
         });
     }
 }

@@ -7,7 +7,6 @@
 mod support;
 
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
-use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use support::kafka::{OwnedTansu, Record, read_all, shared_brokers, unique};
@@ -77,37 +76,13 @@ async fn kafka_exactly_once_across_sigkills() {
     let scratch = Scratch::new();
     let prefix = unique("kill");
     let config = scratch.config(&emulator.url(), "", &kafka_sink(&brokers, &prefix, ""));
-    let generator = emulator.generator(GeneratorConfig {
+    let generator = GeneratorConfig {
         rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 41,
         ..GeneratorConfig::default()
-    });
-    let publishing = tokio::spawn(generator.run());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
-    let mut relay = Relay::start(&config);
-    for _ in 0..20 {
-        // Kill while the sink is delivering: once its cursor has moved since the restart,
-        // at a random moment of the next batches.
-        let before = scratch.cursor_next("kafka").unwrap_or(0);
-        eventually("the restarted relay to deliver", Duration::from_secs(60), || {
-            let moved = scratch.cursor_next("kafka").is_some_and(|next| next > before);
-            (moved || publishing.is_finished()).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
-        relay.kill();
-        relay = Relay::start(&config);
-    }
-    publishing.await.unwrap();
-    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
-    assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
-    let head = expected.len() as u64;
-    eventually("the Kafka sink to deliver everything", Duration::from_secs(180), || {
-        scratch.cursor_next("kafka").filter(|next| *next > head)
-    })
-    .await;
-    assert!(relay.terminate().success());
+    };
+    let (expected, relay) = deliver_through_sigkills(&scratch, &config, &emulator, generator, "kafka").await;
     assert!(
         relay.log().contains("are already in Kafka and are not sent again"),
         "no kill landed between a delivery and its cursor save, so the test proved nothing"

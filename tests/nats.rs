@@ -7,7 +7,6 @@
 mod support;
 
 use nomad_emulator::{Batch, EmulatorConfig, GeneratorConfig};
-use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::nats::{OwnedServer, Stored, delete_stream, read_stream, shared_url, unique};
@@ -68,29 +67,13 @@ async fn jetstream_exactly_once_across_sigkills() {
     let scratch = Scratch::new();
     let (prefix, stream) = (unique("kill"), unique("KILL"));
     let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
-    let generator = emulator.generator(GeneratorConfig {
-        rate: Some(2_000.0),
+    let generator = GeneratorConfig {
+        rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 31,
         ..GeneratorConfig::default()
-    });
-    let publishing = tokio::spawn(generator.run());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let mut relay = Relay::start(&config);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
-        relay.kill();
-        relay = Relay::start(&config);
-    }
-    publishing.await.unwrap();
-    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
-    assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
-    let head = expected.len() as u64;
-    eventually("the NATS sink to deliver everything", Duration::from_secs(180), || {
-        scratch.cursor_next("nats").filter(|next| *next > head)
-    })
-    .await;
-    assert!(relay.terminate().success());
+    };
+    let (expected, _relay) = deliver_through_sigkills(&scratch, &config, &emulator, generator, "nats").await;
     let stored = read_stream(&url, &stream).await;
     delete_stream(&url, &stream).await;
     assert_exactly_once_in_subject_order(&stored, &expected, &prefix);

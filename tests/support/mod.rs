@@ -267,3 +267,41 @@ pub fn index_and_type(line: &str) -> (u64, String) {
     let value: serde_json::Value = serde_json::from_str(line).unwrap();
     (value["Index"].as_u64().unwrap(), value["Type"].as_str().unwrap().to_owned())
 }
+
+/// Runs the relay on `config` while `generator` publishes 30,000 events, SIGKILLing it twenty
+/// times, each time while the sink `sink` delivers (its cursor has moved since the restart),
+/// then waits until that sink is past every published event and stops the relay with SIGTERM.
+/// Returns the expected event lines (default topics) and the relay.
+pub async fn deliver_through_sigkills(
+    scratch: &Scratch,
+    config: &Path,
+    emulator: &Emulator,
+    generator: nomad_emulator::GeneratorConfig,
+    sink: &str,
+) -> (Vec<String>, Relay) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(generator.seed);
+    let publishing = tokio::spawn(emulator.generator(generator).run());
+    let mut relay = Relay::start(config);
+    for _ in 0..20 {
+        let before = scratch.cursor_next(sink).unwrap_or(0);
+        eventually("the restarted relay to deliver", Duration::from_secs(60), || {
+            let moved = scratch.cursor_next(sink).is_some_and(|next| next > before);
+            (moved || publishing.is_finished()).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        relay.kill();
+        relay = Relay::start(config);
+    }
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    assert!(expected.len() > 20_000, "tens of thousands of events, got {}", expected.len());
+    let head = expected.len() as u64;
+    eventually(&format!("sink {sink} to deliver everything"), Duration::from_secs(180), || {
+        scratch.cursor_next(sink).filter(|next| *next > head)
+    })
+    .await;
+    assert!(relay.terminate().success());
+    (expected, relay)
+}

@@ -43,17 +43,9 @@ async fn a_refused_produce_request_is_retried_after_a_tail_check_without_repeats
     mock.clear_request_errors(RDKafkaApiKey::Produce);
 
     // The relay sends the undelivered ones again, as its worker does.
-    let mut pending: Vec<_> =
+    let pending: Vec<_> =
         batch.iter().zip(&outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e.clone()).collect();
-    for _ in 0..5 {
-        if pending.is_empty() {
-            break;
-        }
-        let outcomes = sink.send(&pending).await;
-        pending =
-            pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
-    }
-    assert!(pending.is_empty(), "still undelivered: {pending:?}");
+    deliver_with_retries(&mut sink, &pending, 5).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=30);
 }
 
@@ -75,14 +67,7 @@ async fn a_broker_that_goes_down_holds_events_back_until_it_returns() {
     assert!(again.iter().all(|o| matches!(o, Outcome::Retry(_))), "still down: {again:?}");
 
     mock.broker_up(1).expect("up");
-    let mut delivered = false;
-    for _ in 0..10 {
-        if sink.send(&batch).await.iter().all(Outcome::is_delivered) {
-            delivered = true;
-            break;
-        }
-    }
-    assert!(delivered, "the events did not go out after the broker came back");
+    deliver_with_retries(&mut sink, &batch, 10).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=25);
 }
 
@@ -110,15 +95,6 @@ async fn records_still_in_flight_at_the_timeout_are_waited_for_not_sent_again() 
     // Sent again while the broker is still slow: the sink first waits for the late reports.
     let _ = sink.send(&batch).await;
     mock.broker_round_trip_time(1, Duration::ZERO).expect("fast again");
-    let mut pending = batch.clone();
-    for _ in 0..10 {
-        if pending.is_empty() {
-            break;
-        }
-        let outcomes = sink.send(&pending).await;
-        pending =
-            pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
-    }
-    assert!(pending.is_empty(), "still undelivered: {pending:?}");
+    deliver_with_retries(&mut sink, &batch, 10).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=15);
 }

@@ -81,6 +81,22 @@ pub async fn deliver(sink: &mut KafkaSink, batch: &[Envelope]) {
     }
 }
 
+/// Sends `batch` again and again as the relay's worker does (only the events not yet
+/// delivered, at most `attempts` times) and asserts everything was delivered in the end.
+pub async fn deliver_with_retries(sink: &mut KafkaSink, batch: &[Envelope], attempts: usize) {
+    let mut pending = batch.to_vec();
+    for _ in 0..attempts {
+        if pending.is_empty() {
+            break;
+        }
+        let outcomes = sink.send(&pending).await;
+        pending =
+            pending.into_iter().zip(outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e).collect();
+    }
+    let left: Vec<u64> = pending.iter().map(|e| e.seq).collect();
+    assert!(left.is_empty(), "still undelivered after {attempts} attempts: {left:?}");
+}
+
 /// One record as a plain consumer sees it.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -34,6 +34,8 @@ RUN apt-get update \
     && install -d -m 0755 /etc/nomad-relay
 COPY --from=builder /out/nomad-relay /usr/local/bin/nomad-relay
 USER nomad-relay:nomad-relay
+# A relative data_dir (the built-in default is ./data) lands in the volume, writable by the user.
+WORKDIR /var/lib/nomad-relay
 # The data directory: journal/, cursors/ and the lock file that keeps a second relay out.
 VOLUME ["/var/lib/nomad-relay"]
 # /metrics, /healthz and /readyz, when the configuration has [http] listen = "0.0.0.0:8686".

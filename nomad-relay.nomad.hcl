@@ -91,6 +91,9 @@ job "nomad-relay" {
         data        = <<-EOF
           # Every key: config.example.toml in the nomad-relay repository.
           data_dir = "/var/lib/nomad-relay"
+          # Shorter than kill_timeout below (which Nomad clients cap at max_kill_timeout,
+          # 30 s by default), so a stop lets the sinks finish and save their cursors.
+          shutdown_timeout = "20s"
 
           [http]
           listen = "0.0.0.0:8686"
@@ -107,9 +110,10 @@ job "nomad-relay" {
         EOF
       }
 
-      # Longer than the relay's 30 s shutdown deadline (shutdown_timeout), so a stop lets it
-      # finish the batches in flight and save its cursors instead of being killed.
-      kill_timeout = "45s"
+      # Longer than the relay's shutdown_timeout (20 s in the template), so a stop lets it
+      # finish the batches in flight and save its cursors instead of being killed. Nomad
+      # clients cap this at their max_kill_timeout (30 s by default).
+      kill_timeout = "30s"
 
       resources {
         cpu    = 500

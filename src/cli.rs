@@ -71,8 +71,8 @@ pub enum Command {
     /// Start a built-in emulated Nomad cluster and relay its events, to see the relay work
     /// without a Nomad cluster: to stdout, or to the sinks of a given configuration.
     Demo {
-        /// Configuration whose sinks, routes and data_dir to use (its [nomad] tables are
-        /// replaced by the emulator). Without it: stdout, journal in a temporary directory.
+        /// Configuration whose sinks and routes to use (its [nomad] tables are replaced by the
+        /// emulator). Without it: stdout. The journal is always a fresh temporary directory.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Events per second the emulated cluster generates.

@@ -275,8 +275,6 @@ pub struct DemoOptions {
     pub rate: f64,
     /// Stop generating after this many events.
     pub events: Option<u64>,
-    /// Journal in a fresh temporary directory (no configuration file was given).
-    pub own_data_dir: bool,
 }
 
 /// `demo`: an emulated Nomad cluster in this process, generating a realistic mix of events,
@@ -303,12 +301,14 @@ pub async fn demo(
         address: nomad_relay_sink_api::units::OneOrMany::One(emulator.url()),
         ..crate::config::NomadConfig::default()
     }];
-    let temporary = options
-        .own_data_dir
-        .then(|| std::env::temp_dir().join(format!("nomad-relay-demo-{}", std::process::id())));
-    if let Some(dir) = &temporary {
-        config.data_dir = dir.clone();
-    }
+    // Always a fresh journal: the emulator's indexes have nothing to do with a real cluster's,
+    // and must never reach the checkpoint of a configuration's real data_dir.
+    let temporary = std::env::temp_dir().join(format!(
+        "nomad-relay-demo-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    config.data_dir = temporary.clone();
     let sinks: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
     tracing::info!(
         "demo: an emulated Nomad cluster at {} generates {} events/s; relaying to {}; Ctrl-C stops",
@@ -318,8 +318,6 @@ pub async fn demo(
     );
     let result = crate::relay::run(config, shutdown).await;
     generating.abort();
-    if let Some(dir) = temporary {
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-    }
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(temporary)).await;
     result
 }

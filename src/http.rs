@@ -17,6 +17,8 @@ use tracing::{debug, info};
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIME: Duration = Duration::from_secs(2);
 /// Time a client has to send its request and read the answer.
 const CONNECTION_TIME: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed unanswered.
@@ -41,13 +43,20 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of file descriptors, typically: wait rather than spin.
                     debug!("accepting an HTTP connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("{MAX_CONNECTIONS} HTTP connections open already; closing a new one");
+            debug!("{MAX_CONNECTIONS} HTTP connections open already; answering a new one with 503");
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let busy = respond(&mut stream, "503 Service Unavailable", "text/plain", b"busy\n", true);
+                let _ = tokio::time::timeout(HEAD_TIME, busy).await;
+            });
             continue;
         };
         let telemetry = telemetry.clone();
@@ -59,41 +68,34 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
 }
 
 async fn answer(mut stream: TcpStream, telemetry: Arc<Telemetry>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..read]);
-        if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"", true)
-                .await;
-        }
+    let Ok(head) = tokio::time::timeout(HEAD_TIME, read_head(&mut stream)).await else {
+        return respond(&mut stream, "408 Request Timeout", "text/plain", b"", true).await;
+    };
+    let Some(head) = head? else {
+        return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"", true).await;
+    };
+    if head.is_empty() {
+        return Ok(());
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let with_body = method != "HEAD";
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET or HEAD\n", with_body)
-            .await;
+        let head = "HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await?;
+        return stream.shutdown().await;
     }
     let path = target.split('?').next().unwrap_or_default();
     match path {
-        "/metrics" => {
-            let text = tokio::task::spawn_blocking(move || telemetry.render()).await.unwrap_or_default();
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                with_body,
-            )
-            .await
-        }
+        "/metrics" => match tokio::task::spawn_blocking(move || telemetry.render()).await {
+            Ok(text) => {
+                let content_type = "text/plain; version=0.0.4; charset=utf-8";
+                respond(&mut stream, "200 OK", content_type, text.as_bytes(), with_body).await
+            }
+            Err(_) => respond(&mut stream, "500 Internal Server Error", "text/plain", b"", with_body).await,
+        },
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n", with_body).await,
         "/readyz" => {
             let problems = telemetry.not_ready();
@@ -104,6 +106,26 @@ async fn answer(mut stream: TcpStream, telemetry: Arc<Telemetry>) -> std::io::Re
         _ => {
             respond(&mut stream, "404 Not Found", "text/plain", b"/metrics, /healthz or /readyz\n", with_body)
                 .await
+        }
+    }
+}
+
+/// Reads up to the blank line that ends a request head (CRLF or bare LF). `None` when the
+/// head is too long; an empty head when the client closed first.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(head));
+        }
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(Some(head));
+        }
+        head.extend_from_slice(&chunk[..read]);
+        if head.len() > MAX_HEAD {
+            return Ok(None);
         }
     }
 }

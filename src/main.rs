@@ -78,7 +78,7 @@ async fn dispatch(command: Command) -> ExitCode {
             };
             match loaded {
                 Ok(loaded) => {
-                    let options = commands::DemoOptions { rate, events, own_data_dir: config.is_none() };
+                    let options = commands::DemoOptions { rate, events };
                     commands::demo(loaded, options, shutdown_on_signal()).await.map(|()| None)
                 }
                 Err(code) => return code,

@@ -24,6 +24,8 @@ pub struct Telemetry {
     pub journal_dir: PathBuf,
     /// The journal's durable head (last record written).
     pub head: watch::Receiver<u64>,
+    /// Set once shutdown has begun: the relay is no longer ready.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the relay is not ready.
@@ -42,6 +44,13 @@ impl Telemetry {
     /// sink that cannot deliver.
     pub fn not_ready(&self) -> Vec<NotReady> {
         let mut problems = Vec::new();
+        if self.stopping.load(Ordering::Relaxed) {
+            problems.push(NotReady {
+                kind: "relay",
+                name: "nomad-relay".into(),
+                reason: "shutting down".into(),
+            });
+        }
         for (name, stats) in &self.sources {
             if !stats.connected.load(Ordering::Relaxed) {
                 problems.push(NotReady {
@@ -111,9 +120,12 @@ impl Telemetry {
                 "Events the destination confirmed.",
                 |s| s.delivered.load(Ordering::Relaxed),
             ),
-            ("nomad_relay_sink_retries_total", "counter", "Deliveries that had to be retried.", |s| {
-                s.retried.load(Ordering::Relaxed)
-            }),
+            (
+                "nomad_relay_sink_retried_events_total",
+                "counter",
+                "Events sent again after a failed attempt (one event retried twice counts twice).",
+                |s| s.retried.load(Ordering::Relaxed),
+            ),
             (
                 "nomad_relay_sink_rejected_events_total",
                 "counter",
@@ -171,9 +183,14 @@ impl Telemetry {
         metric(&mut out, name, "gauge", "Position of the last record written to the journal.", |out| {
             sample(out, name, &[], head);
         });
+        let (bytes, oldest) = journal_extent(&self.journal_dir);
         let name = "nomad_relay_journal_bytes";
         metric(&mut out, name, "gauge", "Bytes of journal segments on disk.", |out| {
-            sample(out, name, &[], journal_bytes(&self.journal_dir));
+            sample(out, name, &[], bytes);
+        });
+        let name = "nomad_relay_journal_entries";
+        metric(&mut out, name, "gauge", "Records the journal holds (after retention).", |out| {
+            sample(out, name, &[], oldest.map_or(0, |oldest| (head + 1).saturating_sub(oldest)));
         });
         out
     }
@@ -201,14 +218,21 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
     let _ = writeln!(out, " {value}");
 }
 
-fn journal_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| entry.path().extension().is_some_and(|e| e == "seg"))
-        .filter_map(|entry| entry.metadata().ok())
-        .map(|metadata| metadata.len())
-        .sum()
+/// Bytes of the journal's segments and the first record of the oldest one (segment files are
+/// named after their first record).
+fn journal_extent(dir: &std::path::Path) -> (u64, Option<u64>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return (0, None) };
+    let (mut bytes, mut oldest) = (0, None::<u64>);
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(first) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        oldest = Some(oldest.map_or(first, |o: u64| o.min(first)));
+    }
+    (bytes, oldest)
 }
 
 #[cfg(test)]
@@ -230,15 +254,19 @@ mod tests {
             sinks: vec![("out \"1\"".into(), sink.clone())],
             journal_dir: PathBuf::from("/nonexistent"),
             head,
+            stopping: Arc::default(),
         };
         let text = telemetry.render();
         assert!(text.contains("nomad_relay_sink_lag_index{sink=\"out \\\"1\\\"\"} 20"), "{text}");
         assert!(text.contains("nomad_relay_sink_backlog_records{sink=\"out \\\"1\\\"\"} 5"), "{text}");
         assert!(text.contains("nomad_relay_sink_delivered_events_total{sink=\"out \\\"1\\\"\"} 4"));
         assert!(text.contains("nomad_relay_source_connected{source=\"default\"} 1"));
-        assert!(text.contains("# TYPE nomad_relay_sink_retries_total counter"));
+        assert!(text.contains("# TYPE nomad_relay_sink_retried_events_total counter"));
+        assert!(text.contains("nomad_relay_journal_entries 0"));
         let problems = telemetry.not_ready();
         assert_eq!(problems.len(), 1, "the sink is not healthy yet: {problems:?}");
         assert_eq!(problems[0].kind, "sink");
+        telemetry.stopping.store(true, Ordering::Relaxed);
+        assert_eq!(telemetry.not_ready().len(), 2, "not ready while shutting down");
     }
 }

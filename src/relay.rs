@@ -146,8 +146,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let mut source_stats = Vec::new();
     for nomad in &config.nomad {
         let checkpoint = recovered.checkpoints.remove(&nomad.name);
-        let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
         let stats = Arc::new(SourceStats::default());
+        if let Some(checkpoint) = &checkpoint {
+            // Lag is measured against the last index seen; after a restart that is at least
+            // the checkpoint, before the stream has sent anything new.
+            stats.last_index.store(checkpoint.index, std::sync::atomic::Ordering::Relaxed);
+        }
+        let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
         source_stats.push((nomad.name.clone(), stats.clone()));
         let source = Source::new(nomad.clone(), resume, events_tx.clone(), stats)
             .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
@@ -221,6 +226,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             sinks: sink_stats,
             journal_dir: journal_dir.clone(),
             head: head_rx.clone(),
+            stopping: stopping.clone(),
         });
         tokio::spawn(crate::http::serve(listener, telemetry, http_shutdown.clone()));
     }

@@ -232,7 +232,7 @@ impl SinkWorker {
             deferred_before = deferred;
             self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
             if let Some(reason) = reason {
-                add(&self.stats.retried, 1);
+                add(&self.stats.retried, pending.len() as u64);
                 self.stats.set_unhealthy(reason.report());
                 let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
                 warn!(sink = %self.name, "{} events not delivered: {}; retrying in {delay:.1?}", pending.len(), reason.report());

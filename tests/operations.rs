@@ -88,6 +88,7 @@ async fn metrics_follow_a_run_and_lag_reaches_zero() {
     assert_eq!(done["nomad_relay_sink_in_flight_events{sink=\"out\"}"], 0.0);
     assert!(done["nomad_relay_source_read_bytes_total{source=\"default\"}"] > 0.0);
     assert!(done["nomad_relay_journal_bytes"] > 0.0);
+    assert_eq!(done["nomad_relay_journal_entries"], done["nomad_relay_journal_head_record"]);
     assert_eq!(get(port, "/healthz").unwrap(), (200, "ok\n".to_owned()));
     assert_eq!(get(port, "/nothing").unwrap().0, 404);
     assert!(relay.terminate().success());

@@ -106,22 +106,26 @@ async fn dispatch(command: Command) -> ExitCode {
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once, which is
-/// safe because the journal and the cursors are durable.
+/// safe because the journal and the cursors are durable. The handlers are installed before
+/// this returns, so a signal that arrives while the relay starts up is not lost to the default
+/// action (which would end the process without a clean stop).
 fn shutdown_on_signal() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
+    let (terminate, interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot listen for SIGTERM and SIGINT: {e}; stop the relay with SIGKILL");
+            return token;
+        }
+    };
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                return;
-            }
-        };
+        let (mut terminate, mut interrupt) = (terminate, interrupt);
         for count in 0.. {
             tokio::select! {
                 _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
             }
             if count > 0 {
                 tracing::warn!("second signal: exiting now (journal and cursors are durable)");

@@ -228,6 +228,12 @@ async fn a_new_sink_is_exactly_once_from_its_very_first_batch() {
     let mut relay = Relay::start(&config);
     eventually("every event", WAIT, || (scratch.lines("events.ndjson").len() > expected.len()).then_some(()))
         .await;
+    // The first run may have written everything before it was killed: wait for the restart
+    // to be up (its own "sink ready") before asking it to stop.
+    eventually("the restarted relay's sink", WAIT, || {
+        (relay.log().matches("sink ready").count() >= 2).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
     let mut want = vec!["operator's own line".to_owned()];
     want.extend(expected);

@@ -8,7 +8,6 @@ mod support;
 
 use lapin::types::AMQPValue;
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
-use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::amqp::{Received, Topology, drain, shared_uri};
@@ -66,26 +65,16 @@ async fn at_least_once_with_bounded_repeats_across_sigkills() {
     .await;
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, ""));
-    let generator = emulator.generator(GeneratorConfig {
-        rate: Some(2_000.0),
+    let generator = GeneratorConfig {
+        rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 41,
         ..GeneratorConfig::default()
-    });
-    let publishing = tokio::spawn(generator.run());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
-    let mut relay = Relay::start(&config);
+    };
+    let (expected, _relay) =
+        deliver_through_sigkills(&scratch, &config, &emulator, generator, "rabbit").await;
     let kills = 20;
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
-        relay.kill();
-        relay = Relay::start(&config);
-    }
-    publishing.await.unwrap();
-    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
-    assert!(expected.len() > 20_000, "tens of thousands of events");
     let received = drain(&topology.queue, expected.len(), Duration::from_secs(3)).await;
-    assert!(relay.terminate().success());
     topology.cleanup().await;
     // A crash repeats at most the batch in flight (batch_size = 500) per kill.
     assert_at_least_once(&received, &expected, kills * 500);

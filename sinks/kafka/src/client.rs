@@ -54,13 +54,8 @@ impl ConsumerContext for LogContext {}
 /// The producer: idempotent and gapless, `acks=all`, no librdkafka timeout (the sink keeps its
 /// own), so a partition only ever holds a prefix of what one producer sent to it.
 pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer<LogContext>, SinkError> {
-    let mut client = ClientConfig::new();
-    for (name, value) in config.producer_settings() {
-        client.set(name, value);
-    }
+    let mut client = base(config, config.producer_settings(), "nomad-relay");
     client
-        .set("bootstrap.servers", config.bootstrap_servers())
-        .set("client.id", "nomad-relay")
         .set("enable.idempotence", "true")
         // A record the broker refuses for good must stop the producer rather than let the
         // records behind it through: a retried event would land after them.
@@ -68,41 +63,51 @@ pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer<LogContext>, 
         .set("acks", "all")
         .set("message.timeout.ms", "0")
         .set("allow.auto.create.topics", "false");
-    client
-        .create_with_context(LogContext::new(&config.bootstrap_servers()))
-        .map_err(|e| settings_error("producer", e))
+    create(config, &client, "producer")
 }
 
 /// A group-less reader for partition tails.
 pub fn reader(config: &KafkaSinkConfig) -> Result<BaseConsumer<LogContext>, SinkError> {
-    let mut client = ClientConfig::new();
-    for (name, value) in config.reader_settings() {
-        client.set(name, value);
-    }
+    let mut client = base(config, config.reader_settings(), "nomad-relay-tail");
     client
-        .set("bootstrap.servers", config.bootstrap_servers())
-        .set("client.id", "nomad-relay-tail")
         .set("group.id", "nomad-relay-tail-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "false");
-    client
-        .create_with_context(LogContext::new(&config.bootstrap_servers()))
-        .map_err(|e| settings_error("tail reader", e))
+    create(config, &client, "tail reader")
 }
 
 /// An admin client, for creating topics.
 pub fn admin(config: &KafkaSinkConfig) -> Result<rdkafka::admin::AdminClient<LogContext>, SinkError> {
+    let client = base(config, config.reader_settings(), "nomad-relay-admin");
+    create(config, &client, "admin client")
+}
+
+/// The operator's pass-through settings, then the brokers and the client id (set last, so
+/// they win).
+fn base<'a>(
+    config: &KafkaSinkConfig,
+    settings: impl Iterator<Item = (&'a str, String)>,
+    client_id: &str,
+) -> ClientConfig {
     let mut client = ClientConfig::new();
-    for (name, value) in config.reader_settings() {
+    for (name, value) in settings {
         client.set(name, value);
     }
-    client.set("bootstrap.servers", config.bootstrap_servers()).set("client.id", "nomad-relay-admin");
+    client.set("bootstrap.servers", config.bootstrap_servers()).set("client.id", client_id);
+    client
+}
+
+fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
+    config: &KafkaSinkConfig,
+    client: &ClientConfig,
+    what: &str,
+) -> Result<T, SinkError> {
     client
         .create_with_context(LogContext::new(&config.bootstrap_servers()))
-        .map_err(|e| settings_error("admin client", e))
+        .map_err(|e| settings_error(what, e))
 }
 
 fn settings_error(what: &str, error: KafkaError) -> SinkError {

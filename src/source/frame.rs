@@ -2,13 +2,12 @@
 //!
 //! Only the envelope fields routing and identity need are decoded (Topic, Type, Key,
 //! Namespace, Index); each event is kept as the exact byte slice Nomad sent, so payloads are
-//! never re-serialised. A line that is not valid JSON of the expected shape is an error the
+//! never re-serialised, nor even decoded: the parser is a hand-written single-pass scanner
+//! that skips over them (about three times faster than decoding the envelope with serde,
+//! see BENCHMARKS.md). A line that is not valid JSON of the expected shape is an error the
 //! caller reports with the line's position; it never panics.
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
 
 /// One parsed line.
 #[derive(Debug)]
@@ -51,27 +50,13 @@ pub struct FrameError {
     pub reason: String,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "Index", default)]
-    index: u64,
-    #[serde(rename = "Events", borrow, default)]
-    events: Option<Vec<&'a RawValue>>,
-}
-
-#[derive(Deserialize)]
-struct EventHead<'a> {
-    #[serde(rename = "Topic", borrow)]
-    topic: Cow<'a, str>,
-    #[serde(rename = "Type", borrow)]
-    event_type: Cow<'a, str>,
-    #[serde(rename = "Key", borrow, default)]
-    key: Cow<'a, str>,
-    #[serde(rename = "Namespace", borrow, default)]
-    namespace: Cow<'a, str>,
-}
-
 /// Parses one line (without its newline).
+///
+/// One pass over the bytes: the envelope and each event's head fields are read, every other
+/// value is skipped over. Skipped values (payloads) are checked for balanced brackets and
+/// terminated strings, enough to catch a cut or spliced line, but not against the full JSON
+/// grammar: they are forwarded as the exact bytes Nomad wrote, and Nomad writes them with Go's
+/// JSON encoder.
 pub fn parse_line(line: &Bytes) -> Result<Frame, FrameError> {
     let error = |reason: String| FrameError {
         length: line.len(),
@@ -82,28 +67,292 @@ pub fn parse_line(line: &Bytes) -> Result<Frame, FrameError> {
     if text.trim().is_empty() {
         return Ok(Frame::Heartbeat);
     }
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
-    let raw_events = match envelope.events {
-        Some(events) if !events.is_empty() => events,
-        _ if envelope.index == 0 => return Ok(Frame::Heartbeat),
+    let mut scanner = Scanner { text, pos: 0 };
+    let (index, spans) =
+        scanner.envelope().map_err(|reason| error(format!("{reason} at byte {}", scanner.pos)))?;
+    let spans = match spans {
+        Some(spans) if !spans.is_empty() => spans,
+        _ if index == 0 => return Ok(Frame::Heartbeat),
         _ => return Err(error("a data line with an Index but no Events".into())),
     };
-    let base = text.as_ptr() as usize;
-    let mut events = Vec::with_capacity(raw_events.len());
-    for raw in raw_events {
-        let head: EventHead<'_> =
-            serde_json::from_str(raw.get()).map_err(|e| error(format!("event {}: {e}", events.len())))?;
-        let start = raw.get().as_ptr() as usize - base;
-        let end = start + raw.get().len();
-        events.push(RawEvent {
-            topic: head.topic.into_owned(),
-            event_type: head.event_type.into_owned(),
-            key: head.key.into_owned(),
-            namespace: head.namespace.into_owned(),
-            raw: line.slice(start..end),
-        });
+    let events = spans
+        .into_iter()
+        .map(|span| RawEvent {
+            topic: span.topic,
+            event_type: span.event_type,
+            key: span.key,
+            namespace: span.namespace,
+            raw: line.slice(span.start..span.end),
+        })
+        .collect();
+    Ok(Frame::Data { index, events })
+}
+
+/// One event found by the scanner: its head fields and where its bytes are in the line.
+struct EventSpan {
+    topic: String,
+    event_type: String,
+    key: String,
+    namespace: String,
+    start: usize,
+    end: usize,
+}
+
+/// A forward-only reader over one line's text. Errors are short reasons; the caller adds the
+/// position.
+struct Scanner<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+/// Bytes the skipping loop must look at inside a container; every other byte is passed over.
+const INTERESTING: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'"' as usize] = true;
+    table[b'{' as usize] = true;
+    table[b'}' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table
+};
+
+impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &[u8] {
+        self.text.as_bytes()
     }
-    Ok(Frame::Data { index: envelope.index, events })
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes().get(self.pos).copied()
+    }
+
+    fn expect(&mut self, wanted: u8) -> Result<(), String> {
+        match self.peek() {
+            Some(byte) if byte == wanted => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(byte) => Err(format!("expected '{}', found '{}'", wanted as char, byte as char)),
+            None => Err(format!("expected '{}', found the end of the line", wanted as char)),
+        }
+    }
+
+    /// `{"Index":N,"Events":[...]}` followed by nothing but whitespace.
+    fn envelope(&mut self) -> Result<(u64, Option<Vec<EventSpan>>), String> {
+        let mut index = 0;
+        let mut events = None;
+        self.object(|scanner, key| {
+            match key {
+                "Index" => index = scanner.unsigned()?,
+                "Events" => events = scanner.events()?,
+                _ => scanner.skip_value()?,
+            }
+            Ok(())
+        })?;
+        self.skip_whitespace();
+        if self.pos != self.text.len() {
+            return Err("trailing characters after the frame".into());
+        }
+        Ok((index, events))
+    }
+
+    /// An object: calls `field` with each key, positioned at its value, which `field` consumes.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Result<(), String>) -> Result<(), String> {
+        self.expect(b'{')?;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err("expected a field name".into());
+            }
+            let key = self.string()?;
+            self.expect(b':')?;
+            field(self, &key)?;
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err("expected ',' or '}' in an object".into()),
+            }
+        }
+    }
+
+    /// `null` or an array of event objects.
+    fn events(&mut self) -> Result<Option<Vec<EventSpan>>, String> {
+        if self.literal("null") {
+            return Ok(None);
+        }
+        self.expect(b'[')?;
+        let mut events = Vec::new();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(Some(events));
+        }
+        loop {
+            events.push(self.event().map_err(|reason| format!("event {}: {reason}", events.len()))?);
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Some(events));
+                }
+                _ => return Err("expected ',' or ']' after an event".into()),
+            }
+        }
+    }
+
+    fn event(&mut self) -> Result<EventSpan, String> {
+        self.skip_whitespace();
+        let start = self.pos;
+        let (mut topic, mut event_type, mut key, mut namespace) = (None, None, None, None);
+        self.object(|scanner, field| {
+            match field {
+                "Topic" => topic = Some(scanner.string_value()?),
+                "Type" => event_type = Some(scanner.string_value()?),
+                "Key" => key = Some(scanner.string_value()?),
+                "Namespace" => namespace = Some(scanner.string_value()?),
+                _ => scanner.skip_value()?,
+            }
+            Ok(())
+        })?;
+        Ok(EventSpan {
+            topic: topic.ok_or("missing field `Topic`")?,
+            event_type: event_type.ok_or("missing field `Type`")?,
+            key: key.unwrap_or_default(),
+            namespace: namespace.unwrap_or_default(),
+            start,
+            end: self.pos,
+        })
+    }
+
+    fn literal(&mut self, word: &str) -> bool {
+        self.skip_whitespace();
+        let found = self.bytes()[self.pos..].starts_with(word.as_bytes());
+        if found {
+            self.pos += word.len();
+        }
+        found
+    }
+
+    fn unsigned(&mut self) -> Result<u64, String> {
+        self.skip_whitespace();
+        let digits = self.bytes()[self.pos..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+        let text = &self.text[self.pos..self.pos + digits];
+        let value = text.parse().map_err(|_| "expected an unsigned integer".to_owned())?;
+        self.pos += digits;
+        Ok(value)
+    }
+
+    fn string_value(&mut self) -> Result<String, String> {
+        match self.peek() {
+            Some(b'"') => Ok(self.string()?.into_owned()),
+            _ => Err("expected a string".into()),
+        }
+    }
+
+    /// A string starting at the current byte (a quote), decoded.
+    fn string(&mut self) -> Result<std::borrow::Cow<'a, str>, String> {
+        let text: &'a str = self.text;
+        let open = self.pos;
+        let close = self.string_end(open + 1)?;
+        self.pos = close + 1;
+        let quoted = &text[open..=close];
+        if quoted.contains('\\') {
+            serde_json::from_str::<String>(quoted).map(Into::into).map_err(|e| e.to_string())
+        } else {
+            Ok(quoted[1..quoted.len() - 1].into())
+        }
+    }
+
+    /// The position of the quote closing a string whose content starts at `from`.
+    fn string_end(&self, mut from: usize) -> Result<usize, String> {
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.bytes()[from..]) {
+                Some(offset) if self.bytes()[from + offset] == b'"' => return Ok(from + offset),
+                Some(offset) => from += offset + 2,
+                None => return Err("unterminated string".into()),
+            }
+            if from > self.bytes().len() {
+                return Err("unterminated string".into());
+            }
+        }
+    }
+
+    /// Passes over one value of any kind.
+    fn skip_value(&mut self) -> Result<(), String> {
+        match self.peek() {
+            Some(b'"') => {
+                self.pos = self.string_end(self.pos + 1)? + 1;
+                Ok(())
+            }
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(_) => self.skip_scalar(),
+            None => Err("expected a value, found the end of the line".into()),
+        }
+    }
+
+    /// A number, `true`, `false` or `null`.
+    fn skip_scalar(&mut self) -> Result<(), String> {
+        let rest = &self.bytes()[self.pos..];
+        let length = rest
+            .iter()
+            .take_while(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'+' | b'.'))
+            .count();
+        let word = &self.text[self.pos..self.pos + length];
+        let valid = matches!(word, "true" | "false" | "null") || word.parse::<f64>().is_ok();
+        if !valid {
+            return Err(format!("expected a value, found {:?}", &word[..word.len().min(20)]));
+        }
+        self.pos += length;
+        Ok(())
+    }
+
+    /// Passes over an object or array, nested values included, checking that brackets pair
+    /// up and strings end.
+    fn skip_container(&mut self) -> Result<(), String> {
+        let mut open: Vec<u8> = Vec::new();
+        let bytes = self.text.as_bytes();
+        let mut pos = self.pos;
+        while pos < bytes.len() {
+            let byte = bytes[pos];
+            if !INTERESTING[byte as usize] {
+                pos += 1;
+                continue;
+            }
+            match byte {
+                b'"' => {
+                    pos = self.string_end(pos + 1)? + 1;
+                    continue;
+                }
+                b'{' => open.push(b'}'),
+                b'[' => open.push(b']'),
+                closing => {
+                    if open.pop() != Some(closing) {
+                        self.pos = pos;
+                        return Err(format!("unexpected '{}'", closing as char));
+                    }
+                    if open.is_empty() {
+                        self.pos = pos + 1;
+                        return Ok(());
+                    }
+                }
+            }
+            pos += 1;
+        }
+        self.pos = pos;
+        Err("unclosed object or array".into())
+    }
 }
 
 /// Reads the `Index` from the first bytes of a line (`{"Index":N,...`), as Nomad always
@@ -118,6 +367,7 @@ pub fn index_from_prefix(prefix: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn heartbeat() {
@@ -162,6 +412,133 @@ mod tests {
             b"{\"Index\":4,\"Events\":[]}",
         ] {
             assert!(parse_line(&Bytes::copy_from_slice(line)).is_err(), "{line:?}");
+        }
+    }
+
+    /// The parser this scanner replaced: serde_json over the whole envelope, then over each
+    /// event's head. Kept as the oracle the scanner must agree with.
+    fn reference(line: &[u8]) -> Option<(u64, Vec<(String, String, String, String, Vec<u8>)>)> {
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "Index", default)]
+            index: u64,
+            #[serde(rename = "Events", borrow, default)]
+            events: Option<Vec<&'a serde_json::value::RawValue>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "Topic")]
+            topic: String,
+            #[serde(rename = "Type")]
+            event_type: String,
+            #[serde(rename = "Key", default)]
+            key: String,
+            #[serde(rename = "Namespace", default)]
+            namespace: String,
+        }
+        let text = std::str::from_utf8(line).ok()?;
+        let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
+        let mut events = Vec::new();
+        for raw in envelope.events.unwrap_or_default() {
+            let head: Head = serde_json::from_str(raw.get()).ok()?;
+            events.push((
+                head.topic,
+                head.event_type,
+                head.key,
+                head.namespace,
+                raw.get().as_bytes().to_vec(),
+            ));
+        }
+        match (envelope.index, events.is_empty()) {
+            (0, true) => Some((0, events)),
+            (_, true) => None,
+            (index, false) => Some((index, events)),
+        }
+    }
+
+    fn scanned(line: &[u8]) -> Result<(u64, Vec<(String, String, String, String, Vec<u8>)>), FrameError> {
+        match parse_line(&Bytes::copy_from_slice(line))? {
+            Frame::Heartbeat => Ok((0, Vec::new())),
+            Frame::Data { index, events } => Ok((
+                index,
+                events
+                    .into_iter()
+                    .map(|e| (e.topic, e.event_type, e.key, e.namespace, e.raw.to_vec()))
+                    .collect(),
+            )),
+        }
+    }
+
+    fn generated_lines(count: usize) -> Vec<Vec<u8>> {
+        let mut generator = nomad_emulator::Generator::new(nomad_emulator::GeneratorConfig {
+            seed: 11,
+            ..Default::default()
+        });
+        let mut lines = Vec::new();
+        while lines.len() < count {
+            lines.extend(generator.next_batches().iter().map(|batch| batch.to_line().into_bytes()));
+        }
+        lines
+    }
+
+    #[test]
+    fn agrees_with_a_full_json_decoder_on_generated_lines() {
+        for line in generated_lines(2_000) {
+            let expected = reference(&line).expect("the generator writes valid frames");
+            assert_eq!(scanned(&line).expect("valid frame"), expected);
+        }
+    }
+
+    #[test]
+    fn agrees_with_a_full_json_decoder_on_whitespace_and_escapes() {
+        let line = br#" { "Events" : [ { "Payload" : { "a" : [ 1 , -2.5e3 , true , null , "x\"}]" ] } , "Namespace" : "n\u00e9" , "Type" : "T" , "Topic" : "Job" , "Key" : "k\\" } ] , "Index" : 7 , "Other" : { } } "#;
+        assert_eq!(scanned(line).expect("valid frame"), reference(line).expect("valid JSON"));
+    }
+
+    /// Whether byte `at` of valid JSON `line` is outside every string.
+    fn outside_strings(line: &[u8], at: usize) -> bool {
+        let (mut inside, mut escaped) = (false, false);
+        for &byte in &line[..at] {
+            match (inside, escaped, byte) {
+                (true, true, _) => escaped = false,
+                (true, false, b'\\') => escaped = true,
+                (_, _, b'"') => inside = !inside,
+                _ => {}
+            }
+        }
+        !inside
+    }
+
+    #[test]
+    fn cut_and_damaged_lines_are_errors_never_panics_and_valid_ones_agree() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for line in generated_lines(200) {
+            for _ in 0..20 {
+                let cut = rng.random_range(1..line.len());
+                assert!(scanned(&line[..cut]).is_err(), "a line cut at byte {cut} was accepted");
+            }
+            for _ in 0..20 {
+                let mut damaged = line.clone();
+                let at = rng.random_range(0..damaged.len());
+                damaged[at] = b"{}[]\\\",:x \xff"[rng.random_range(0..11)];
+                let result = scanned(&damaged);
+                if let Some(expected) = reference(&damaged) {
+                    assert_eq!(result.as_ref().expect("valid JSON must parse"), &expected);
+                }
+                if outside_strings(&line, at)
+                    && matches!(damaged[at], b'{' | b'}' | b'[' | b']')
+                    && line[at] != damaged[at]
+                    && matches!(line[at], b'{' | b'}' | b'[' | b']')
+                {
+                    assert!(
+                        result.is_err(),
+                        "a swapped bracket at byte {at} was accepted: {}",
+                        String::from_utf8_lossy(
+                            &damaged[at.saturating_sub(60)..(at + 20).min(damaged.len())]
+                        )
+                    );
+                }
+            }
         }
     }
 

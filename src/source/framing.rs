@@ -111,7 +111,7 @@ impl LineSplitter {
 }
 
 fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&byte| byte == b'\n')
+    memchr::memchr(b'\n', haystack)
 }
 
 #[cfg(test)]

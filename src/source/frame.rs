@@ -415,9 +415,12 @@ mod tests {
         }
     }
 
+    /// A line's index and its events' (Topic, Type, Key, Namespace, bytes).
+    type Parsed = (u64, Vec<(String, String, String, String, Vec<u8>)>);
+
     /// The parser this scanner replaced: serde_json over the whole envelope, then over each
     /// event's head. Kept as the oracle the scanner must agree with.
-    fn reference(line: &[u8]) -> Option<(u64, Vec<(String, String, String, String, Vec<u8>)>)> {
+    fn reference(line: &[u8]) -> Option<Parsed> {
         #[derive(serde::Deserialize)]
         struct Envelope<'a> {
             #[serde(rename = "Index", default)]
@@ -456,7 +459,7 @@ mod tests {
         }
     }
 
-    fn scanned(line: &[u8]) -> Result<(u64, Vec<(String, String, String, String, Vec<u8>)>), FrameError> {
+    fn scanned(line: &[u8]) -> Result<Parsed, FrameError> {
         match parse_line(&Bytes::copy_from_slice(line))? {
             Frame::Heartbeat => Ok((0, Vec::new())),
             Frame::Data { index, events } => Ok((

@@ -21,3 +21,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "==> benchmark smoke run (a few seconds per sink; fails if no events flowed)"
+BENCH_PROFILE=dev ./scripts/bench.sh --smoke

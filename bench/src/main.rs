@@ -1,26 +1,29 @@
-//! nomad-relay's benchmark program (`cargo run --release -p bench -- <what>`).
+//! nomad-relay's benchmark program. Figures go to BENCHMARKS.md with the command that
+//! produced them; nothing here is a pass/fail test, except that `all --smoke` fails when no
+//! events flowed.
 //!
-//! Each measurement prints a table row on stdout and, with `--json FILE`, writes every
-//! figure to a machine-readable file. Figures go to BENCHMARKS.md with the command that
-//! produced them; nothing here is a pass/fail test.
-//!
-//! What exists so far (issue 7 is in progress):
-//! - `parse`: the source's framing and frame parsing alone, over the emulator's realistic
-//!   event mix, fed in 64 KiB reads as from a socket: MB/s and events/s.
-//! - `disk`: the disk's own sequential write rate with an `fdatasync` per MiB, the bound for
-//!   anything durable (journal, file sink) on this machine.
+//! `bench all` measures everything in one run: the disk, frame parsing and the journal
+//! alone, then for each sink (file, NATS JetStream, NATS core, RabbitMQ, Kafka) the relay's
+//! catch-up throughput beside the raw client's, end-to-end latency at 1,000 and 10,000
+//! events/s with the relay's memory and CPU, and finally the relay's memory while one sink is
+//! down. The relay runs as its own process (the `nomad-relay` binary beside this one), so its
+//! memory and CPU are its own; the emulator, consumers and raw clients run in this process.
 
-use bytes::Bytes;
+mod local;
+mod process;
+mod report;
+mod scenarios;
+mod targets;
+mod workload;
+
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use nomad_emulator::{Generator, GeneratorConfig};
-use nomad_relay::source::frame::{Frame, parse_line};
-use nomad_relay::source::framing::{LineSplitter, Piece};
-use std::io::Write;
+use report::{Figure, Group};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use targets::Target;
 
 #[derive(Parser)]
-#[command(about = "Measures nomad-relay's throughput")]
+#[command(about = "Measures nomad-relay: throughput, latency and memory per sink, against the raw client")]
 struct Cli {
     /// Also write every figure to this JSON file.
     #[arg(long, global = true)]
@@ -31,115 +34,144 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum What {
+    /// Everything, for every sink (or those named with --sinks).
+    All {
+        /// A few seconds per sink, to check the program works (CI); fails if no events flowed.
+        #[arg(long)]
+        smoke: bool,
+        /// The sinks to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = Target::ALL.map(|t| t.name().to_owned()))]
+        sinks: Vec<String>,
+        /// Events per throughput run (default 200,000; smoke 3,000).
+        #[arg(long)]
+        events: Option<usize>,
+        /// Seconds per latency run (default 20; smoke 1).
+        #[arg(long)]
+        latency_seconds: Option<f64>,
+        /// Seconds the backlog run keeps a sink down (default 600; smoke 2).
+        #[arg(long)]
+        backlog_seconds: Option<f64>,
+        /// Offered rate of the backlog run.
+        #[arg(long, default_value_t = 2_000.0)]
+        backlog_rate: f64,
+    },
+    /// Catch-up throughput of the relay to one sink, and of its raw client.
+    Throughput {
+        #[arg(long, value_enum)]
+        sink: Target,
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
+    /// End-to-end latency to one sink at a fixed offered rate.
+    Latency {
+        #[arg(long, value_enum)]
+        sink: Target,
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
+    /// The relay's memory while one sink is down and the journal absorbs the backlog.
+    Backlog {
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 600.0)]
+        seconds: f64,
+    },
+    /// The journal alone: ingest rate with its fsync policy.
+    Journal {
+        #[arg(long, default_value_t = 512)]
+        megabytes: usize,
+    },
     /// Framing and frame parsing alone, on the emulator's event mix.
     Parse {
-        /// Megabytes of NDJSON to generate and parse.
         #[arg(long, default_value_t = 256)]
         megabytes: usize,
     },
     /// The disk's sequential write rate with an fdatasync per MiB.
     Disk {
-        /// Megabytes to write.
         #[arg(long, default_value_t = 256)]
         megabytes: usize,
-        /// Directory to write in (a file is created and removed there).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
     },
-}
-
-/// One measured figure.
-struct Figure {
-    name: &'static str,
-    value: f64,
-    unit: &'static str,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.what {
-        What::Parse { megabytes } => Ok(parse(megabytes)),
-        What::Disk { megabytes, dir } => disk(megabytes, &dir),
-    };
-    let figures = match result {
-        Ok(figures) => figures,
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: cannot start the async runtime: {error}");
             return std::process::ExitCode::from(1);
         }
     };
-    println!("| figure | value | unit |\n|---|---|---|");
-    for figure in &figures {
-        println!("| {} | {:.1} | {} |", figure.name, figure.value, figure.unit);
+    let mut figures = Vec::new();
+    let result = runtime.block_on(run(cli.what, &mut figures));
+    println!("{}", report::table(&figures));
+    let summary = report::summary(&figures);
+    if !summary.is_empty() {
+        println!("{summary}");
     }
-    if let Some(path) = cli.json {
-        let map: serde_json::Map<String, serde_json::Value> = figures
-            .iter()
-            .map(|f| (f.name.to_owned(), serde_json::json!({ "value": f.value, "unit": f.unit })))
-            .collect();
-        if let Err(error) = std::fs::write(&path, serde_json::Value::Object(map).to_string()) {
-            eprintln!("error: cannot write {}: {error}", path.display());
-            return std::process::ExitCode::from(1);
+    if let Some(path) = &cli.json
+        && let Err(error) = report::write_json(path, &figures, &command)
+    {
+        eprintln!("error: cannot write {}: {error}", path.display());
+        return std::process::ExitCode::from(1);
+    }
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(1)
         }
     }
-    std::process::ExitCode::SUCCESS
 }
 
-/// Generates `megabytes` of event-stream lines, then frames and parses them as the source
-/// does, in 64 KiB reads.
-fn parse(megabytes: usize) -> Vec<Figure> {
-    let mut generator = Generator::new(GeneratorConfig { seed: 7, ..GeneratorConfig::default() });
-    let mut body = Vec::with_capacity(megabytes << 20);
-    while body.len() < megabytes << 20 {
-        for batch in generator.next_batches() {
-            body.extend_from_slice(batch.to_line().as_bytes());
-            body.push(b'\n');
-        }
-    }
-    let mut splitter = LineSplitter::new(64 << 20);
-    let mut pieces = Vec::new();
-    let (mut events, mut lines) = (0u64, 0u64);
-    let started = Instant::now();
-    for chunk in body.chunks(64 << 10) {
-        splitter.push(chunk, &mut pieces);
-        for piece in pieces.drain(..) {
-            if let Piece::Line(line) = piece {
-                lines += 1;
-                if let Ok(Frame::Data { events: parsed, .. }) = parse_line(&Bytes::clone(&line)) {
-                    events += parsed.len() as u64;
+/// Runs `what`, adding each group's figures as soon as it is measured (so a failure later
+/// still reports what was measured).
+async fn run(what: What, figures: &mut Vec<Figure>) -> Result<()> {
+    let dir = process::bench_dir()?;
+    let mut keep = |group: Group| figures.extend(group.figures);
+    match what {
+        What::Throughput { sink, events } => keep(scenarios::throughput(sink, events).await?),
+        What::Latency { sink, rate, seconds } => keep(scenarios::latency(sink, rate, seconds).await?),
+        What::Backlog { rate, seconds } => keep(scenarios::backlog(rate, seconds).await?),
+        What::Journal { megabytes } => keep(local::journal(megabytes, &dir).await?),
+        What::Parse { megabytes } => keep(local::parse(megabytes)),
+        What::Disk { megabytes } => keep(local::disk(megabytes, &dir)?),
+        What::All { smoke, sinks, events, latency_seconds, backlog_seconds, backlog_rate } => {
+            let targets = sinks
+                .iter()
+                .map(|name| {
+                    Target::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown sink `{name}`; the sinks are file, jetstream, nats, rabbitmq, kafka"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let megabytes = if smoke { 16 } else { 512 };
+            let events = events.unwrap_or(if smoke { 3_000 } else { 200_000 });
+            let seconds = latency_seconds.unwrap_or(if smoke { 1.0 } else { 20.0 });
+            let down = backlog_seconds.unwrap_or(if smoke { 2.0 } else { 600.0 });
+            let mut check = |group: Group, relay_run: bool| -> Result<()> {
+                if smoke && relay_run {
+                    scenarios::assert_flowed(&group)?;
                 }
+                eprintln!("measured: {}", group.figures.first().map_or("", |f| f.group.as_str()));
+                keep(group);
+                Ok(())
+            };
+            check(local::disk(megabytes, &dir)?, false)?;
+            check(local::parse(megabytes), false)?;
+            check(local::journal(megabytes, &dir).await?, false)?;
+            for target in targets {
+                check(scenarios::throughput(target, events).await?, true)?;
+                check(scenarios::latency(target, 1_000.0, seconds).await?, true)?;
+                check(scenarios::latency(target, 10_000.0, seconds).await?, true)?;
             }
+            check(scenarios::backlog(backlog_rate, down).await?, true)?;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    vec![
-        Figure { name: "parse_input", value: body.len() as f64 / 1e6, unit: "MB" },
-        Figure { name: "parse_lines", value: lines as f64, unit: "lines" },
-        Figure { name: "parse_rate", value: body.len() as f64 / 1e6 / seconds, unit: "MB/s" },
-        Figure { name: "parse_events_rate", value: events as f64 / seconds, unit: "events/s" },
-    ]
-}
-
-/// Writes `megabytes` in 1 MiB writes, each followed by `fdatasync`.
-fn disk(megabytes: usize, dir: &std::path::Path) -> Result<Vec<Figure>, String> {
-    let path = dir.join(format!("nomad-relay-bench-disk-{}.tmp", std::process::id()));
-    let mut file =
-        std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let block = vec![0x5au8; 1 << 20];
-    let started = Instant::now();
-    let mut result = Ok(());
-    for _ in 0..megabytes {
-        if let Err(e) = file.write_all(&block).and_then(|()| file.sync_data()) {
-            result = Err(format!("writing {}: {e}", path.display()));
-            break;
-        }
-    }
-    let seconds = started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    result?;
-    Ok(vec![Figure {
-        name: "disk_write_fdatasync_per_mib",
-        value: (megabytes << 20) as f64 / 1e6 / seconds,
-        unit: "MB/s",
-    }])
+    Ok(())
 }

@@ -1,0 +1,337 @@
+//! Runs through the whole relay: the emulator serves the stream, the relay process journals
+//! it and its sink delivers it, and the broker's acknowledgement (or a consumer seeing the
+//! event) ends each event's journey.
+//!
+//! - [`throughput`]: events pre-published into the emulator's buffer; the relay starts from
+//!   the oldest and catches up as fast as it can. The rate is taken from the first delivered
+//!   event to the last (start-up excluded), from the relay's own delivered counter; the broker
+//!   is then asked how many events it holds, and a wrong count fails the run. The same
+//!   messages are then published by the raw client with the same guarantee, for the ratio.
+//! - [`latency`]: the emulator publishes at a fixed offered rate; a consumer timestamps each
+//!   event as it becomes visible; latency is that time minus the time its line was published.
+//! - [`backlog`]: one sink up, one sink down the whole time: the journal absorbs the backlog
+//!   and the relay's memory must stay flat.
+
+use crate::process::{RelayProcess, Usage, bench_dir};
+use crate::report::Group;
+use crate::targets::{self, Names, Seen, Target};
+use crate::workload::{Workload, subscribed_events};
+use anyhow::{Context, Result, bail};
+use nomad_emulator::{Emulator, EmulatorConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Sustained catch-up throughput of the relay to `target`, and of the raw client.
+pub async fn throughput(target: Target, events: usize) -> Result<Group> {
+    targets::require_broker(target)?;
+    let workload = Workload::generate(events);
+    let messages = workload.messages();
+    let expected = messages.len() as u64;
+    let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+    let emulator =
+        Emulator::start(EmulatorConfig { buffer_size: workload.batches.len() + 16, ..Default::default() })
+            .await?;
+    for batch in &workload.batches {
+        emulator.publish(batch.clone());
+    }
+    let dir = bench_dir()?;
+    let names = Names::new(&dir);
+    let mut group = Group::new(target.name());
+    let result = async {
+        targets::prepare(target, &names).await?;
+        let core_count =
+            if target == Target::Nats { Some(targets::count_core_nats(&names).await?) } else { None };
+        let mut relay = RelayProcess::start(&emulator.url(), &targets::sink_table(target, &names), "")?;
+        let run = catch_up(&mut relay, expected).await;
+        let usage = relay.usage();
+        relay.stop();
+        let (rate, seconds) = run?;
+        let usage = usage?;
+        let at_broker = match core_count {
+            Some(count) => {
+                wait_for_count(&count, expected).await;
+                count.load(Ordering::Relaxed)
+            }
+            None => targets::broker_count(target, &names).await?,
+        };
+        if at_broker != expected {
+            bail!("{}: the broker holds {at_broker} events, {expected} were sent", target.name());
+        }
+        let raw = targets::raw_limit(target, &names, &messages, &dir).await?;
+        let average = bytes as f64 / expected as f64;
+        group.add("events", expected as f64, "events");
+        group.add("mean_event_bytes", average, "bytes");
+        group.add("relay_events_per_s", rate, "events/s");
+        group.add("relay_mb_per_s", rate * average / 1e6, "MB/s");
+        group.add("catch_up_seconds", seconds, "s");
+        group.add("raw_client_events_per_s", raw, "events/s");
+        group.add("ratio_to_raw_client", rate / raw, "×");
+        group.add("peak_rss_mib", usage.peak_rss as f64 / MIB, "MiB");
+        group.add("cpu_s_per_million_events", usage.cpu_seconds / expected as f64 * 1e6, "s");
+        Ok(())
+    }
+    .await;
+    targets::cleanup(target, &names).await;
+    result.map(|()| group)
+}
+
+async fn wait_for_count(count: &std::sync::atomic::AtomicU64, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the relay until its sink delivered `expected` events; returns the rate from the
+/// first delivered event seen to the last, and the whole time from start.
+async fn catch_up(relay: &mut RelayProcess, expected: u64) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let metrics = relay.metrics().await?;
+        let delivered = metrics.delivered("bench");
+        let now = Instant::now();
+        if delivered > 0 && first.is_none() {
+            first = Some((now, delivered));
+        }
+        if delivered >= expected {
+            let (since, base) = first.unwrap_or((started, 0));
+            let seconds = now.duration_since(since).as_secs_f64().max(1e-3);
+            return Ok(((delivered - base) as f64 / seconds, now.duration_since(started).as_secs_f64()));
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "the relay delivered {delivered} of {expected} events in 15 minutes; log:\n{}",
+                relay.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts the relay and waits until it follows the stream.
+async fn start_following(emulator: &Emulator, sinks: &str) -> Result<RelayProcess> {
+    let mut relay = RelayProcess::start(&emulator.url(), sinks, "")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !relay.metrics().await?.connected() {
+        if Instant::now() > deadline {
+            bail!("the relay did not connect to the emulator within 30 s; log:\n{}", relay.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(relay)
+}
+
+/// Publishes `workload` at `rate` events/s, recording when each index was published and
+/// sampling the relay's memory every 250 ms.
+async fn publish_paced(
+    emulator: &Emulator,
+    workload: &Workload,
+    rate: f64,
+    relay: &RelayProcess,
+    samples: &mut Vec<(Instant, Usage)>,
+) -> Result<(HashMap<u64, Instant>, u64)> {
+    let mut published_at = HashMap::new();
+    let mut sent = 0u64;
+    let mut expected = 0u64;
+    let started = Instant::now();
+    let mut next_sample = started;
+    for batch in &workload.batches {
+        let due = started + Duration::from_secs_f64(sent as f64 / rate);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let now = Instant::now();
+        if now >= next_sample {
+            samples.push((now, relay.usage()?));
+            next_sample = now + Duration::from_millis(250);
+        }
+        published_at.entry(batch.index).or_insert(now);
+        emulator.publish(batch.clone());
+        sent += batch.events.len() as u64;
+        expected += subscribed_events(batch) as u64;
+    }
+    Ok((published_at, expected))
+}
+
+/// End-to-end latency at an offered `rate` for `seconds`, with the relay's memory and CPU.
+pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
+    targets::require_broker(target)?;
+    let workload = Workload::generate((rate * seconds) as usize);
+    let emulator = Emulator::start(EmulatorConfig { buffer_size: 10_000, ..Default::default() }).await?;
+    let dir = bench_dir()?;
+    let names = Names::new(&dir);
+    let label = if rate >= 10_000.0 {
+        "at_10000"
+    } else if rate >= 1_000.0 {
+        "at_1000"
+    } else {
+        "at_rate"
+    };
+    let mut group = Group::new(target.name());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumer_thread = None;
+    let result = async {
+        targets::prepare(target, &names).await?;
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+        consumer_thread = targets::consume(target, &names, seen_tx, Arc::clone(&stop)).await?;
+        let mut relay = start_following(&emulator, &targets::sink_table(target, &names)).await?;
+        let before = relay.usage()?;
+        let mut samples = Vec::new();
+        let (published_at, expected) =
+            publish_paced(&emulator, &workload, rate, &relay, &mut samples).await?;
+        let mut seen = Vec::with_capacity(expected as usize);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (seen.len() as u64) < expected {
+            match tokio::time::timeout_at(deadline.into(), seen_rx.recv()).await {
+                Ok(Some(event)) => seen.push(event),
+                _ => {
+                    relay.check_alive()?;
+                    bail!(
+                        "{}: {} of {expected} events reached the consumer within 60 s of the last publish",
+                        target.name(),
+                        seen.len()
+                    );
+                }
+            }
+        }
+        let after = relay.usage()?;
+        relay.stop();
+        // The first seconds are warm-up (connections, a new topic's first write) and are
+        // left out: the figures are for the relay in its steady state.
+        let first_publish = published_at.values().min().copied().unwrap_or_else(Instant::now);
+        let warm_up = first_publish + Duration::from_secs_f64((seconds / 4.0).min(2.0));
+        let mut latencies = Vec::with_capacity(seen.len());
+        for (index, at) in &seen {
+            let Some(published) = published_at.get(index) else {
+                bail!("an event arrived with index {index}, which was never published");
+            };
+            if *published >= warm_up {
+                latencies.push(at.duration_since(*published).as_secs_f64() * 1e3);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let steady = steady_rss(&samples);
+        let names: [(&'static str, &'static str, &'static str, &'static str, &'static str); 2] = [
+            (
+                "p50_ms_at_1000",
+                "p99_ms_at_1000",
+                "p99_9_ms_at_1000",
+                "max_ms_at_1000",
+                "steady_rss_mib_at_1000",
+            ),
+            (
+                "p50_ms_at_10000",
+                "p99_ms_at_10000",
+                "p99_9_ms_at_10000",
+                "max_ms_at_10000",
+                "steady_rss_mib_at_10000",
+            ),
+        ];
+        let (p50, p99, p999, max, rss) = if label == "at_10000" { names[1] } else { names[0] };
+        group.add(p50, percentile(&latencies, 0.50), "ms");
+        group.add(p99, percentile(&latencies, 0.99), "ms");
+        group.add(p999, percentile(&latencies, 0.999), "ms");
+        group.add(max, latencies.last().copied().unwrap_or(0.0), "ms");
+        group.add(rss, steady as f64 / MIB, "MiB");
+        let cpu = (after.cpu_seconds - before.cpu_seconds) / expected as f64 * 1e6;
+        group.add(
+            if label == "at_10000" { "cpu_s_per_million_at_10000" } else { "cpu_s_per_million_at_1000" },
+            cpu,
+            "s",
+        );
+        group.add(
+            if label == "at_10000" { "peak_rss_mib_at_10000" } else { "peak_rss_mib_at_1000" },
+            after.peak_rss as f64 / MIB,
+            "MiB",
+        );
+        Ok(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = consumer_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    targets::cleanup(target, &names).await;
+    result.map(|()| group)
+}
+
+/// The median resident size over the second half of the samples (after start-up).
+fn steady_rss(samples: &[(Instant, Usage)]) -> u64 {
+    let mut rss: Vec<u64> = samples[samples.len() / 2..].iter().map(|(_, usage)| usage.rss).collect();
+    rss.sort_unstable();
+    rss.get(rss.len() / 2).copied().unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// One sink down (a NATS server address nothing listens on) and one up (stdout, to
+/// /dev/null) for `seconds` at `rate`: the relay's memory, sampled each second, must not grow
+/// while the journal takes the backlog.
+pub async fn backlog(rate: f64, seconds: f64) -> Result<Group> {
+    let workload = Workload::generate((rate * seconds) as usize);
+    let emulator = Emulator::start(EmulatorConfig { buffer_size: 10_000, ..Default::default() }).await?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let sinks = format!(
+        "[sinks.up]\ntype = \"stdout\"\n[sinks.down]\ntype = \"nats\"\njetstream = false\nurl = \"nats://127.0.0.1:{closed}\"\nretry_max_delay = \"5s\"\n"
+    );
+    let mut relay = start_following(&emulator, &sinks).await?;
+    let mut samples = Vec::new();
+    let (_, expected) = publish_paced(&emulator, &workload, rate, &relay, &mut samples).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let metrics = relay.metrics().await?;
+        if metrics.delivered("up") >= expected || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let usage = relay.usage()?;
+    relay.stop();
+    let up = metrics.delivered("up");
+    if up < expected {
+        bail!("the sink that was up delivered {up} of {expected} events");
+    }
+    if metrics.delivered("down") != 0 {
+        bail!("the sink that was down delivered events: the benchmark's outage did not hold");
+    }
+    // Start-up is excluded: the first 10 % of the run, then the first and last tenths of the rest.
+    let settled = &samples[samples.len() / 10..];
+    let tenth = (settled.len() / 10).max(1);
+    let mean = |part: &[(Instant, Usage)]| {
+        part.iter().map(|(_, usage)| usage.rss as f64).sum::<f64>() / part.len().max(1) as f64 / MIB
+    };
+    let mut group = Group::new("backlog");
+    group.add("offered_events_per_s", rate, "events/s");
+    group.add("seconds_down", seconds, "s");
+    group.add("events_held_for_the_down_sink", expected as f64, "events");
+    group.add("journal_mib", metrics.get("nomad_relay_journal_bytes") / MIB, "MiB");
+    group.add("rss_mib_early", mean(&settled[..tenth.min(settled.len())]), "MiB");
+    group.add("rss_mib_late", mean(&settled[settled.len().saturating_sub(tenth)..]), "MiB");
+    group.add("peak_rss_mib", usage.peak_rss as f64 / MIB, "MiB");
+    Ok(group)
+}
+
+/// Checks a run's figures show events flowing (used by the smoke run).
+pub fn assert_flowed(group: &Group) -> Result<()> {
+    let flowed = group.figures.iter().any(|f| {
+        (f.name == "events" || f.name == "events_held_for_the_down_sink" || f.name.starts_with("p50_ms"))
+            && f.value > 0.0
+    });
+    if flowed {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("no events flowed in {:?}", group.figures)).context("smoke run")
+    }
+}

@@ -23,4 +23,6 @@ else
 fi
 
 echo "==> benchmark smoke run (a few seconds per sink; fails if no events flowed)"
-BENCH_PROFILE=dev ./scripts/bench.sh --smoke
+# The workspace build above made both binaries (debug); scripts/bench.sh would build them
+# again for a narrower package set.
+./target/debug/bench all --smoke

@@ -115,8 +115,8 @@ async fn catch_up(relay: &mut RelayProcess, expected: u64) -> Result<(f64, f64)>
 }
 
 /// Starts the relay and waits until it follows the stream.
-async fn start_following(emulator: &Emulator, sinks: &str) -> Result<RelayProcess> {
-    let mut relay = RelayProcess::start(&emulator.url(), sinks, "")?;
+async fn start_following(emulator: &Emulator, sinks: &str, extra: &str) -> Result<RelayProcess> {
+    let mut relay = RelayProcess::start(&emulator.url(), sinks, extra)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !relay.metrics().await?.connected() {
         if Instant::now() > deadline {
@@ -180,7 +180,7 @@ pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
         targets::prepare(target, &names).await?;
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
         consumer_thread = targets::consume(target, &names, seen_tx, Arc::clone(&stop)).await?;
-        let mut relay = start_following(&emulator, &targets::sink_table(target, &names)).await?;
+        let mut relay = start_following(&emulator, &targets::sink_table(target, &names), "").await?;
         let before = relay.usage()?;
         let mut samples = Vec::new();
         let (published_at, expected) =
@@ -286,7 +286,11 @@ pub async fn backlog(rate: f64, seconds: f64) -> Result<Group> {
     let sinks = format!(
         "[sinks.up]\ntype = \"stdout\"\n[sinks.down]\ntype = \"nats\"\njetstream = false\nurl = \"nats://127.0.0.1:{closed}\"\nretry_max_delay = \"5s\"\n"
     );
-    let mut relay = start_following(&emulator, &sinks).await?;
+    // The journal must hold the whole backlog (the default 2 GiB would fill, and the relay
+    // would then stop reading Nomad, as designed, which is not what this run measures).
+    let backlog_bytes = workload.messages().iter().map(|m| m.body.len() as u64 * 2).sum::<u64>() + (1 << 30);
+    let journal = format!("[journal]\nmax_bytes = \"{}MiB\"\n", backlog_bytes >> 20);
+    let mut relay = start_following(&emulator, &sinks, &journal).await?;
     let mut samples = Vec::new();
     let (_, expected) = publish_paced(&emulator, &workload, rate, &relay, &mut samples).await?;
     let deadline = Instant::now() + Duration::from_secs(60);

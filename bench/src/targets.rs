@@ -185,19 +185,23 @@ pub async fn prepare(target: Target, names: &Names) -> Result<()> {
             Ok(())
         }
         Target::Kafka => {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", KAFKA_BROKERS).create()?;
             let topics: Vec<String> = DEFAULT_TOPICS.iter().map(|t| names.kafka_topic(t)).collect();
-            let new: Vec<NewTopic<'_>> = topics
-                .iter()
-                .map(|t| NewTopic::new(t, KAFKA_PARTITIONS, TopicReplication::Fixed(1)))
-                .collect();
-            for result in admin.create_topics(&new, &AdminOptions::new()).await? {
-                result.map_err(|(topic, code)| anyhow!("cannot create Kafka topic {topic}: {code}"))?;
-            }
+            create_kafka_topics(&topics).await?;
             Ok(())
         }
     }
+}
+
+/// Creates `topics` with the benchmark's partition count.
+async fn create_kafka_topics(topics: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", KAFKA_BROKERS).create()?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, KAFKA_PARTITIONS, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        result.map_err(|(topic, code)| anyhow!("cannot create Kafka topic {topic}: {code}"))?;
+    }
+    Ok(())
 }
 
 /// Removes what [`prepare`] and the run made (streams, queues and files can be large).
@@ -577,17 +581,9 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
             let _ = connection.close(200, "done".into()).await;
         }
         Target::Kafka => {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", KAFKA_BROKERS).create()?;
             let topics: Vec<String> =
                 DEFAULT_TOPICS.iter().map(|t| names.kafka_topic(&format!("raw-{t}"))).collect();
-            let new: Vec<NewTopic<'_>> = topics
-                .iter()
-                .map(|t| NewTopic::new(t, KAFKA_PARTITIONS, TopicReplication::Fixed(1)))
-                .collect();
-            for result in admin.create_topics(&new, &AdminOptions::new()).await? {
-                result.map_err(|(topic, code)| anyhow!("cannot create Kafka topic {topic}: {code}"))?;
-            }
+            create_kafka_topics(&topics).await?;
             let producer: FutureProducer = ClientConfig::new()
                 .set("bootstrap.servers", KAFKA_BROKERS)
                 .set("enable.idempotence", "true")

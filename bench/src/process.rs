@@ -19,9 +19,10 @@ pub struct RelayProcess {
 }
 
 /// The relay binary: `nomad-relay` beside this program (cargo builds both into the same
-/// target directory), or `$NOMAD_RELAY_BIN`.
+/// target directory), or `$BENCH_RELAY_BIN` (a wrapper that runs it under a profiler, say).
+/// Not `NOMAD_RELAY_*`: the relay reads that prefix as configuration and refuses unknown keys.
 pub fn relay_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NOMAD_RELAY_BIN") {
+    if let Some(path) = std::env::var_os("BENCH_RELAY_BIN") {
         return Ok(PathBuf::from(path));
     }
     let me = std::env::current_exe().context("cannot find this program's path")?;

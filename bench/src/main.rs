@@ -71,6 +71,15 @@ enum What {
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
     },
+    /// The raw client's end-to-end latency through the same broker and consumer (kafka only).
+    RawLatency {
+        #[arg(long, value_enum, default_value = "kafka")]
+        sink: Target,
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
     /// The relay's memory while one sink is down and the journal absorbs the backlog.
     Backlog {
         #[arg(long, default_value_t = 2_000.0)]
@@ -135,6 +144,7 @@ async fn run(what: What, figures: &mut Vec<Figure>) -> Result<()> {
     match what {
         What::Throughput { sink, events } => keep(scenarios::throughput(sink, events).await?),
         What::Latency { sink, rate, seconds } => keep(scenarios::latency(sink, rate, seconds).await?),
+        What::RawLatency { sink, rate, seconds } => keep(scenarios::raw_latency(sink, rate, seconds).await?),
         What::Backlog { rate, seconds } => keep(scenarios::backlog(rate, seconds).await?),
         What::Journal { megabytes } => keep(local::journal(megabytes, &dir).await?),
         What::Parse { megabytes } => keep(local::parse(megabytes)),
@@ -169,6 +179,9 @@ async fn run(what: What, figures: &mut Vec<Figure>) -> Result<()> {
                 check(scenarios::throughput(target, events).await?, true)?;
                 check(scenarios::latency(target, 1_000.0, seconds).await?, true)?;
                 check(scenarios::latency(target, 10_000.0, seconds).await?, true)?;
+                if target == Target::Kafka {
+                    check(scenarios::raw_latency(target, 1_000.0, seconds).await?, false)?;
+                }
             }
             check(scenarios::backlog(backlog_rate, down).await?, true)?;
         }

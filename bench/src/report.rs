@@ -51,7 +51,7 @@ pub fn table(figures: &[Figure]) -> String {
 
 /// One line per sink with the headline figures, where they were measured.
 pub fn summary(figures: &[Figure]) -> String {
-    let columns: [(&str, &str); 10] = [
+    let columns: [(&str, &str); 11] = [
         ("relay_events_per_s", "relay ev/s"),
         ("raw_client_events_per_s", "raw client ev/s"),
         ("ratio_to_raw_client", "ratio"),
@@ -59,6 +59,7 @@ pub fn summary(figures: &[Figure]) -> String {
         ("p50_ms_at_1000", "p50 ms @1k"),
         ("p99_ms_at_1000", "p99 ms @1k"),
         ("p99_9_ms_at_1000", "p99.9 ms @1k"),
+        ("raw_client_p99_ms_at_1000", "raw client p99 ms @1k"),
         ("p99_ms_at_10000", "p99 ms @10k"),
         ("steady_rss_mib_at_10000", "steady RSS MiB @10k"),
         ("cpu_s_per_million_events", "CPU s / M events"),

@@ -202,20 +202,7 @@ pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
         }
         let after = relay.usage()?;
         relay.stop();
-        // The first seconds are warm-up (connections, a new topic's first write) and are
-        // left out: the figures are for the relay in its steady state.
-        let first_publish = published_at.values().min().copied().unwrap_or_else(Instant::now);
-        let warm_up = first_publish + Duration::from_secs_f64((seconds / 4.0).min(2.0));
-        let mut latencies = Vec::with_capacity(seen.len());
-        for (index, at) in &seen {
-            let Some(published) = published_at.get(index) else {
-                bail!("an event arrived with index {index}, which was never published");
-            };
-            if *published >= warm_up {
-                latencies.push(at.duration_since(*published).as_secs_f64() * 1e3);
-            }
-        }
-        latencies.sort_by(f64::total_cmp);
+        let latencies = steady_latencies(&seen, &published_at, seconds)?;
         let steady = steady_rss(&samples);
         let names: [(&'static str, &'static str, &'static str, &'static str, &'static str); 2] = [
             (
@@ -250,6 +237,72 @@ pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
             after.peak_rss as f64 / MIB,
             "MiB",
         );
+        Ok(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = consumer_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    targets::cleanup(target, &names).await;
+    result.map(|()| group)
+}
+
+/// The latency of every event seen, in milliseconds and sorted, leaving out the first seconds:
+/// warm-up (connections, a new topic's first write), where the figures are for the steady state.
+fn steady_latencies(seen: &[Seen], published_at: &HashMap<u64, Instant>, seconds: f64) -> Result<Vec<f64>> {
+    let first_publish = published_at.values().min().copied().unwrap_or_else(Instant::now);
+    let warm_up = first_publish + Duration::from_secs_f64((seconds / 4.0).min(2.0));
+    let mut latencies = Vec::with_capacity(seen.len());
+    for (index, at) in seen {
+        let Some(published) = published_at.get(index) else {
+            bail!("an event arrived with index {index}, which was never published");
+        };
+        if *published >= warm_up {
+            latencies.push(at.duration_since(*published).as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// The raw client's latency at `rate` through the same broker and consumer as [`latency`]
+/// (Kafka only; see [`targets::publish_raw_paced`]): what the relay's figure is measured against.
+pub async fn raw_latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
+    targets::require_broker(target)?;
+    let messages = Workload::generate((rate * seconds) as usize).messages();
+    let dir = bench_dir()?;
+    let names = Names::new(&dir);
+    let mut group = Group::new(target.name());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumer_thread = None;
+    let result = async {
+        targets::prepare(target, &names).await?;
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+        consumer_thread = targets::consume(target, &names, seen_tx, Arc::clone(&stop)).await?;
+        let published_at = targets::publish_raw_paced(target, &names, &messages, rate).await?;
+        let mut seen = Vec::with_capacity(messages.len());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < messages.len() {
+            match tokio::time::timeout_at(deadline.into(), seen_rx.recv()).await {
+                Ok(Some(event)) => seen.push(event),
+                _ => bail!(
+                    "{}: {} of {} raw-client messages reached the consumer within 60 s of the last publish",
+                    target.name(),
+                    seen.len(),
+                    messages.len()
+                ),
+            }
+        }
+        let latencies = steady_latencies(&seen, &published_at, seconds)?;
+        let (p50, p99, p999) = if rate >= 10_000.0 {
+            ("raw_client_p50_ms_at_10000", "raw_client_p99_ms_at_10000", "raw_client_p99_9_ms_at_10000")
+        } else {
+            ("raw_client_p50_ms_at_1000", "raw_client_p99_ms_at_1000", "raw_client_p99_9_ms_at_1000")
+        };
+        group.add(p50, percentile(&latencies, 0.50), "ms");
+        group.add(p99, percentile(&latencies, 0.99), "ms");
+        group.add(p999, percentile(&latencies, 0.999), "ms");
         Ok(())
     }
     .await;

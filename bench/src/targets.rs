@@ -161,26 +161,7 @@ pub async fn prepare(target: Target, names: &Names) -> Result<()> {
         Target::Rabbitmq => {
             let connection = Connection::connect(AMQP_URI, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
-            let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-            channel
-                .exchange_declare(
-                    names.id.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
-            let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-            channel.queue_declare(names.id.as_str().into(), queue, FieldTable::default()).await?;
-            channel
-                .queue_bind(
-                    names.id.as_str().into(),
-                    names.id.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_exchange_and_queue(&channel, &names.id).await?;
             let _ = connection.close(200, "done".into()).await;
             Ok(())
         }
@@ -190,6 +171,19 @@ pub async fn prepare(target: Target, names: &Names) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A durable topic exchange and a durable queue, both called `name`, the queue bound to
+/// everything the exchange routes.
+async fn declare_exchange_and_queue(channel: &lapin::Channel, name: &str) -> Result<()> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(name.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(name.into(), queue, FieldTable::default()).await?;
+    channel
+        .queue_bind(name.into(), name.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    Ok(())
 }
 
 /// Creates `topics` with the benchmark's partition count.
@@ -533,21 +527,7 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
             let raw = format!("{}raw", names.id);
             let connection = Connection::connect(AMQP_URI, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
-            let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-            channel
-                .exchange_declare(raw.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
-                .await?;
-            let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-            channel.queue_declare(raw.as_str().into(), queue, FieldTable::default()).await?;
-            channel
-                .queue_bind(
-                    raw.as_str().into(),
-                    raw.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_exchange_and_queue(&channel, &raw).await?;
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
             started = Instant::now();
             let mut confirms = FuturesUnordered::new();
@@ -632,6 +612,52 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
         }
     }
     Ok(messages_rate(messages.len() as f64, started.elapsed().as_secs_f64()))
+}
+
+/// The raw client publishing `messages` at `rate` events/s to the topics [`consume`] reads,
+/// with the relay's producer settings (idempotent, `acks=all`, librdkafka's default linger):
+/// the latency floor of the broker and the consumer, for the relay's Kafka latency to be read
+/// against. Returns when each index was published. Kafka only: it is the one sink whose
+/// latency target the relay misses, so the one whose floor needs measuring.
+pub async fn publish_raw_paced(
+    target: Target,
+    names: &Names,
+    messages: &[Message],
+    rate: f64,
+) -> Result<std::collections::HashMap<u64, Instant>> {
+    if target != Target::Kafka {
+        bail!("the raw client's latency is measured for kafka only, not {}", target.name());
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA_BROKERS)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .create()?;
+    let mut published_at = std::collections::HashMap::new();
+    let mut deliveries = FuturesUnordered::new();
+    let started = Instant::now();
+    for (sent, message) in messages.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(sent as f64 / rate);
+        // Collect acknowledgements while waiting for the next message's time.
+        while due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                Some(result) = deliveries.next() => check_delivery(result)?,
+            }
+        }
+        published_at.entry(message.index).or_insert_with(Instant::now);
+        let topic = names.kafka_topic(&message.topic);
+        let index = message.index.to_string();
+        let headers = OwnedHeaders::new().insert(Header { key: "nomad-index", value: Some(index.as_str()) });
+        let record =
+            FutureRecord::to(&topic).key(message.key.as_bytes()).payload(&message.body[..]).headers(headers);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    while let Some(result) = deliveries.next().await {
+        check_delivery(result)?;
+    }
+    Ok(published_at)
 }
 
 fn messages_rate(count: f64, seconds: f64) -> f64 {

@@ -1,7 +1,8 @@
 //! Splits Nomad's response body into NDJSON lines.
 //!
 //! Bytes arrive in pieces of any size: a line can span many reads and one read can hold many
-//! lines. Lines are handed out as zero-copy [`Bytes`] slices of the receive buffer. A line
+//! lines. A line received whole is handed out as a zero-copy [`Bytes`] slice of its chunk; one
+//! spread over several chunks is assembled in a buffer. A line
 //! longer than the configured limit is not buffered: its bytes are discarded as they arrive
 //! and it is reported once, with its length and the first bytes (which carry its `Index`), so
 //! the caller can record a gap. Whatever is left when the stream ends is a partial line and is
@@ -41,47 +42,53 @@ impl LineSplitter {
         LineSplitter { buffer: BytesMut::new(), max_line, discarding: None }
     }
 
-    /// Feeds one received chunk and appends every finished piece to `out`.
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
-        while !chunk.is_empty() {
+    /// Feeds one received chunk and appends every finished piece to `out`. A line that lies
+    /// wholly inside `chunk` (the usual case: Nomad writes and flushes one line at a time) is a
+    /// slice of it, not a copy; only a line spread over several chunks is assembled.
+    pub fn push(&mut self, chunk: &Bytes, out: &mut Vec<Piece>) {
+        let mut at = 0;
+        while at < chunk.len() {
+            let rest = &chunk[at..];
             if let Some((length, _)) = &mut self.discarding {
-                match memchr(chunk) {
+                match memchr(rest) {
                     Some(newline) => {
                         *length += newline as u64;
                         if let Some((length, prefix)) = self.discarding.take() {
                             out.push(Piece::Oversized { length, prefix });
                         }
-                        chunk = &chunk[newline + 1..];
+                        at += newline + 1;
                     }
                     None => {
-                        *length += chunk.len() as u64;
+                        *length += rest.len() as u64;
                         return;
                     }
                 }
                 continue;
             }
-            match memchr(chunk) {
+            match memchr(rest) {
                 Some(newline) => {
                     let line_len = self.buffer.len() + newline;
                     if line_len > self.max_line {
                         let length = line_len as u64;
-                        let prefix = self.prefix_with(&chunk[..newline]);
+                        let prefix = self.prefix_with(&rest[..newline]);
                         self.buffer.clear();
                         out.push(Piece::Oversized { length, prefix });
+                    } else if self.buffer.is_empty() {
+                        out.push(Piece::Line(chunk.slice(at..at + newline)));
                     } else {
-                        self.buffer.extend_from_slice(&chunk[..newline]);
+                        self.buffer.extend_from_slice(&rest[..newline]);
                         out.push(Piece::Line(self.buffer.split().freeze()));
                     }
-                    chunk = &chunk[newline + 1..];
+                    at += newline + 1;
                 }
                 None => {
-                    if self.buffer.len() + chunk.len() > self.max_line {
-                        let prefix = self.prefix_with(chunk);
-                        let length = (self.buffer.len() + chunk.len()) as u64;
+                    if self.buffer.len() + rest.len() > self.max_line {
+                        let prefix = self.prefix_with(rest);
+                        let length = (self.buffer.len() + rest.len()) as u64;
                         self.buffer.clear();
                         self.discarding = Some((length, prefix));
                     } else {
-                        self.buffer.extend_from_slice(chunk);
+                        self.buffer.extend_from_slice(rest);
                     }
                     return;
                 }
@@ -122,7 +129,7 @@ mod tests {
         let mut splitter = LineSplitter::new(max);
         let mut out = Vec::new();
         for chunk in chunks {
-            splitter.push(chunk, &mut out);
+            splitter.push(&Bytes::copy_from_slice(chunk), &mut out);
         }
         let rest = splitter.finish();
         (out, rest)
@@ -140,6 +147,19 @@ mod tests {
             ]
         );
         assert_eq!(rest, Bytes::from_static(b"part"));
+    }
+
+    #[test]
+    fn a_line_received_whole_is_not_copied() {
+        let chunk = Bytes::from_static(b"{\"Index\":1}\n{\"In");
+        let mut splitter = LineSplitter::new(1024);
+        let mut out = Vec::new();
+        splitter.push(&chunk, &mut out);
+        let Some(Piece::Line(line)) = out.first() else { panic!("expected a line, got {out:?}") };
+        assert_eq!(&line[..], b"{\"Index\":1}");
+        assert_eq!(line.as_ptr(), chunk.as_ptr(), "the line should be a slice of the chunk");
+        splitter.push(&Bytes::from_static(b"dex\":2}\n"), &mut out);
+        assert_eq!(out[1], Piece::Line(Bytes::from_static(b"{\"Index\":2}")));
     }
 
     #[test]

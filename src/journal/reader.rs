@@ -13,6 +13,9 @@ use std::fs::File;
 use std::io::{self, BufReader, Read as _, Seek, SeekFrom};
 use std::path::PathBuf;
 
+/// Most bytes reserved for a record body before reading it (longer ones grow as they are read).
+const MAX_UPFRONT: usize = 4 << 20;
+
 /// What one call to [`JournalReader::read`] produced.
 #[derive(Debug)]
 pub enum Batch {
@@ -88,9 +91,12 @@ impl JournalReader {
                 Err(e) => return Err(io_error(&open.segment.path)(e)),
             }
             let (len, crc) = header(&head_bytes);
-            let mut body = vec![0u8; len];
-            let read = open.reader.read_exact(&mut body);
-            let valid = read.is_ok() && crc32fast::hash(&body) == crc;
+            // Read into fresh capacity rather than a zeroed buffer: `read_to_end` on a
+            // buffered file does not clear the bytes it is about to overwrite. The capacity
+            // is capped so a damaged length cannot ask for gigabytes up front.
+            let mut body = Vec::with_capacity(len.min(MAX_UPFRONT));
+            let read = (&mut open.reader).take(len as u64).read_to_end(&mut body);
+            let valid = matches!(read, Ok(n) if n == len) && crc32fast::hash(&body) == crc;
             let decoded = if valid { record::decode(Bytes::from(body)).ok() } else { None };
             match decoded {
                 Some(event) if event.seq == self.next_seq => {

@@ -2,11 +2,10 @@
 //!
 //! Bytes arrive in pieces of any size: a line can span many reads and one read can hold many
 //! lines. A line received whole is handed out as a zero-copy [`Bytes`] slice of its chunk; one
-//! spread over several chunks is assembled in a buffer. A line
-//! longer than the configured limit is not buffered: its bytes are discarded as they arrive
-//! and it is reported once, with its length and the first bytes (which carry its `Index`), so
-//! the caller can record a gap. Whatever is left when the stream ends is a partial line and is
-//! never parsed.
+//! spread over several chunks is assembled in a buffer. A line longer than the configured
+//! limit is not buffered: its bytes are discarded as they arrive and it is reported once, with
+//! its length and the first bytes (which carry its `Index`), so the caller can record a gap.
+//! Whatever is left when the stream ends is a partial line and is never parsed.
 
 use bytes::{Bytes, BytesMut};
 

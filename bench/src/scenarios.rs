@@ -174,12 +174,9 @@ pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
         "at_rate"
     };
     let mut group = Group::new(target.name());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut consumer_thread = None;
+    let mut watcher = Watcher::default();
     let result = async {
-        targets::prepare(target, &names).await?;
-        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
-        consumer_thread = targets::consume(target, &names, seen_tx, Arc::clone(&stop)).await?;
+        let mut seen_rx = watcher.start(target, &names).await?;
         let mut relay = start_following(&emulator, &targets::sink_table(target, &names), "").await?;
         let before = relay.usage()?;
         let mut samples = Vec::new();
@@ -240,12 +237,38 @@ pub async fn latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
         Ok(())
     }
     .await;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(thread) = consumer_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    targets::cleanup(target, &names).await;
+    watcher.finish(target, &names).await;
     result.map(|()| group)
+}
+
+/// The consumer side of a latency run: `target`'s broker objects made fresh for it and a
+/// consumer timestamping every event it sees; [`Watcher::finish`] stops the consumer and
+/// removes the objects, whether the run succeeded or not.
+#[derive(Default)]
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Prepares the broker objects and starts the consumer; what it sees arrives on the
+    /// returned channel.
+    async fn start(&mut self, target: Target, names: &Names) -> Result<mpsc::UnboundedReceiver<Seen>> {
+        targets::prepare(target, names).await?;
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel::<Seen>();
+        self.thread = targets::consume(target, names, seen_tx, Arc::clone(&self.stop)).await?;
+        Ok(seen_rx)
+    }
+
+    /// Stops the consumer (its thread is joined before the objects go: librdkafka crashes
+    /// when topics are deleted under a live consumer) and removes the broker objects.
+    async fn finish(self, target: Target, names: &Names) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        targets::cleanup(target, names).await;
+    }
 }
 
 /// The latency of every event seen, in milliseconds and sorted, leaving out the first seconds:
@@ -274,12 +297,9 @@ pub async fn raw_latency(target: Target, rate: f64, seconds: f64) -> Result<Grou
     let dir = bench_dir()?;
     let names = Names::new(&dir);
     let mut group = Group::new(target.name());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut consumer_thread = None;
+    let mut watcher = Watcher::default();
     let result = async {
-        targets::prepare(target, &names).await?;
-        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
-        consumer_thread = targets::consume(target, &names, seen_tx, Arc::clone(&stop)).await?;
+        let mut seen_rx = watcher.start(target, &names).await?;
         let published_at = targets::publish_raw_paced(target, &names, &messages, rate).await?;
         let mut seen = Vec::with_capacity(messages.len());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -306,11 +326,7 @@ pub async fn raw_latency(target: Target, rate: f64, seconds: f64) -> Result<Grou
         Ok(())
     }
     .await;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(thread) = consumer_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    targets::cleanup(target, &names).await;
+    watcher.finish(target, &names).await;
     result.map(|()| group)
 }
 

@@ -564,12 +564,7 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
             let topics: Vec<String> =
                 DEFAULT_TOPICS.iter().map(|t| names.kafka_topic(&format!("raw-{t}"))).collect();
             create_kafka_topics(&topics).await?;
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", KAFKA_BROKERS)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("message.timeout.ms", "0")
-                .create()?;
+            let producer = raw_kafka_producer()?;
             // The producer's id, metadata and connections first, as the relay's sink has them
             // before its first delivered event (where its rate starts).
             for topic in &topics {
@@ -614,6 +609,17 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
     Ok(messages_rate(messages.len() as f64, started.elapsed().as_secs_f64()))
 }
 
+/// The raw Kafka client: an idempotent `acks=all` producer without a delivery timeout, the
+/// relay's sink settings.
+fn raw_kafka_producer() -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", KAFKA_BROKERS)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .create()?)
+}
+
 /// The raw client publishing `messages` at `rate` events/s to the topics [`consume`] reads,
 /// with the relay's producer settings (idempotent, `acks=all`, librdkafka's default linger):
 /// the latency floor of the broker and the consumer, for the relay's Kafka latency to be read
@@ -628,12 +634,7 @@ pub async fn publish_raw_paced(
     if target != Target::Kafka {
         bail!("the raw client's latency is measured for kafka only, not {}", target.name());
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA_BROKERS)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "0")
-        .create()?;
+    let producer = raw_kafka_producer()?;
     let mut published_at = std::collections::HashMap::new();
     let mut deliveries = FuturesUnordered::new();
     let started = Instant::now();

@@ -43,7 +43,7 @@ pub fn parse(megabytes: usize) -> Group {
         for piece in pieces.drain(..) {
             if let Piece::Line(line) = piece {
                 lines += 1;
-                if let Ok(Frame::Data { events: parsed, .. }) = parse_line(&Bytes::clone(&line)) {
+                if let Ok(Frame::Data { events: parsed, .. }) = parse_line(&line) {
                     events += parsed.len() as u64;
                 }
             }

@@ -290,8 +290,11 @@ fn steady_latencies(seen: &[Seen], published_at: &HashMap<u64, Instant>, seconds
 }
 
 /// The raw client's latency at `rate` through the same broker and consumer as [`latency`]
-/// (Kafka only; see [`targets::publish_raw_paced`]): what the relay's figure is measured against.
+/// (Kafka only; see [`targets::publish_kafka_paced`]): what the relay's figure is measured against.
 pub async fn raw_latency(target: Target, rate: f64, seconds: f64) -> Result<Group> {
+    if target != Target::Kafka {
+        bail!("the raw client's latency is measured for kafka only, not {}", target.name());
+    }
     targets::require_broker(target)?;
     let messages = Workload::generate((rate * seconds) as usize).messages();
     let dir = bench_dir()?;
@@ -300,7 +303,7 @@ pub async fn raw_latency(target: Target, rate: f64, seconds: f64) -> Result<Grou
     let mut watcher = Watcher::default();
     let result = async {
         let mut seen_rx = watcher.start(target, &names).await?;
-        let published_at = targets::publish_raw_paced(target, &names, &messages, rate).await?;
+        let published_at = targets::publish_kafka_paced(&names, &messages, rate).await?;
         let mut seen = Vec::with_capacity(messages.len());
         let deadline = Instant::now() + Duration::from_secs(60);
         while seen.len() < messages.len() {

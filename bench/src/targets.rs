@@ -625,15 +625,11 @@ fn raw_kafka_producer() -> Result<FutureProducer> {
 /// the latency floor of the broker and the consumer, for the relay's Kafka latency to be read
 /// against. Returns when each index was published. Kafka only: it is the one sink whose
 /// latency target the relay misses, so the one whose floor needs measuring.
-pub async fn publish_raw_paced(
-    target: Target,
+pub async fn publish_kafka_paced(
     names: &Names,
     messages: &[Message],
     rate: f64,
 ) -> Result<std::collections::HashMap<u64, Instant>> {
-    if target != Target::Kafka {
-        bail!("the raw client's latency is measured for kafka only, not {}", target.name());
-    }
     let producer = raw_kafka_producer()?;
     let mut published_at = std::collections::HashMap::new();
     let mut deliveries = FuturesUnordered::new();

@@ -113,7 +113,7 @@ impl Telemetry {
                 }
             });
         }
-        let sink_gauges: [Reading<SinkStats>; 7] = [
+        let sink_gauges: [Reading<SinkStats>; 8] = [
             (
                 "nomad_relay_sink_delivered_events_total",
                 "counter",
@@ -143,6 +143,12 @@ impl Telemetry {
                 "gauge",
                 "Events handed to the sink, not yet confirmed.",
                 |s| s.in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_in_flight_batches",
+                "gauge",
+                "Batches a pipelined sink has been handed and not yet confirmed.",
+                |s| s.batches_in_flight.load(Ordering::Relaxed),
             ),
             (
                 "nomad_relay_sink_cursor_index",

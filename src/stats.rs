@@ -44,6 +44,8 @@ pub struct SinkStats {
     pub healthy: AtomicBool,
     /// Events handed to the sink and not yet delivered or rejected.
     pub in_flight: AtomicU64,
+    /// Batches a pipelined sink has been handed and not yet confirmed.
+    pub batches_in_flight: AtomicU64,
     /// Why the sink last failed, for the readiness endpoint.
     pub last_problem: Mutex<Option<String>>,
 }

@@ -7,6 +7,12 @@
 //! Rejected events are counted and logged, never silently dropped. Only when every event of
 //! the batch is delivered or rejected does the cursor move, saved atomically with the sink's
 //! own checkpoint state, so a crash at any point re-delivers from the last saved cursor.
+//!
+//! A sink that pipelines (see the sink contract) is handed the next batch while earlier
+//! batches still await their confirmations, up to its depth. The cursor moves past a batch
+//! only once it and every batch before it are final; after any failure the worker confirms
+//! everything in flight, then delivers the leftovers in journal order, unpipelined, before it
+//! submits anything new.
 
 use crate::config::CommonSinkConfig;
 use crate::cursor::{self, Cursor};
@@ -17,7 +23,8 @@ use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::stats::{SinkStats, add};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use nomad_relay_sink_api::{Envelope, Outcome, Sink, SinkError, SinkErrorKind};
+use nomad_relay_sink_api::{DRAIN_EVERY, Envelope, Outcome, Sink, SinkError, SinkErrorKind, Submission};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,6 +70,104 @@ enum Interrupted {
     Journal(JournalError),
 }
 
+/// A batch read from the journal: the events routed to this sink, and the journal position
+/// and Nomad index the batch ends at (where the cursor goes once all of them are final).
+struct JournalBatch {
+    events: Vec<Envelope>,
+    last_seq: u64,
+    last_index: u64,
+}
+
+/// A batch in the pipeline, awaiting its outcomes.
+struct Submitted {
+    batch: JournalBatch,
+    /// False for a batch with no events for this sink: nothing to confirm, but the cursor
+    /// still passes it only after the batches before it.
+    with_sink: bool,
+}
+
+/// The batches a pipelined sink has in flight, oldest first.
+#[derive(Default)]
+struct Pipeline {
+    batches: VecDeque<Submitted>,
+    /// Batches added since the pipeline was last empty.
+    since_empty: usize,
+}
+
+impl Pipeline {
+    fn push(&mut self, batch: JournalBatch, with_sink: bool) {
+        self.batches.push_back(Submitted { batch, with_sink });
+        self.since_empty += 1;
+    }
+
+    fn pop(&mut self) -> Option<Submitted> {
+        let oldest = self.batches.pop_front();
+        if self.batches.is_empty() {
+            self.since_empty = 0;
+        }
+        oldest
+    }
+
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// True once [`DRAIN_EVERY`] batches went in since the pipeline was last empty: it is
+    /// confirmed to the end before more go in.
+    fn due_to_drain(&self) -> bool {
+        self.since_empty >= DRAIN_EVERY
+    }
+
+    /// Batches handed to the sink.
+    fn submitted(&self) -> usize {
+        self.batches.iter().filter(|b| b.with_sink).count()
+    }
+
+    /// Events handed to the sink.
+    fn events(&self) -> u64 {
+        self.batches.iter().map(|b| b.batch.events.len() as u64).sum()
+    }
+}
+
+/// What one attempt at a set of events left to do.
+#[derive(Default)]
+struct Attempt {
+    /// Events to send again, in journal order.
+    retry: Vec<Envelope>,
+    /// Why the first retried event failed; `None` when nothing failed (or nothing was sent
+    /// yet).
+    reason: Option<SinkError>,
+    /// The sink deferred events until its checkpoint state is saved.
+    deferred: bool,
+    /// Nothing has been sent yet.
+    first: bool,
+}
+
+impl Attempt {
+    /// Events not sent yet.
+    fn first(events: Vec<Envelope>) -> Attempt {
+        Attempt { retry: events, reason: None, deferred: false, first: true }
+    }
+
+    /// True when every event is delivered or rejected.
+    fn is_final(&self) -> bool {
+        self.retry.is_empty()
+    }
+
+    /// Adds a later attempt's leftovers after this one's.
+    fn merge(&mut self, later: Attempt) {
+        self.retry.extend(later.retry);
+        if self.reason.is_none() {
+            self.reason = later.reason;
+        }
+        self.deferred |= later.deferred;
+    }
+}
+
 impl SinkWorker {
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
         ExponentialBuilder::default()
@@ -95,10 +200,25 @@ impl SinkWorker {
         // written just before a crash (the file sink cuts back to this length).
         self.save_cursor().await?;
         self.stats.healthy.store(true, Ordering::Relaxed);
-        info!(sink = %self.name, guarantee = %self.sink.guarantee(), next = self.cursor.next_seq, "sink ready");
+        let depth = self.sink.pipeline_depth().max(1);
+        info!(sink = %self.name, guarantee = %self.sink.guarantee(), next = self.cursor.next_seq, pipeline_depth = depth, "sink ready");
         let mut reader = Some(JournalReader::new(self.journal_dir.clone(), self.cursor.next_seq));
+        let mut pipeline = Pipeline::default();
         loop {
+            // A sink may lower its depth as it runs (the Kafka sink does when its queue is small).
+            let depth = self.sink.pipeline_depth().max(1);
             let next_seq = reader.as_ref().map(JournalReader::next_seq).unwrap_or(self.cursor.next_seq);
+            if !pipeline.is_empty() {
+                // Confirm the oldest batch when no more may be submitted, when the pipeline is
+                // due to run empty, or when there is nothing new to submit meanwhile.
+                let nothing_new = *self.head.borrow() < next_seq;
+                if pipeline.len() >= depth || pipeline.due_to_drain() || nothing_new || shutdown.is_cancelled() {
+                    if let Err(interrupted) = self.confirm_oldest(&mut pipeline, &shutdown).await {
+                        return self.finish(interrupted).await;
+                    }
+                    continue;
+                }
+            }
             while *self.head.borrow() < next_seq {
                 tokio::select! {
                     _ = shutdown.cancelled() => return self.stop().await,
@@ -123,6 +243,12 @@ impl SinkWorker {
             reader = Some(returned);
             match batch? {
                 Batch::Skipped { from, to } => {
+                    // The cursor jumps: everything before the gap must be final first.
+                    while !pipeline.is_empty() {
+                        if let Err(interrupted) = self.confirm_oldest(&mut pipeline, &shutdown).await {
+                            return self.finish(interrupted).await;
+                        }
+                    }
                     add(&self.stats.dropped, to - from);
                     warn!(sink = %self.name, "{} events (journal records {from}..{to}) were removed from the full journal before this sink delivered them (when_full = \"drop_oldest\")", to - from);
                     self.cursor.next_seq = to;
@@ -133,105 +259,184 @@ impl SinkWorker {
                     let (last_seq, last_index) = (last.seq, last.id.index);
                     let routed: Vec<Envelope> =
                         events.into_iter().filter(|e| self.router.routes_to(&self.name, e)).collect();
-                    match self.deliver(routed, &shutdown).await {
-                        Ok(()) => {
+                    let batch = JournalBatch { events: routed, last_seq, last_index };
+                    let result = if depth > 1 {
+                        self.submit(batch, &mut pipeline, &shutdown).await
+                    } else {
+                        self.deliver(Attempt::first(batch.events), &shutdown).await.map(|()| {
                             self.cursor.next_seq = last_seq + 1;
                             self.cursor.last_index = last_index;
-                            self.save_cursor().await?;
-                        }
-                        Err(Interrupted::Shutdown { first_pending }) => {
-                            self.cursor.next_seq = first_pending;
-                            self.save_cursor().await?;
-                            return self.stop().await;
-                        }
-                        Err(Interrupted::Journal(error)) => return Err(error),
+                        })
+                    };
+                    match result {
+                        Ok(()) if pipeline.is_empty() => self.save_cursor().await?,
+                        Ok(()) => {}
+                        Err(interrupted) => return self.finish(interrupted).await,
                     }
                 }
             }
         }
     }
 
-    /// Delivers `events`, retrying what the sink could not deliver until it is delivered or
-    /// rejected, or until shutdown.
-    async fn deliver(
+    /// Ends the worker after an interruption: on shutdown the cursor is saved at the first
+    /// event not yet final and the sink flushed.
+    async fn finish(mut self, interrupted: Interrupted) -> Result<(), JournalError> {
+        match interrupted {
+            Interrupted::Shutdown { first_pending } => {
+                self.cursor.next_seq = first_pending;
+                self.save_cursor().await?;
+                self.stop().await
+            }
+            Interrupted::Journal(error) => Err(error),
+        }
+    }
+
+    /// Hands `batch` to a pipelined sink. A batch the sink settled at once (deferred, or
+    /// failed before sending) is delivered the unpipelined way, after everything in flight.
+    async fn submit(
         &mut self,
-        mut pending: Vec<Envelope>,
+        batch: JournalBatch,
+        pipeline: &mut Pipeline,
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
-        let mut delays = self.backoff();
-        let mut deferred_before = false;
-        while !pending.is_empty() {
-            self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
-            let mut outcomes = self.sink.send(&pending).await;
-            if outcomes.len() != pending.len() {
-                let message = format!(
-                    "the sink returned {} outcomes for {} events (a bug in the sink); the whole batch is sent again",
-                    outcomes.len(),
-                    pending.len()
-                );
-                error!(sink = %self.name, "{message}");
-                outcomes = pending
-                    .iter()
-                    .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Other, message.clone())))
-                    .collect();
+        if batch.events.is_empty() {
+            // Nothing for this sink: final at once, but the cursor still waits for the
+            // batches before it.
+            pipeline.push(batch, false);
+            return Ok(());
+        }
+        match self.sink.submit(&batch.events).await {
+            Submission::InFlight => {
+                pipeline.push(batch, true);
+                self.stats.in_flight.store(pipeline.events(), Ordering::Relaxed);
+                self.stats.batches_in_flight.store(pipeline.submitted() as u64, Ordering::Relaxed);
+                Ok(())
             }
-            let mut retry = Vec::new();
-            let mut reason: Option<SinkError> = None;
-            let mut deferred = false;
-            let mut outcomes = outcomes.into_iter();
-            for event in pending {
-                let outcome = outcomes.next().unwrap_or_else(|| {
-                    Outcome::Retry(SinkError::new(
-                        SinkErrorKind::Other,
-                        "the sink reported no outcome for this event",
-                    ))
-                });
-                match outcome {
-                    Outcome::Delivered => add(&self.stats.delivered, 1),
-                    Outcome::Rejected(error) => {
-                        add(&self.stats.rejected, 1);
-                        error!(
-                            sink = %self.name,
-                            event = %event.id,
-                            topic = %event.topic,
-                            r#type = %event.event_type,
-                            key = %event.key,
-                            "the destination refused this event for good; it is counted as rejected and skipped: {}",
-                            error.report()
-                        );
-                    }
-                    Outcome::Retry(error) => {
-                        reason.get_or_insert(error);
-                        retry.push(event);
-                    }
-                    Outcome::Deferred => {
-                        deferred = true;
-                        retry.push(event);
-                    }
+            Submission::Done(outcomes) => {
+                let JournalBatch { events, last_seq, last_index } = batch;
+                let mut attempt = Attempt::default();
+                while let Some(earlier) = pipeline.pop() {
+                    let (earlier_attempt, _) = self.confirm(earlier).await;
+                    attempt.merge(earlier_attempt);
+                }
+                attempt.merge(self.judge(events, outcomes));
+                self.deliver(attempt, shutdown).await?;
+                self.cursor.next_seq = last_seq + 1;
+                self.cursor.last_index = last_index;
+                Ok(())
+            }
+        }
+    }
+
+    /// Confirms the oldest batch in flight and moves the cursor past it when all its events
+    /// are final. Otherwise confirms every later batch too and delivers what is left over,
+    /// in journal order, before anything more is submitted.
+    async fn confirm_oldest(
+        &mut self,
+        pipeline: &mut Pipeline,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let Some(oldest) = pipeline.pop() else { return Ok(()) };
+        let (mut attempt, (last_seq, last_index)) = self.confirm(oldest).await;
+        let mut last = (last_seq, last_index);
+        if !attempt.is_final() {
+            while let Some(later) = pipeline.pop() {
+                let (later_attempt, later_last) = self.confirm(later).await;
+                attempt.merge(later_attempt);
+                last = later_last;
+            }
+            self.deliver(attempt, shutdown).await?;
+        }
+        self.cursor.next_seq = last.0 + 1;
+        self.cursor.last_index = last.1;
+        self.stats.in_flight.store(pipeline.events(), Ordering::Relaxed);
+        self.stats.batches_in_flight.store(pipeline.submitted() as u64, Ordering::Relaxed);
+        self.save_cursor().await.map_err(Interrupted::Journal)
+    }
+
+    /// The outcomes of one batch from the pipeline, and its last journal position.
+    async fn confirm(&mut self, batch: Submitted) -> (Attempt, (u64, u64)) {
+        let Submitted { batch: JournalBatch { events, last_seq, last_index }, with_sink } = batch;
+        let attempt = if with_sink {
+            let outcomes = self.sink.confirm(&events).await;
+            self.judge(events, outcomes)
+        } else {
+            Attempt::default()
+        };
+        (attempt, (last_seq, last_index))
+    }
+
+    /// Counts and logs the final outcomes of an attempt and keeps the events to send again.
+    fn judge(&self, events: Vec<Envelope>, outcomes: Vec<Outcome>) -> Attempt {
+        let mut outcomes = outcomes;
+        if outcomes.len() != events.len() {
+            let message = format!(
+                "the sink returned {} outcomes for {} events (a bug in the sink); the whole batch is sent again",
+                outcomes.len(),
+                events.len()
+            );
+            error!(sink = %self.name, "{message}");
+            outcomes = events
+                .iter()
+                .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Other, message.clone())))
+                .collect();
+        }
+        let mut attempt = Attempt::default();
+        for (event, outcome) in events.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => add(&self.stats.delivered, 1),
+                Outcome::Rejected(error) => {
+                    add(&self.stats.rejected, 1);
+                    error!(
+                        sink = %self.name,
+                        event = %event.id,
+                        topic = %event.topic,
+                        r#type = %event.event_type,
+                        key = %event.key,
+                        "the destination refused this event for good; it is counted as rejected and skipped: {}",
+                        error.report()
+                    );
+                }
+                Outcome::Retry(error) => {
+                    attempt.reason.get_or_insert(error);
+                    attempt.retry.push(event);
+                }
+                Outcome::Deferred => {
+                    attempt.deferred = true;
+                    attempt.retry.push(event);
                 }
             }
-            pending = retry;
-            if deferred && reason.is_none() {
-                if deferred_before {
+        }
+        attempt
+    }
+
+    /// Sends what `attempt` left over until every event is delivered or rejected, or until
+    /// shutdown. An attempt with nothing done yet ([`Attempt::first`]) starts with a send.
+    async fn deliver(&mut self, mut attempt: Attempt, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let mut delays = self.backoff();
+        let mut deferred_before = false;
+        loop {
+            if attempt.deferred {
+                // Everything before the first pending event is final; saving the cursor there
+                // (not at the batch's start) keeps the sink's state and the cursor in step, as
+                // a shutdown in mid-batch does.
+                if let Some(first) = attempt.retry.first() {
+                    self.cursor.next_seq = first.seq;
+                }
+                self.save_cursor().await.map_err(Interrupted::Journal)?;
+                if deferred_before && attempt.reason.is_none() {
                     // The contract says a sink defers once per change; one that keeps deferring
                     // is retried with a back-off rather than spun on.
-                    reason = Some(SinkError::new(
+                    attempt.reason = Some(SinkError::new(
                         SinkErrorKind::Other,
                         "the sink deferred the same events twice in a row (a bug in the sink)",
                     ));
-                } else {
-                    // Everything before the first pending event is final; saving the cursor
-                    // there (not at the batch's start) keeps the sink's state and the cursor
-                    // in step, as a shutdown in mid-batch does.
-                    if let Some(first) = pending.first() {
-                        self.cursor.next_seq = first.seq;
-                    }
-                    self.save_cursor().await.map_err(Interrupted::Journal)?;
                 }
             }
-            deferred_before = deferred;
+            deferred_before = attempt.deferred;
+            let pending = attempt.retry;
             self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
-            if let Some(reason) = reason {
+            if let Some(reason) = attempt.reason {
                 add(&self.stats.retried, pending.len() as u64);
                 self.stats.set_unhealthy(reason.report());
                 let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
@@ -241,11 +446,15 @@ impl SinkWorker {
                     _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending }),
                     _ = tokio::time::sleep(delay) => {}
                 }
-            } else {
+            } else if !attempt.first {
                 self.stats.healthy.store(true, Ordering::Relaxed);
             }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let outcomes = self.sink.send(&pending).await;
+            attempt = self.judge(pending, outcomes);
         }
-        Ok(())
     }
 
     async fn save_cursor(&mut self) -> Result<(), JournalError> {

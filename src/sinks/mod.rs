@@ -5,7 +5,7 @@ pub mod file;
 pub mod stdout;
 
 use crate::config::SinkKindConfig;
-use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError};
+use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, Submission};
 
 /// Any configured sink.
 pub enum AnySink {
@@ -68,6 +68,36 @@ impl Sink for AnySink {
             AnySink::Nats(sink) => sink.send(batch).await,
             AnySink::Amqp(sink) => sink.send(batch).await,
             AnySink::Kafka(sink) => sink.send(batch).await,
+        }
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        match self {
+            AnySink::File(sink) => sink.pipeline_depth(),
+            AnySink::Stdout(sink) => sink.pipeline_depth(),
+            AnySink::Nats(sink) => sink.pipeline_depth(),
+            AnySink::Amqp(sink) => sink.pipeline_depth(),
+            AnySink::Kafka(sink) => sink.pipeline_depth(),
+        }
+    }
+
+    async fn submit(&mut self, batch: &[Envelope]) -> Submission {
+        match self {
+            AnySink::File(sink) => sink.submit(batch).await,
+            AnySink::Stdout(sink) => sink.submit(batch).await,
+            AnySink::Nats(sink) => sink.submit(batch).await,
+            AnySink::Amqp(sink) => sink.submit(batch).await,
+            AnySink::Kafka(sink) => sink.submit(batch).await,
+        }
+    }
+
+    async fn confirm(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        match self {
+            AnySink::File(sink) => sink.confirm(batch).await,
+            AnySink::Stdout(sink) => sink.confirm(batch).await,
+            AnySink::Nats(sink) => sink.confirm(batch).await,
+            AnySink::Amqp(sink) => sink.confirm(batch).await,
+            AnySink::Kafka(sink) => sink.confirm(batch).await,
         }
     }
 

@@ -16,5 +16,5 @@ mod template;
 pub mod units;
 
 pub use envelope::{Envelope, EventId};
-pub use sink::{Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind};
+pub use sink::{DRAIN_EVERY, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission};
 pub use template::{TEMPLATE_FIELDS, Template, TemplateError};

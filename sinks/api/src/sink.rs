@@ -34,6 +34,30 @@
 //! undo writes that went out after the last checkpoint: the file sink cuts its file back to
 //! the length it had at the checkpoint, so a crash never leaves a repeated line.
 //!
+//! # Pipelining
+//!
+//! A sink whose broker confirms asynchronously (Kafka delivery reports, JetStream PubAcks)
+//! would sit idle while it waits for the last confirmation of each batch. Such a sink says
+//! through [`Sink::pipeline_depth`] how many batches may be awaiting their outcomes at once,
+//! and implements [`Sink::submit`] and [`Sink::confirm`]. The relay then hands it batch n+1
+//! with `submit` while batch n's confirmations are still outstanding, and calls `confirm` once
+//! per submitted batch, oldest first, with the same events, for that batch's outcomes. The
+//! rules above hold per batch, with these additions:
+//!
+//! - `submit` either returns [`Submission::InFlight`] (the batch is with the broker client;
+//!   its outcomes come from `confirm`) or [`Submission::Done`] with one outcome per event
+//!   (the sink decided without waiting for the broker: deferred, or failed before sending).
+//! - The cursor moves only past batches whose events are all delivered or rejected, and
+//!   [`Sink::checkpoint_state`] is saved with it while later batches are still in flight: the
+//!   state must therefore be valid for a cursor at the first event of any batch not yet
+//!   confirmed. A sink that can only describe its state when nothing is in flight keeps the
+//!   state of its last such moment; the relay lets the pipeline run empty at least every
+//!   [`DRAIN_EVERY`] batches, so that moment is never far behind.
+//! - After any outcome other than delivered or rejected, the relay confirms every batch
+//!   still in flight and submits nothing more until all the events left over are final; it
+//!   sends those again with [`Sink::send`], in journal order, as for an unpipelined sink.
+//!   `send` is never called while a batch is in flight.
+//!
 //! Because the relay re-sends every event past the cursor after a crash, a sink whose
 //! broker cannot tell repeats apart offers at-least-once delivery; a sink that can (JetStream
 //! message ids, Kafka tail reads, file truncation) offers exactly-once. Each sink states which
@@ -42,6 +66,20 @@
 use crate::Envelope;
 use std::fmt;
 use std::future::Future;
+
+/// The relay lets a pipelined sink's batches all be confirmed at least once every this many
+/// batches (see the module documentation).
+pub const DRAIN_EVERY: usize = 8;
+
+/// What [`Sink::submit`] did with a batch.
+#[derive(Debug)]
+pub enum Submission {
+    /// The batch is with the broker client; [`Sink::confirm`] gives its outcomes.
+    InFlight,
+    /// Decided without the broker (deferred, or failed before it was sent): one outcome per
+    /// event, in order. [`Sink::confirm`] is not called for this batch.
+    Done(Vec<Outcome>),
+}
 
 /// What a sink promises about each event the relay hands it, across crashes of the relay and
 /// outages of the broker.
@@ -187,6 +225,31 @@ pub trait Sink: Send {
     /// Delivers a batch and returns one outcome per envelope, in order. Must not return until
     /// each outcome is final for this attempt.
     fn send(&mut self, batch: &[Envelope]) -> impl Future<Output = Vec<Outcome>> + Send;
+
+    /// How many batches may be submitted and awaiting their outcomes at once. With the
+    /// default, 1, the relay only ever calls [`Sink::send`].
+    fn pipeline_depth(&self) -> usize {
+        1
+    }
+
+    /// Hands a batch to the broker without waiting for its confirmations (only called when
+    /// [`Sink::pipeline_depth`] is above 1). The default sends it whole.
+    fn submit(&mut self, batch: &[Envelope]) -> impl Future<Output = Submission> + Send {
+        async move { Submission::Done(self.send(batch).await) }
+    }
+
+    /// Waits for the outcomes of the oldest batch [`Sink::submit`] left in flight, given the
+    /// same events again; one outcome per envelope, in order, each final for this attempt.
+    /// Never called for a sink whose `submit` never returns [`Submission::InFlight`].
+    fn confirm(&mut self, batch: &[Envelope]) -> impl Future<Output = Vec<Outcome>> + Send {
+        async move {
+            let error = SinkError::new(
+                SinkErrorKind::Other,
+                "the sink has no batch in flight to confirm (a bug in the relay or the sink)",
+            );
+            Outcome::retry_all(batch.len(), &error)
+        }
+    }
 
     /// Pushes out anything buffered and releases what the sink holds, before shutdown.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;

@@ -6,7 +6,9 @@ use crate::config::KafkaSinkConfig;
 use crate::partition::partition_for;
 use crate::progress::{FoundRecord, Progress, SavedProgress};
 use crate::tail::{self, headers};
-use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template};
+use nomad_relay_sink_api::{
+    Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -16,6 +18,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Batches the sink may have handed to the producer before the oldest is confirmed: one
+/// being sent while the previous one's last delivery reports come in.
+const PIPELINE_DEPTH: usize = 2;
 
 /// The Kafka sink. See the crate documentation for how it delivers exactly once.
 pub struct KafkaSink {
@@ -31,6 +37,11 @@ pub struct KafkaSink {
     producer_failed: bool,
     /// Records of failed batches still awaiting their delivery report.
     in_flight: Vec<InFlight>,
+    /// Batches handed to the producer whose outcomes the relay has not asked for yet.
+    submitted: VecDeque<SubmittedBatch>,
+    /// Whether a batch may be handed over before the previous one is confirmed; turned off
+    /// when librdkafka's queue is too small to hold two batches.
+    pipelining: bool,
     health: Health,
 }
 
@@ -56,6 +67,8 @@ impl KafkaSink {
             tails_checked: false,
             producer_failed: false,
             in_flight: Vec::new(),
+            submitted: VecDeque::new(),
+            pipelining: true,
             health: Health::Unhealthy("not connected yet".into()),
         })
     }
@@ -196,8 +209,11 @@ impl KafkaSink {
         if !self.tails_checked {
             self.check_tails().await?;
         }
-        if let Some(first) = batch.first() {
-            self.progress.expire_found(first.seq);
+        // Found records hold the saved offsets back until the cursor is past their events: the
+        // cursor can still be saved at the first event of the oldest batch in flight.
+        let first_unconfirmed = self.submitted.front().map(|b| b.first_seq).or(batch.first().map(|e| e.seq));
+        if let Some(seq) = first_unconfirmed {
+            self.progress.expire_found(seq);
         }
         let topics: Vec<String> = batch.iter().map(|event| self.topic.render(event)).collect();
         let unknown: BTreeSet<String> =
@@ -232,20 +248,22 @@ impl KafkaSink {
         headers
     }
 
-    async fn send_batch(
-        &mut self,
-        producer: FutureProducer<LogContext>,
-        batch: &[Envelope],
-        topics: Vec<String>,
-    ) -> Vec<Outcome> {
-        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-        let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
-        let mut failed = false;
+    /// Hands every record of `batch` to the producer (waiting for this batch's own reports only
+    /// when librdkafka's queue is full) and keeps what `confirm_batch` needs.
+    async fn submit_batch(&mut self, producer: FutureProducer<LogContext>, batch: &[Envelope], topics: Vec<String>) {
+        let mut submitted = SubmittedBatch {
+            first_seq: batch.first().map_or(0, |e| e.seq),
+            outcomes: batch.iter().map(|_| None).collect(),
+            pending: VecDeque::new(),
+            topics,
+            failed: false,
+            unsent: None,
+        };
         for (position, event) in batch.iter().enumerate() {
             let id = event.id.to_string();
-            let topic = &topics[position];
+            let topic = &submitted.topics[position];
             if self.progress.is_found(event.seq, &id) {
-                outcomes[position] = Some(Outcome::Delivered);
+                submitted.outcomes[position] = Some(Outcome::Delivered);
                 continue;
             }
             let key = self.key.render(event);
@@ -260,31 +278,41 @@ impl KafkaSink {
             loop {
                 match producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push_back((position, delivery));
+                        submitted.pending.push_back(PendingRecord { position, seq: event.seq, id, delivery });
                         break;
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                        if !pending.is_empty() =>
-                    {
-                        // librdkafka's queue is full: wait for the oldest report, then enqueue again.
-                        let Some((waited, delivery)) = pending.pop_front() else { break };
-                        match self.await_delivery(&batch[waited], &topics[waited], delivery).await {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        // librdkafka's queue is full: wait for this batch's oldest report, then
+                        // enqueue again.
+                        let Some(waited) = submitted.pending.pop_front() else {
+                            // Full with earlier batches' records: this batch waits its turn,
+                            // and the sink stops pipelining (its queue is set too small).
+                            self.pipelining = false;
+                            submitted.unsent = Some(format!(
+                                "not sent: librdkafka's queue was full with the previous batch's records, so the sink no longer sends a batch before the previous one is confirmed; raise `librdkafka.\"queue.buffering.max.messages\"` (and `.max.kbytes`) above two batches to keep pipelining (the event at journal position {} waits)",
+                                event.seq
+                            ));
+                            warn!("{}", submitted.unsent.as_deref().unwrap_or_default());
+                            break;
+                        };
+                        let (position, topic) = (waited.position, submitted.topics[waited.position].clone());
+                        match self.await_delivery(waited, &topic).await {
                             Report::Done(outcome) => {
-                                failed |= matches!(outcome, Outcome::Retry(_));
-                                outcomes[waited] = Some(outcome);
+                                submitted.failed |= matches!(outcome, Outcome::Retry(_));
+                                submitted.outcomes[position] = Some(outcome);
                             }
-                            Report::Late(delivery) => {
-                                pending.push_front((waited, delivery));
-                                failed = true;
+                            Report::Late(record) => {
+                                submitted.pending.push_front(record);
+                                submitted.failed = true;
                             }
                         }
-                        if failed {
+                        if submitted.failed {
                             break;
                         }
                         record = returned;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                        outcomes[position] = Some(Outcome::Rejected(SinkError::new(
+                        submitted.outcomes[position] = Some(Outcome::Rejected(SinkError::new(
                             SinkErrorKind::Refused,
                             format!(
                                 "event {id} ({} bytes) is larger than the producer's message.max.bytes; raise `librdkafka.\"message.max.bytes\"` on this sink (and the topic's max.message.bytes) to relay such events",
@@ -294,8 +322,8 @@ impl KafkaSink {
                         break;
                     }
                     Err((error, _)) => {
-                        failed = true;
-                        outcomes[position] = Some(Outcome::Retry(SinkError::with_source(
+                        submitted.failed = true;
+                        submitted.outcomes[position] = Some(Outcome::Retry(SinkError::with_source(
                             SinkErrorKind::Unavailable,
                             format!("cannot hand event {id} to the Kafka producer for `{topic}`"),
                             error,
@@ -304,36 +332,46 @@ impl KafkaSink {
                     }
                 }
             }
-            if failed {
+            if submitted.failed || submitted.unsent.is_some() {
                 break;
             }
         }
-        if failed {
+        if submitted.failed {
+            // Nothing more may reach a partition from this producer: later batches are
+            // refused until the failure is dealt with.
+            self.producer_failed = true;
             purge_queue(&producer).await;
         }
-        while let Some((position, delivery)) = pending.pop_front() {
-            match self.await_delivery(&batch[position], &topics[position], delivery).await {
+        // The sink keeps its own handle; the last one is dropped off the runtime.
+        drop(producer);
+        self.submitted.push_back(submitted);
+    }
+
+    /// Waits for the delivery reports of the oldest submitted batch and gives one outcome per
+    /// event it was given.
+    async fn confirm_batch(&mut self) -> Vec<Outcome> {
+        let Some(submitted) = self.submitted.pop_front() else { return Vec::new() };
+        let SubmittedBatch { outcomes, mut pending, topics, mut failed, unsent, .. } = submitted;
+        let mut outcomes = outcomes;
+        while let Some(record) = pending.pop_front() {
+            let (position, topic) = (record.position, topics[record.position].clone());
+            match self.await_delivery(record, &topic).await {
                 Report::Done(outcome) => {
                     if matches!(outcome, Outcome::Retry(_)) && !failed {
                         failed = true;
                         // Nothing not yet sent may follow a failed record: drop what is still
                         // queued. Records in flight are left to finish (their fate must be known
                         // before the partitions are read back).
-                        purge_queue(&producer).await;
+                        self.fail_producer().await;
                     }
                     outcomes[position] = Some(outcome);
                 }
-                Report::Late(delivery) => {
+                Report::Late(record) => {
                     if !failed {
                         failed = true;
-                        purge_queue(&producer).await;
+                        self.fail_producer().await;
                     }
-                    self.in_flight.push(InFlight {
-                        seq: batch[position].seq,
-                        id: batch[position].id.to_string(),
-                        topic: topics[position].clone(),
-                        delivery,
-                    });
+                    self.in_flight.push(InFlight { seq: record.seq, id: record.id, topic, delivery: record.delivery });
                     outcomes[position] = Some(Outcome::Retry(SinkError::new(
                         SinkErrorKind::Unavailable,
                         format!(
@@ -345,29 +383,37 @@ impl KafkaSink {
                 }
             }
         }
-        // The sink keeps its own handle; the last one is dropped off the runtime.
-        drop(producer);
+        let not_sent = unsent.unwrap_or_else(|| {
+            "not sent: an earlier event failed, and the sink checks the partitions before sending more"
+                .to_owned()
+        });
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Outcome::Retry(SinkError::new(
-                        SinkErrorKind::Unavailable,
-                        "not sent: an earlier event of the batch failed, and the sink checks the partitions before sending more",
-                    ))
-                })
+                outcome
+                    .unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, not_sent.clone())))
             })
             .collect();
-        if failed {
-            self.producer_failed = true;
-            if self.in_flight.is_empty() {
+        if self.submitted.is_empty() {
+            if !self.producer_failed {
+                // Nothing is in flight and every record handed over is reported: the offsets
+                // reached are where a tail read may start.
+                self.progress.settle();
+            } else if self.in_flight.is_empty() {
                 self.discard_producer().await;
             }
-        } else {
-            self.progress.settle();
         }
         self.health = Health::from_outcomes(&outcomes);
         outcomes
+    }
+
+    /// A record failed: purges what the producer still queues and refuses later batches until
+    /// the failure is dealt with.
+    async fn fail_producer(&mut self) {
+        self.producer_failed = true;
+        if let Some(producer) = &self.producer {
+            purge_queue(producer).await;
+        }
     }
 
     /// Waits for the reports of records a failed batch left in flight. Each delivered one is
@@ -414,23 +460,23 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn await_delivery(&mut self, event: &Envelope, topic: &str, delivery: DeliveryFuture) -> Report {
+    async fn await_delivery(&mut self, record: PendingRecord, topic: &str) -> Report {
         let timeout = self.config.delivery_timeout.0;
-        let mut delivery = delivery;
-        let outcome = match tokio::time::timeout(timeout, &mut delivery).await {
+        let mut record = record;
+        let outcome = match tokio::time::timeout(timeout, &mut record.delivery).await {
             Ok(Ok(Ok(delivered))) => {
                 self.progress.delivered(topic, delivered.partition, delivered.offset);
                 Outcome::Delivered
             }
-            Ok(Ok(Err((error, _)))) => Outcome::Retry(delivery_error(event, topic, error)),
+            Ok(Ok(Err((error, _)))) => Outcome::Retry(delivery_error(&record.id, topic, error)),
             Ok(Err(_canceled)) => Outcome::Retry(SinkError::new(
                 SinkErrorKind::Unavailable,
                 format!(
                     "the Kafka producer was closed before it reported on event {} to `{topic}`",
-                    event.id
+                    record.id
                 ),
             )),
-            Err(_elapsed) => return Report::Late(delivery),
+            Err(_elapsed) => return Report::Late(record),
         };
         Report::Done(outcome)
     }
@@ -441,7 +487,35 @@ enum Report {
     /// The report arrived.
     Done(Outcome),
     /// None within `delivery_timeout`: the record may still be written.
-    Late(DeliveryFuture),
+    Late(PendingRecord),
+}
+
+/// A batch handed to the producer, awaiting its delivery reports.
+struct SubmittedBatch {
+    /// The journal position of the batch's first event.
+    first_seq: u64,
+    /// Per event, the outcome known so far (found already in Kafka, rejected by the client,
+    /// failed before it was handed over).
+    outcomes: Vec<Option<Outcome>>,
+    /// The records handed over whose reports have not been read, in the order sent.
+    pending: VecDeque<PendingRecord>,
+    /// Each event's topic.
+    topics: Vec<String>,
+    /// A record failed while the batch was handed over.
+    failed: bool,
+    /// Why the rest of the batch was not handed over, when it was not for a failure.
+    unsent: Option<String>,
+}
+
+/// A record handed to the producer, and the report that will say where it went.
+struct PendingRecord {
+    /// Its event's position in the batch.
+    position: usize,
+    /// Its event's journal position.
+    seq: u64,
+    /// Its event's id.
+    id: String,
+    delivery: DeliveryFuture,
 }
 
 /// A record whose delivery report had not come when its batch returned.
@@ -465,7 +539,7 @@ async fn purge_queue(producer: &FutureProducer<LogContext>) {
 }
 
 /// The error for a failed delivery report, with what to do about it.
-fn delivery_error(event: &Envelope, topic: &str, error: KafkaError) -> SinkError {
+fn delivery_error(id: &str, topic: &str, error: KafkaError) -> SinkError {
     let hint = match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
             "the broker refused the record batch as too large; set `librdkafka.\"message.max.bytes\"` on this sink at or below the topic's max.message.bytes"
@@ -480,7 +554,7 @@ fn delivery_error(event: &Envelope, topic: &str, error: KafkaError) -> SinkError
     };
     SinkError::with_source(
         SinkErrorKind::Unavailable,
-        format!("Kafka did not take event {} for `{topic}`: {hint}", event.id),
+        format!("Kafka did not take event {id} for `{topic}`: {hint}"),
         error,
     )
 }
@@ -605,17 +679,50 @@ impl Sink for KafkaSink {
     }
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        if !self.submitted.is_empty() {
+            let error = SinkError::new(
+                SinkErrorKind::Other,
+                "the Kafka sink was sent a batch while others were in flight (a bug in the relay)",
+            );
+            return Outcome::retry_all(batch.len(), &error);
+        }
+        match self.submit(batch).await {
+            Submission::InFlight => self.confirm_batch().await,
+            Submission::Done(outcomes) => outcomes,
+        }
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        if self.pipelining { PIPELINE_DEPTH } else { 1 }
+    }
+
+    async fn submit(&mut self, batch: &[Envelope]) -> Submission {
+        if !self.submitted.is_empty() && (self.producer_failed || !self.in_flight.is_empty()) {
+            let error = SinkError::new(
+                SinkErrorKind::Unavailable,
+                "not sent: a record of an earlier batch failed, and the sink checks the partitions before sending more",
+            );
+            return Submission::Done(Outcome::retry_all(batch.len(), &error));
+        }
         match self.prepare(batch).await {
-            Ok(Prepared::Send(producer, topics)) => self.send_batch(producer, batch, topics).await,
-            Ok(Prepared::Defer) => batch.iter().map(|_| Outcome::Deferred).collect(),
+            Ok(Prepared::Send(producer, topics)) => {
+                self.submit_batch(producer, batch, topics).await;
+                Submission::InFlight
+            }
+            Ok(Prepared::Defer) => Submission::Done(batch.iter().map(|_| Outcome::Deferred).collect()),
             Err(error) => {
-                if error.kind != SinkErrorKind::Config && self.in_flight.is_empty() {
+                if error.kind != SinkErrorKind::Config && self.in_flight.is_empty() && self.submitted.is_empty()
+                {
                     self.discard_producer().await;
                 }
                 self.health = Health::Unhealthy(error.report());
-                Outcome::retry_all(batch.len(), &error)
+                Submission::Done(Outcome::retry_all(batch.len(), &error))
             }
         }
+    }
+
+    async fn confirm(&mut self, _batch: &[Envelope]) -> Vec<Outcome> {
+        self.confirm_batch().await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

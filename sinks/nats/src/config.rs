@@ -28,7 +28,8 @@ pub struct NatsSinkConfig {
     pub credentials_file: Option<PathBuf>,
     /// TLS settings.
     pub tls: NatsTlsConfig,
-    /// Most JetStream publishes awaiting their PubAck at once.
+    /// Most JetStream publishes of one batch awaiting their PubAck at once (the sink has up to
+    /// two batches in flight).
     pub max_in_flight: usize,
     /// How long to wait for one PubAck before the event is sent again.
     pub ack_timeout: HumanDuration,

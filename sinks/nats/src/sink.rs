@@ -7,7 +7,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use nomad_relay_sink_api::{
-    Envelope, EventId, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template,
+    Envelope, EventId, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
 use std::collections::VecDeque;
 use tracing::{info, warn};
@@ -18,8 +18,22 @@ pub struct NatsSink {
     subject: Template,
     client: Option<Client>,
     jetstream: Option<async_nats::jetstream::Context>,
+    /// JetStream batches published whose PubAcks the relay has not asked for yet.
+    published: VecDeque<PublishedBatch>,
     health: Health,
 }
+
+/// A batch published to JetStream, awaiting its PubAcks.
+struct PublishedBatch {
+    /// Per event, the outcome known so far.
+    outcomes: Vec<Option<Outcome>>,
+    /// Per message published and not yet acknowledged: its event's position, its subject,
+    /// and the PubAck to come.
+    awaiting: VecDeque<(usize, String, PublishAckFuture)>,
+}
+
+/// JetStream batches the sink may have published before the oldest is acknowledged.
+const PIPELINE_DEPTH: usize = 2;
 
 impl NatsSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad subject template.
@@ -30,6 +44,7 @@ impl NatsSink {
             subject,
             client: None,
             jetstream: None,
+            published: VecDeque::new(),
             health: Health::Unhealthy("not connected yet".into()),
         })
     }
@@ -82,9 +97,11 @@ impl NatsSink {
             )
         })?;
         if config.jetstream {
+            // The client holds a permit per publish until its PubAck is read, and blocks the
+            // next publish when none is left: it must have room for every batch in flight.
             let context = async_nats::jetstream::ContextBuilder::new()
                 .timeout(config.ack_timeout.0)
-                .max_ack_inflight(config.max_in_flight)
+                .max_ack_inflight(config.max_in_flight.saturating_mul(PIPELINE_DEPTH))
                 .build(client.clone());
             self.jetstream = Some(context);
         }
@@ -168,15 +185,17 @@ impl NatsSink {
         headers
     }
 
-    async fn send_jetstream(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+    /// Publishes `batch` to JetStream, waiting for PubAcks only to keep at most
+    /// `max_in_flight` of its messages unacknowledged; `confirm_jetstream` collects the rest.
+    async fn submit_jetstream(&mut self, batch: &[Envelope]) -> Submission {
         let Some(context) = self.jetstream.clone() else {
-            return Outcome::retry_all(
+            return Submission::Done(Outcome::retry_all(
                 batch.len(),
                 &SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"),
-            );
+            ));
         };
-        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-        let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
+        let mut submitted =
+            PublishedBatch { outcomes: batch.iter().map(|_| None).collect(), awaiting: VecDeque::new() };
         for (position, event) in batch.iter().enumerate() {
             let subject = self.subject.render(event);
             let message = PublishMessage::build()
@@ -184,18 +203,35 @@ impl NatsSink {
                 .headers(Self::headers(event))
                 .message_id(event.id.to_string());
             match context.send_publish(subject.clone(), message).await {
-                Ok(ack) => in_flight.push_back((position, subject, ack)),
+                Ok(ack) => submitted.awaiting.push_back((position, subject, ack)),
                 Err(e) => {
-                    outcomes[position] = Some(self.failed(event, &subject, e.kind(), e.to_string()).await)
+                    submitted.outcomes[position] =
+                        Some(self.failed(event, &subject, e.kind(), e.to_string()).await)
                 }
             }
-            while in_flight.len() >= self.config.max_in_flight {
-                if let Some((position, subject, ack)) = in_flight.pop_front() {
-                    outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
+            while submitted.awaiting.len() >= self.config.max_in_flight {
+                if let Some((position, subject, ack)) = submitted.awaiting.pop_front() {
+                    submitted.outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
                 }
             }
         }
-        while let Some((position, subject, ack)) = in_flight.pop_front() {
+        self.published.push_back(submitted);
+        Submission::InFlight
+    }
+
+    /// Waits for the PubAcks of the oldest published batch, `batch`.
+    async fn confirm_jetstream(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        let published = self.published.pop_front();
+        let Some(PublishedBatch { mut outcomes, mut awaiting }) =
+            published.filter(|published| published.outcomes.len() == batch.len())
+        else {
+            let error = SinkError::new(
+                SinkErrorKind::Other,
+                "the NATS sink was asked to confirm a batch it was not given (a bug in the relay); it is published again",
+            );
+            return Outcome::retry_all(batch.len(), &error);
+        };
+        while let Some((position, subject, ack)) = awaiting.pop_front() {
             outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
         }
         let outcomes: Vec<Outcome> = outcomes
@@ -362,13 +398,39 @@ impl Sink for NatsSink {
     }
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        if self.config.jetstream && !self.published.is_empty() {
+            let error = SinkError::new(
+                SinkErrorKind::Other,
+                "the NATS sink was sent a batch while others were in flight (a bug in the relay)",
+            );
+            return Outcome::retry_all(batch.len(), &error);
+        }
+        match self.submit(batch).await {
+            Submission::InFlight => self.confirm_jetstream(batch).await,
+            Submission::Done(outcomes) => outcomes,
+        }
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        if self.config.jetstream { PIPELINE_DEPTH } else { 1 }
+    }
+
+    async fn submit(&mut self, batch: &[Envelope]) -> Submission {
         if self.client.is_none()
             && let Err(error) = self.connect().await
         {
             self.health = Health::Unhealthy(error.report());
-            return Outcome::retry_all(batch.len(), &error);
+            return Submission::Done(Outcome::retry_all(batch.len(), &error));
         }
-        if self.config.jetstream { self.send_jetstream(batch).await } else { self.send_core(batch).await }
+        if self.config.jetstream {
+            self.submit_jetstream(batch).await
+        } else {
+            Submission::Done(self.send_core(batch).await)
+        }
+    }
+
+    async fn confirm(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
+        self.confirm_jetstream(batch).await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

@@ -212,7 +212,11 @@ impl SinkWorker {
                 // Confirm the oldest batch when no more may be submitted, when the pipeline is
                 // due to run empty, or when there is nothing new to submit meanwhile.
                 let nothing_new = *self.head.borrow() < next_seq;
-                if pipeline.len() >= depth || pipeline.due_to_drain() || nothing_new || shutdown.is_cancelled() {
+                if pipeline.len() >= depth
+                    || pipeline.due_to_drain()
+                    || nothing_new
+                    || shutdown.is_cancelled()
+                {
                     if let Err(interrupted) = self.confirm_oldest(&mut pipeline, &shutdown).await {
                         return self.finish(interrupted).await;
                     }
@@ -412,7 +416,11 @@ impl SinkWorker {
 
     /// Sends what `attempt` left over until every event is delivered or rejected, or until
     /// shutdown. An attempt with nothing done yet ([`Attempt::first`]) starts with a send.
-    async fn deliver(&mut self, mut attempt: Attempt, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+    async fn deliver(
+        &mut self,
+        mut attempt: Attempt,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
         let mut delays = self.backoff();
         let mut deferred_before = false;
         loop {

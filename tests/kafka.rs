@@ -1,6 +1,7 @@
 //! The Kafka sink end to end, against real tansu brokers: every event exactly once and in
-//! per-key order across twenty SIGKILLs of the relay, and across a broker outage mid-run; a
-//! reserved librdkafka setting refused at start.
+//! per-key order across twenty SIGKILLs of the relay, across SIGKILLs that land while two
+//! batches are in flight, and across a broker outage mid-run; a reserved librdkafka setting
+//! refused at start.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +10,7 @@ mod support;
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use support::endpoint::{free_port, get, parse_metrics};
 use support::kafka::{OwnedTansu, Record, read_all, shared_brokers, unique};
 use support::*;
 
@@ -83,6 +85,70 @@ async fn kafka_exactly_once_across_sigkills() {
         ..GeneratorConfig::default()
     };
     let (expected, relay) = deliver_through_sigkills(&scratch, &config, &emulator, generator, "kafka").await;
+    assert!(
+        relay.log().contains("are already in Kafka and are not sent again"),
+        "no kill landed between a delivery and its cursor save, so the test proved nothing"
+    );
+    assert_exactly_once_in_key_order(&brokers, &prefix, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_exactly_once_across_sigkills_with_two_batches_in_flight() {
+    let brokers = shared_brokers();
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    // A backlog the relay catches up on in full batches, so its pipeline is kept full.
+    emulator
+        .generator(GeneratorConfig {
+            rate: None,
+            total_events: Some(40_000),
+            seed: 43,
+            ..GeneratorConfig::default()
+        })
+        .run()
+        .await;
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let scratch = Scratch::new();
+    let prefix = unique("pipeline-kill");
+    let port = free_port();
+    let config = scratch.config(
+        &emulator.url(),
+        "",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{}", kafka_sink(&brokers, &prefix, "")),
+    );
+    let in_flight = || {
+        let samples = parse_metrics(&get(port, "/metrics")?.1);
+        samples.get("nomad_relay_sink_in_flight_batches{sink=\"kafka\"}").copied()
+    };
+    let mut relay = Relay::start(&config);
+    let mut kills_with_two_in_flight = 0;
+    for _ in 0..8 {
+        let before = scratch.cursor_next("kafka").unwrap_or(0);
+        if before as usize > expected.len() * 3 / 4 {
+            break;
+        }
+        // Kill the moment the relay reports two batches handed to Kafka and unconfirmed.
+        let two = eventually("two batches in flight", Duration::from_secs(60), || {
+            let done = scratch.cursor_next("kafka").is_some_and(|next| next as usize > expected.len());
+            match in_flight() {
+                Some(n) if n >= 2.0 => Some(true),
+                _ if done => Some(false),
+                _ => None,
+            }
+        })
+        .await;
+        relay.kill();
+        kills_with_two_in_flight += usize::from(two);
+        relay = Relay::start(&config);
+    }
+    eventually("everything delivered", Duration::from_secs(180), || {
+        scratch.cursor_next("kafka").filter(|next| *next as usize > expected.len())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert!(
+        kills_with_two_in_flight >= 3,
+        "only {kills_with_two_in_flight} kills landed with two batches in flight"
+    );
     assert!(
         relay.log().contains("are already in Kafka and are not sent again"),
         "no kill landed between a delivery and its cursor save, so the test proved nothing"

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod amqp;
+pub mod endpoint;
 pub mod kafka;
 pub mod nats;
 pub mod proxy;

@@ -250,7 +250,12 @@ impl KafkaSink {
 
     /// Hands every record of `batch` to the producer (waiting for this batch's own reports only
     /// when librdkafka's queue is full) and keeps what `confirm_batch` needs.
-    async fn submit_batch(&mut self, producer: FutureProducer<LogContext>, batch: &[Envelope], topics: Vec<String>) {
+    async fn submit_batch(
+        &mut self,
+        producer: FutureProducer<LogContext>,
+        batch: &[Envelope],
+        topics: Vec<String>,
+    ) {
         let mut submitted = SubmittedBatch {
             first_seq: batch.first().map_or(0, |e| e.seq),
             outcomes: batch.iter().map(|_| None).collect(),
@@ -371,7 +376,12 @@ impl KafkaSink {
                         failed = true;
                         self.fail_producer().await;
                     }
-                    self.in_flight.push(InFlight { seq: record.seq, id: record.id, topic, delivery: record.delivery });
+                    self.in_flight.push(InFlight {
+                        seq: record.seq,
+                        id: record.id,
+                        topic,
+                        delivery: record.delivery,
+                    });
                     outcomes[position] = Some(Outcome::Retry(SinkError::new(
                         SinkErrorKind::Unavailable,
                         format!(
@@ -390,8 +400,9 @@ impl KafkaSink {
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|outcome| {
-                outcome
-                    .unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, not_sent.clone())))
+                outcome.unwrap_or_else(|| {
+                    Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, not_sent.clone()))
+                })
             })
             .collect();
         if self.submitted.is_empty() {
@@ -711,7 +722,9 @@ impl Sink for KafkaSink {
             }
             Ok(Prepared::Defer) => Submission::Done(batch.iter().map(|_| Outcome::Deferred).collect()),
             Err(error) => {
-                if error.kind != SinkErrorKind::Config && self.in_flight.is_empty() && self.submitted.is_empty()
+                if error.kind != SinkErrorKind::Config
+                    && self.in_flight.is_empty()
+                    && self.submitted.is_empty()
                 {
                     self.discard_producer().await;
                 }

@@ -1,12 +1,12 @@
 //! The Kafka sink against a real Kafka-protocol broker (tansu on 127.0.0.1:9092): records,
-//! headers and partitions, undoing a crash's repeats, a missing topic, an oversized event,
+//! headers and partitions, undoing a crash's repeats (with batches in flight too), a missing topic, an oversized event,
 //! an unreachable broker.
 
 mod common;
 
 use common::*;
 use nomad_relay_sink_api::units::{HumanDuration, OneOrMany};
-use nomad_relay_sink_api::{Outcome, Sink};
+use nomad_relay_sink_api::{Outcome, Sink, Submission};
 use nomad_relay_sink_kafka::{KafkaSink, KafkaSinkConfig, SettingValue, partition_for};
 use std::time::Duration;
 
@@ -62,6 +62,43 @@ async fn events_sent_before_a_crash_are_not_written_again() {
     assert!(outcomes.iter().all(Outcome::is_delivered), "{outcomes:?}");
     deliver(&mut restarted, &events(51, 10)).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=60);
+}
+
+/// Hands `batch` to the sink without waiting for its delivery reports.
+async fn submit(sink: &mut KafkaSink, batch: &[nomad_relay_sink_api::Envelope]) {
+    let submission = sink.submit(batch).await;
+    assert!(matches!(submission, Submission::InFlight), "{submission:?}");
+}
+
+#[tokio::test]
+async fn a_crash_with_batches_in_flight_is_undone_from_the_state_saved_before_them() {
+    let brokers = tansu();
+    let topic = unique("kafka-pipeline-crash");
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    assert_eq!(sink.pipeline_depth(), 2);
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 20)).await;
+    // Two batches in flight; the relay confirms the first and saves its cursor (41) with the
+    // state of that moment, while the second is still out, and hands over a third.
+    let (first, second, third) = (events(21, 20), events(41, 20), events(61, 20));
+    submit(&mut sink, &first).await;
+    submit(&mut sink, &second).await;
+    assert!(sink.confirm(&first).await.iter().all(Outcome::is_delivered));
+    submit(&mut sink, &third).await;
+    assert!(sink.confirm(&second).await.iter().all(Outcome::is_delivered));
+    // The cursor is saved at 61 with this state; the third batch reaches Kafka, and the
+    // relay dies before its cursor moves.
+    let saved = sink.checkpoint_state();
+    assert!(sink.confirm(&third).await.iter().all(Outcome::is_delivered));
+    assert_ne!(saved, sink.checkpoint_state(), "the offsets move once nothing is in flight");
+    drop(sink);
+
+    let mut restarted = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    restarted.open(saved).await.expect("open after the crash");
+    let outcomes = restarted.send(&third).await;
+    assert!(outcomes.iter().all(Outcome::is_delivered), "{outcomes:?}");
+    deliver(&mut restarted, &events(81, 10)).await;
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=90);
 }
 
 #[tokio::test]

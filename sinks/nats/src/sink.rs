@@ -211,7 +211,8 @@ impl NatsSink {
             }
             while submitted.awaiting.len() >= self.config.max_in_flight {
                 if let Some((position, subject, ack)) = submitted.awaiting.pop_front() {
-                    submitted.outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
+                    submitted.outcomes[position] =
+                        Some(self.acknowledged(&batch[position], &subject, ack).await);
                 }
             }
         }

@@ -7,8 +7,7 @@ mod support;
 
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 use support::endpoint::{free_port, get, parse_metrics};

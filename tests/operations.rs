@@ -56,6 +56,7 @@ async fn metrics_follow_a_run_and_lag_reaches_zero() {
     assert_eq!(done["nomad_relay_source_events_total{source=\"default\"}"], expected);
     assert_eq!(done["nomad_relay_sink_backlog_records{sink=\"out\"}"], 0.0);
     assert_eq!(done["nomad_relay_sink_in_flight_events{sink=\"out\"}"], 0.0);
+    assert_eq!(done["nomad_relay_sink_in_flight_batches{sink=\"out\"}"], 0.0);
     assert!(done["nomad_relay_source_read_bytes_total{source=\"default\"}"] > 0.0);
     assert!(done["nomad_relay_journal_bytes"] > 0.0);
     assert_eq!(done["nomad_relay_journal_entries"], done["nomad_relay_journal_head_record"]);

@@ -33,6 +33,14 @@
 //!    relay's cursor has passed its event. A re-sent event whose journal position and id are among them is
 //!    reported delivered without being sent again; the others are sent, after the records
 //!    already there, so per-key order holds too.
+//! 6. **Batches are pipelined, two deep.** The next batch goes to the producer while the
+//!    previous one's last delivery reports come in; the relay moves its cursor past a batch
+//!    only when all of it is reported. The saved offsets move only at a moment when nothing
+//!    is in flight (the relay lets the pipeline run empty at least every
+//!    [`nomad_relay_sink_api::DRAIN_EVERY`] batches), so they lie before every record of any
+//!    batch the cursor has not passed, and a crash with batches in flight reads those back
+//!    like any other. After a failed report the producer takes no new batch until the
+//!    failure is dealt with as in 3.
 //!
 //! # Assumptions
 //!

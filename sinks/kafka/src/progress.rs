@@ -7,8 +7,9 @@
 //! - `end`: just past the last record the sink knows is there (from delivery reports and
 //!   tail reads);
 //! - `settled`: the `end` of the last moment every event the sink was given had a final
-//!   outcome. The relay's cursor moves only at such moments, so every record written after
-//!   the saved cursor lies at or past the saved `settled` offset.
+//!   outcome and no batch was in flight. The relay's cursor is only ever at or past such a
+//!   moment, so every record written after the saved cursor lies at or past the saved
+//!   `settled` offset.
 //!
 //! The saved form is the settled offset, lowered to where the tail read started that found
 //! records whose events have not been replayed yet: a crash during a replay must find those

@@ -144,13 +144,13 @@ struct Attempt {
     /// The sink deferred events until its checkpoint state is saved.
     deferred: bool,
     /// Nothing has been sent yet.
-    first: bool,
+    untried: bool,
 }
 
 impl Attempt {
     /// Events not sent yet.
-    fn first(events: Vec<Envelope>) -> Attempt {
-        Attempt { retry: events, reason: None, deferred: false, first: true }
+    fn untried(events: Vec<Envelope>) -> Attempt {
+        Attempt { retry: events, reason: None, deferred: false, untried: true }
     }
 
     /// True when every event is delivered or rejected.
@@ -267,7 +267,7 @@ impl SinkWorker {
                     let result = if depth > 1 {
                         self.submit(batch, &mut pipeline, &shutdown).await
                     } else {
-                        self.deliver(Attempt::first(batch.events), &shutdown).await.map(|()| {
+                        self.deliver(Attempt::untried(batch.events), &shutdown).await.map(|()| {
                             self.cursor.next_seq = last_seq + 1;
                             self.cursor.last_index = last_index;
                         })
@@ -415,7 +415,7 @@ impl SinkWorker {
     }
 
     /// Sends what `attempt` left over until every event is delivered or rejected, or until
-    /// shutdown. An attempt with nothing done yet ([`Attempt::first`]) starts with a send.
+    /// shutdown. An attempt with nothing done yet ([`Attempt::untried`]) starts with a send.
     async fn deliver(
         &mut self,
         mut attempt: Attempt,
@@ -454,7 +454,7 @@ impl SinkWorker {
                     _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending }),
                     _ = tokio::time::sleep(delay) => {}
                 }
-            } else if !attempt.first {
+            } else if !attempt.untried {
                 self.stats.healthy.store(true, Ordering::Relaxed);
             }
             if pending.is_empty() {
@@ -483,5 +483,56 @@ impl SinkWorker {
             warn!(sink = %self.name, "flush at shutdown failed: {}", error.report());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(last_seq: u64) -> JournalBatch {
+        JournalBatch { events: Vec::new(), last_seq, last_index: last_seq }
+    }
+
+    #[test]
+    fn the_pipeline_runs_empty_at_least_every_drain_every_batches() {
+        let mut pipeline = Pipeline::default();
+        let mut seq = 0;
+        // Kept two deep: one in, one out, never empty.
+        pipeline.push(batch(seq), true);
+        while !pipeline.due_to_drain() {
+            seq += 1;
+            pipeline.push(batch(seq), true);
+            assert_eq!(pipeline.len(), 2);
+            pipeline.pop();
+        }
+        assert_eq!(seq as usize, DRAIN_EVERY - 1, "due after {DRAIN_EVERY} batches went in");
+        pipeline.pop();
+        assert!(pipeline.is_empty() && !pipeline.due_to_drain(), "the count starts again once empty");
+    }
+
+    #[test]
+    fn leftovers_keep_journal_order_and_the_first_reason() {
+        let event = |seq| Envelope {
+            seq,
+            id: nomad_relay_sink_api::EventId { index: seq, digest: 0, occurrence: 0 },
+            source: "default".into(),
+            topic: "Job".into(),
+            event_type: "JobRegistered".into(),
+            key: "web".into(),
+            namespace: "default".into(),
+            raw: bytes::Bytes::from_static(b"{}"),
+        };
+        let mut earlier = Attempt { retry: vec![event(1)], reason: None, deferred: true, untried: false };
+        let later = Attempt {
+            retry: vec![event(5), event(6)],
+            reason: Some(SinkError::new(SinkErrorKind::Unavailable, "down")),
+            deferred: false,
+            untried: false,
+        };
+        earlier.merge(later);
+        assert_eq!(earlier.retry.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 5, 6]);
+        assert!(earlier.deferred && !earlier.is_final());
+        assert_eq!(earlier.reason.map(|r| r.message), Some("down".to_owned()));
     }
 }

@@ -290,14 +290,21 @@ impl KafkaSink {
                         // librdkafka's queue is full: wait for this batch's oldest report, then
                         // enqueue again.
                         let Some(waited) = submitted.pending.pop_front() else {
-                            // Full with earlier batches' records: this batch waits its turn,
-                            // and the sink stops pipelining (its queue is set too small).
-                            self.pipelining = false;
-                            submitted.unsent = Some(format!(
-                                "not sent: librdkafka's queue was full with the previous batch's records, so the sink no longer sends a batch before the previous one is confirmed; raise `librdkafka.\"queue.buffering.max.messages\"` (and `.max.kbytes`) above two batches to keep pipelining (the event at journal position {} waits)",
+                            // Full with none of this batch's records in it: with earlier
+                            // batches' records, the queue is set too small for two batches,
+                            // and the sink stops pipelining. This batch waits its turn.
+                            let cause = if self.submitted.is_empty() {
+                                "with none of this batch's records in it"
+                            } else {
+                                self.pipelining = false;
+                                "with the previous batch's records, so the sink no longer hands over a batch before the previous one is confirmed"
+                            };
+                            let reason = format!(
+                                "not sent: librdkafka's queue is full {cause}; raise `librdkafka.\"queue.buffering.max.messages\"` and `queue.buffering.max.kbytes` above two batches (the event at journal position {} waits)",
                                 event.seq
-                            ));
-                            warn!("{}", submitted.unsent.as_deref().unwrap_or_default());
+                            );
+                            warn!("{reason}");
+                            submitted.unsent = Some(reason);
                             break;
                         };
                         let (position, topic) = (waited.position, submitted.topics[waited.position].clone());

@@ -115,9 +115,19 @@ pub fn require_broker(target: Target) -> Result<()> {
     Ok(())
 }
 
-/// The relay's `[sinks.bench]` table for `target`. The broker objects are made by
+/// The relay's `[sinks.bench]` table for `target`, with the lines of `$BENCH_SINK_EXTRA`
+/// appended (settings to try, such as `batch_size = 2000`). The broker objects are made by
 /// [`prepare`] beforehand, so the sink only checks that they exist.
 pub fn sink_table(target: Target, names: &Names) -> String {
+    let mut table = default_sink_table(target, names);
+    if let Ok(extra) = std::env::var("BENCH_SINK_EXTRA") {
+        table.push_str(&extra);
+        table.push('\n');
+    }
+    table
+}
+
+fn default_sink_table(target: Target, names: &Names) -> String {
     let common = "[sinks.bench]\nretry_min_delay = \"50ms\"\nretry_max_delay = \"1s\"\n";
     match target {
         Target::File => format!("{common}type = \"file\"\npath = \"{}\"\n", names.file.display()),

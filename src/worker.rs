@@ -143,14 +143,12 @@ struct Attempt {
     reason: Option<SinkError>,
     /// The sink deferred events until its checkpoint state is saved.
     deferred: bool,
-    /// Nothing has been sent yet.
-    untried: bool,
 }
 
 impl Attempt {
-    /// Events not sent yet.
+    /// Events not sent yet: [`SinkWorker::deliver`] starts by sending them.
     fn untried(events: Vec<Envelope>) -> Attempt {
-        Attempt { retry: events, reason: None, deferred: false, untried: true }
+        Attempt { retry: events, ..Attempt::default() }
     }
 
     /// True when every event is delivered or rejected.
@@ -312,17 +310,13 @@ impl SinkWorker {
         match self.sink.submit(&batch.events).await {
             Submission::InFlight => {
                 pipeline.push(batch, true);
-                self.stats.in_flight.store(pipeline.events(), Ordering::Relaxed);
-                self.stats.batches_in_flight.store(pipeline.submitted() as u64, Ordering::Relaxed);
+                self.show_pipeline(pipeline);
                 Ok(())
             }
             Submission::Done(outcomes) => {
                 let JournalBatch { events, last_seq, last_index } = batch;
                 let mut attempt = Attempt::default();
-                while let Some(earlier) = pipeline.pop() {
-                    let (earlier_attempt, _) = self.confirm(earlier).await;
-                    attempt.merge(earlier_attempt);
-                }
+                self.confirm_all(pipeline, &mut attempt).await;
                 attempt.merge(self.judge(events, outcomes));
                 self.deliver(attempt, shutdown).await?;
                 self.cursor.next_seq = last_seq + 1;
@@ -341,21 +335,33 @@ impl SinkWorker {
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let Some(oldest) = pipeline.pop() else { return Ok(()) };
-        let (mut attempt, (last_seq, last_index)) = self.confirm(oldest).await;
-        let mut last = (last_seq, last_index);
+        let (mut attempt, mut last) = self.confirm(oldest).await;
         if !attempt.is_final() {
-            while let Some(later) = pipeline.pop() {
-                let (later_attempt, later_last) = self.confirm(later).await;
-                attempt.merge(later_attempt);
-                last = later_last;
-            }
+            last = self.confirm_all(pipeline, &mut attempt).await.unwrap_or(last);
             self.deliver(attempt, shutdown).await?;
         }
         self.cursor.next_seq = last.0 + 1;
         self.cursor.last_index = last.1;
+        self.show_pipeline(pipeline);
+        self.save_cursor().await.map_err(Interrupted::Journal)
+    }
+
+    /// Confirms every batch left in the pipeline, adding their leftovers to `attempt`; gives
+    /// the last batch's journal position, if there was one.
+    async fn confirm_all(&mut self, pipeline: &mut Pipeline, attempt: &mut Attempt) -> Option<(u64, u64)> {
+        let mut last = None;
+        while let Some(batch) = pipeline.pop() {
+            let (leftovers, position) = self.confirm(batch).await;
+            attempt.merge(leftovers);
+            last = Some(position);
+        }
+        last
+    }
+
+    /// Publishes what the pipeline holds to the sink's gauges.
+    fn show_pipeline(&self, pipeline: &Pipeline) {
         self.stats.in_flight.store(pipeline.events(), Ordering::Relaxed);
         self.stats.batches_in_flight.store(pipeline.submitted() as u64, Ordering::Relaxed);
-        self.save_cursor().await.map_err(Interrupted::Journal)
     }
 
     /// The outcomes of one batch from the pipeline, and its last journal position.
@@ -454,7 +460,7 @@ impl SinkWorker {
                     _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending }),
                     _ = tokio::time::sleep(delay) => {}
                 }
-            } else if !attempt.untried {
+            } else {
                 self.stats.healthy.store(true, Ordering::Relaxed);
             }
             if pending.is_empty() {
@@ -523,12 +529,11 @@ mod tests {
             namespace: "default".into(),
             raw: bytes::Bytes::from_static(b"{}"),
         };
-        let mut earlier = Attempt { retry: vec![event(1)], reason: None, deferred: true, untried: false };
+        let mut earlier = Attempt { retry: vec![event(1)], reason: None, deferred: true };
         let later = Attempt {
             retry: vec![event(5), event(6)],
             reason: Some(SinkError::new(SinkErrorKind::Unavailable, "down")),
             deferred: false,
-            untried: false,
         };
         earlier.merge(later);
         assert_eq!(earlier.retry.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 5, 6]);

@@ -307,8 +307,8 @@ impl KafkaSink {
                             submitted.unsent = Some(reason);
                             break;
                         };
-                        let (position, topic) = (waited.position, submitted.topics[waited.position].clone());
-                        match self.await_delivery(waited, &topic).await {
+                        let position = waited.position;
+                        match self.await_delivery(waited, &submitted.topics[position]).await {
                             Report::Done(outcome) => {
                                 submitted.failed |= matches!(outcome, Outcome::Retry(_));
                                 submitted.outcomes[position] = Some(outcome);
@@ -366,8 +366,8 @@ impl KafkaSink {
         let SubmittedBatch { outcomes, mut pending, topics, mut failed, unsent, .. } = submitted;
         let mut outcomes = outcomes;
         while let Some(record) = pending.pop_front() {
-            let (position, topic) = (record.position, topics[record.position].clone());
-            match self.await_delivery(record, &topic).await {
+            let position = record.position;
+            match self.await_delivery(record, &topics[position]).await {
                 Report::Done(outcome) => {
                     if matches!(outcome, Outcome::Retry(_)) && !failed {
                         failed = true;
@@ -386,7 +386,7 @@ impl KafkaSink {
                     self.in_flight.push(InFlight {
                         seq: record.seq,
                         id: record.id,
-                        topic,
+                        topic: topics[position].clone(),
                         delivery: record.delivery,
                     });
                     outcomes[position] = Some(Outcome::Retry(SinkError::new(

@@ -60,7 +60,6 @@ impl RelayProcess {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

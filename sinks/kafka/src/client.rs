@@ -86,7 +86,10 @@ pub fn admin(config: &KafkaSinkConfig) -> Result<rdkafka::admin::AdminClient<Log
 }
 
 /// The operator's pass-through settings, then the brokers and the client id (set last, so
-/// they win).
+/// they win). librdkafka logs as much as the relay's log filter lets through for this module
+/// (`RUST_LOG=nomad_relay_sink_kafka::client=debug` with a `debug` setting shows its protocol
+/// traces); rdkafka would otherwise take the level from the `log` crate, which the relay does
+/// not use, and pass errors only.
 fn base<'a>(
     config: &KafkaSinkConfig,
     settings: impl Iterator<Item = (&'a str, String)>,
@@ -97,7 +100,21 @@ fn base<'a>(
         client.set(name, value);
     }
     client.set("bootstrap.servers", config.bootstrap_servers()).set("client.id", client_id);
+    client.set_log_level(log_level());
     client
+}
+
+/// The most detailed librdkafka level the relay's log filter shows for this module.
+fn log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(tracing::Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
 }
 
 fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
@@ -185,4 +202,22 @@ pub fn unreachable_error(brokers: &str, error: KafkaError) -> SinkError {
         ),
         error,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_logs_as_much_as_the_relay_log_shows() {
+        let level_under = |max: tracing::Level| {
+            let subscriber =
+                tracing_subscriber::fmt().with_max_level(max).with_writer(std::io::sink).finish();
+            tracing::subscriber::with_default(subscriber, log_level)
+        };
+        assert!(matches!(level_under(tracing::Level::DEBUG), RDKafkaLogLevel::Debug));
+        assert!(matches!(level_under(tracing::Level::INFO), RDKafkaLogLevel::Info));
+        assert!(matches!(level_under(tracing::Level::WARN), RDKafkaLogLevel::Warning));
+        assert!(matches!(level_under(tracing::Level::ERROR), RDKafkaLogLevel::Error));
+    }
 }

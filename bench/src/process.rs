@@ -48,6 +48,17 @@ impl RelayProcess {
     /// `relay.log` in its directory.
     pub fn start(nomad_url: &str, sinks: &str, extra: &str) -> Result<RelayProcess> {
         let dir = tempfile::Builder::new().prefix("nomad-relay-bench-").tempdir_in(bench_dir()?)?;
+        RelayProcess::start_in(dir, nomad_url, sinks, extra)
+    }
+
+    /// [`RelayProcess::start`] in the working directory of an earlier relay (from
+    /// [`RelayProcess::stop_keeping_dir`]), which finds that relay's journal and cursors.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        nomad_url: &str,
+        sinks: &str,
+        extra: &str,
+    ) -> Result<RelayProcess> {
         let port = free_port()?;
         let config = format!(
             "data_dir = \"{data}\"\n{extra}\n[nomad]\naddress = \"{nomad_url}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n{sinks}\n",
@@ -118,6 +129,14 @@ impl RelayProcess {
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops it with SIGKILL and keeps its working directory for the next relay: what it
+    /// journaled and every cursor it saved are durable, as after any crash.
+    pub fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir
     }
 }
 

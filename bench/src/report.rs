@@ -51,10 +51,12 @@ pub fn table(figures: &[Figure]) -> String {
 
 /// One line per sink with the headline figures, where they were measured.
 pub fn summary(figures: &[Figure]) -> String {
-    let columns: [(&str, &str); 11] = [
+    let columns: [(&str, &str); 13] = [
         ("relay_events_per_s", "relay ev/s"),
         ("raw_client_events_per_s", "raw client ev/s"),
         ("ratio_to_raw_client", "ratio"),
+        ("from_journal_events_per_s", "from journal ev/s"),
+        ("from_journal_ratio_to_raw_client", "ratio"),
         ("relay_mb_per_s", "MB/s"),
         ("p50_ms_at_1000", "p50 ms @1k"),
         ("p99_ms_at_1000", "p99 ms @1k"),

@@ -62,6 +62,7 @@ pub async fn throughput(target: Target, events: usize) -> Result<Group> {
         if at_broker != expected {
             bail!("{}: the broker holds {at_broker} events, {expected} were sent", target.name());
         }
+        let from_journal = deliver_from_journal(target, &emulator, expected, &dir).await?;
         let raw = targets::raw_limit(target, &names, &messages, &dir).await?;
         let average = bytes as f64 / expected as f64;
         group.add("events", expected as f64, "events");
@@ -71,6 +72,8 @@ pub async fn throughput(target: Target, events: usize) -> Result<Group> {
         group.add("catch_up_seconds", seconds, "s");
         group.add("raw_client_events_per_s", raw, "events/s");
         group.add("ratio_to_raw_client", rate / raw, "×");
+        group.add("from_journal_events_per_s", from_journal, "events/s");
+        group.add("from_journal_ratio_to_raw_client", from_journal / raw, "×");
         group.add("peak_rss_mib", usage.peak_rss as f64 / MIB, "MiB");
         group.add("cpu_s_per_million_events", usage.cpu_seconds / expected as f64 * 1e6, "s");
         Ok(())
@@ -78,6 +81,59 @@ pub async fn throughput(target: Target, events: usize) -> Result<Group> {
     .await;
     targets::cleanup(target, &names).await;
     result.map(|()| group)
+}
+
+/// The sink path alone: a first relay journals the whole stream (delivering it to stdout
+/// only), then a relay in the same directory delivers the filled journal to a new sink (a new
+/// sink starts at the oldest record) with nothing left to ingest. Its rate, against the raw
+/// client's, is what the sink worker and the broker do without the ingest (parse, journal
+/// write) taking CPU from both.
+async fn deliver_from_journal(
+    target: Target,
+    emulator: &Emulator,
+    expected: u64,
+    dir: &std::path::Path,
+) -> Result<f64> {
+    let names = Names::new(dir);
+    let result = async {
+        targets::prepare(target, &names).await?;
+        let mut filler = RelayProcess::start(&emulator.url(), "[sinks.fill]\ntype = \"stdout\"\n", "")?;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while filler.metrics().await?.delivered("fill") < expected {
+            if Instant::now() > deadline {
+                bail!(
+                    "the relay did not journal {expected} events in 15 minutes; log:\n{}",
+                    filler.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let journal = filler.stop_keeping_dir();
+        let core_count =
+            if target == Target::Nats { Some(targets::count_core_nats(&names).await?) } else { None };
+        let mut relay =
+            RelayProcess::start_in(journal, &emulator.url(), &targets::sink_table(target, &names), "")?;
+        let run = catch_up(&mut relay, expected).await;
+        relay.stop();
+        let (rate, _) = run?;
+        let at_broker = match core_count {
+            Some(count) => {
+                wait_for_count(&count, expected).await;
+                count.load(Ordering::Relaxed)
+            }
+            None => targets::broker_count(target, &names).await?,
+        };
+        if at_broker != expected {
+            bail!(
+                "{} from the journal: the broker holds {at_broker} events, {expected} were sent",
+                target.name()
+            );
+        }
+        Ok(rate)
+    }
+    .await;
+    targets::cleanup(target, &names).await;
+    result
 }
 
 async fn wait_for_count(count: &std::sync::atomic::AtomicU64, expected: u64) {

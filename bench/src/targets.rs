@@ -583,14 +583,31 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
             }
             started = Instant::now();
             let mut deliveries = FuturesUnordered::new();
-            for message in messages {
+            // Records outstanding at most (`BENCH_RAW_WINDOW`, a diagnostic: how much the raw
+            // client needs in flight to reach its rate); every record by default.
+            let window: usize =
+                std::env::var("BENCH_RAW_WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+            for (position, message) in messages.iter().enumerate() {
+                while deliveries.len() >= window.max(1) {
+                    match deliveries.next().await {
+                        Some(result) => check_delivery(result)?,
+                        None => break,
+                    }
+                }
                 let topic = names.kafka_topic(&format!("raw-{}", message.topic));
                 let index = message.index.to_string();
-                let headers = OwnedHeaders::new()
+                let seq = position.to_string();
+                // The relay's nine headers, with values of the same lengths.
+                let headers = OwnedHeaders::new_with_capacity(9)
                     .insert(Header { key: "nomad-relay-id", value: Some(message.id.as_str()) })
                     .insert(Header { key: "nomad-index", value: Some(index.as_str()) })
                     .insert(Header { key: "nomad-topic", value: Some(message.topic.as_str()) })
-                    .insert(Header { key: "nomad-type", value: Some(message.event_type.as_str()) });
+                    .insert(Header { key: "nomad-type", value: Some(message.event_type.as_str()) })
+                    .insert(Header { key: "nomad-namespace", value: Some("default") })
+                    .insert(Header { key: "nomad-key", value: Some(message.key.as_str()) })
+                    .insert(Header { key: "nomad-source", value: Some("default") })
+                    .insert(Header { key: "nomad-relay-writer", value: Some(RAW_WRITER) })
+                    .insert(Header { key: "nomad-relay-seq", value: Some(seq.as_str()) });
                 let mut record = FutureRecord::to(&topic)
                     .key(message.key.as_bytes())
                     .payload(&message.body[..])
@@ -618,6 +635,9 @@ pub async fn raw_limit(target: Target, names: &Names, messages: &[Message], dir:
     }
     Ok(messages_rate(messages.len() as f64, started.elapsed().as_secs_f64()))
 }
+
+/// A writer id as long as the relay's (16 hex digits), for the raw records' `nomad-relay-writer`.
+const RAW_WRITER: &str = "00000000deadbeef";
 
 /// The raw Kafka client: an idempotent `acks=all` producer without a delivery timeout, the
 /// relay's sink settings.

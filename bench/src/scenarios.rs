@@ -98,17 +98,9 @@ async fn deliver_from_journal(
     let result = async {
         targets::prepare(target, &names).await?;
         let mut filler = RelayProcess::start(&emulator.url(), "[sinks.fill]\ntype = \"stdout\"\n", "")?;
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while filler.metrics().await?.delivered("fill") < expected {
-            if Instant::now() > deadline {
-                bail!(
-                    "the relay did not journal {expected} events in 15 minutes; log:\n{}",
-                    filler.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let filled = journal_everything(&mut filler, expected).await;
         let journal = filler.stop_keeping_dir();
+        filled?;
         let core_count =
             if target == Target::Nats { Some(targets::count_core_nats(&names).await?) } else { None };
         let mut relay =
@@ -134,6 +126,18 @@ async fn deliver_from_journal(
     .await;
     targets::cleanup(target, &names).await;
     result
+}
+
+/// Waits until `relay` delivered `expected` events to its `fill` sink: all are journaled.
+async fn journal_everything(relay: &mut RelayProcess, expected: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while relay.metrics().await?.delivered("fill") < expected {
+        if Instant::now() > deadline {
+            bail!("the relay did not journal {expected} events in 15 minutes; log:\n{}", relay.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 async fn wait_for_count(count: &std::sync::atomic::AtomicU64, expected: u64) {

@@ -87,9 +87,9 @@ pub fn admin(config: &KafkaSinkConfig) -> Result<rdkafka::admin::AdminClient<Log
 
 /// The operator's pass-through settings, then the brokers and the client id (set last, so
 /// they win). librdkafka logs as much as the relay's log filter lets through for this module
-/// (`RUST_LOG=nomad_relay_sink_kafka::client=debug` with a `debug` setting shows its protocol
-/// traces); rdkafka would otherwise take the level from the `log` crate, which the relay does
-/// not use, and pass errors only.
+/// (`NOMAD_RELAY_LOG=info,nomad_relay_sink_kafka::client=debug` with a `debug` setting shows
+/// its protocol traces); rdkafka would otherwise take the level from the `log` crate, which
+/// the relay does not use, and pass errors only.
 fn base<'a>(
     config: &KafkaSinkConfig,
     settings: impl Iterator<Item = (&'a str, String)>,

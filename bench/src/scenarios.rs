@@ -7,6 +7,8 @@
 //!   event to the last (start-up excluded), from the relay's own delivered counter; the broker
 //!   is then asked how many events it holds, and a wrong count fails the run. The same
 //!   messages are then published by the raw client with the same guarantee, for the ratio.
+//!   A second relay delivers the same events from a journal filled beforehand, with nothing
+//!   left to ingest: the sink path alone.
 //! - [`latency`]: the emulator publishes at a fixed offered rate; a consumer timestamps each
 //!   event as it becomes visible; latency is that time minus the time its line was published.
 //! - [`backlog`]: one sink up, one sink down the whole time: the journal absorbs the backlog

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use nomad_emulator::{Emulator, EmulatorConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -54,16 +54,7 @@ pub async fn throughput(target: Target, events: usize) -> Result<Group> {
         relay.stop();
         let (rate, seconds) = run?;
         let usage = usage?;
-        let at_broker = match core_count {
-            Some(count) => {
-                wait_for_count(&count, expected).await;
-                count.load(Ordering::Relaxed)
-            }
-            None => targets::broker_count(target, &names).await?,
-        };
-        if at_broker != expected {
-            bail!("{}: the broker holds {at_broker} events, {expected} were sent", target.name());
-        }
+        check_broker_holds(target, &names, core_count, expected, "catch-up").await?;
         let from_journal = deliver_from_journal(target, &emulator, expected, &dir).await?;
         let raw = targets::raw_limit(target, &names, &messages, &dir).await?;
         let average = bytes as f64 / expected as f64;
@@ -110,19 +101,7 @@ async fn deliver_from_journal(
         let run = catch_up(&mut relay, expected).await;
         relay.stop();
         let (rate, _) = run?;
-        let at_broker = match core_count {
-            Some(count) => {
-                wait_for_count(&count, expected).await;
-                count.load(Ordering::Relaxed)
-            }
-            None => targets::broker_count(target, &names).await?,
-        };
-        if at_broker != expected {
-            bail!(
-                "{} from the journal: the broker holds {at_broker} events, {expected} were sent",
-                target.name()
-            );
-        }
+        check_broker_holds(target, &names, core_count, expected, "from the journal").await?;
         Ok(rate)
     }
     .await;
@@ -142,7 +121,30 @@ async fn journal_everything(relay: &mut RelayProcess, expected: u64) -> Result<(
     Ok(())
 }
 
-async fn wait_for_count(count: &std::sync::atomic::AtomicU64, expected: u64) {
+/// Fails unless the broker holds exactly `expected` events of the `run` named `names`; for
+/// core NATS, which keeps nothing, unless `core_count` (subscribed before the relay started)
+/// saw them all.
+async fn check_broker_holds(
+    target: Target,
+    names: &Names,
+    core_count: Option<Arc<AtomicU64>>,
+    expected: u64,
+    run: &str,
+) -> Result<()> {
+    let at_broker = match core_count {
+        Some(count) => {
+            wait_for_count(&count, expected).await;
+            count.load(Ordering::Relaxed)
+        }
+        None => targets::broker_count(target, names).await?,
+    };
+    if at_broker != expected {
+        bail!("{} ({run}): the broker holds {at_broker} events, {expected} were sent", target.name());
+    }
+    Ok(())
+}
+
+async fn wait_for_count(count: &AtomicU64, expected: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

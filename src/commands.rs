@@ -190,7 +190,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         .map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
     let router = Router::new(config.routes.clone());
     let mut reader = Some(JournalReader::new(dir.clone(), recovered.oldest));
-    let (mut replayed, mut skipped_rejected) = (0u64, 0u64);
+    let (mut replayed, mut skipped_rejected, mut already_present) = (0u64, 0u64, 0u64);
     let mut first_index = None;
     let mut last_index = 0;
     loop {
@@ -232,6 +232,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
                     first_index.get_or_insert(event.id.index);
                     last_index = event.id.index;
                 }
+                Outcome::Duplicate => already_present += 1,
                 Outcome::Rejected(_) => skipped_rejected += 1,
                 Outcome::Deferred => {
                     return Err(RelayError::Other(format!(
@@ -255,6 +256,11 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     let mut summary = format!("replayed {replayed} events to sink `{sink_name}`");
     if let Some(first) = first_index {
         summary.push_str(&format!(" (Nomad indexes {first}..={last_index})"));
+    }
+    if already_present > 0 {
+        summary.push_str(&format!(
+            "; {already_present} were already at the destination and were not stored again (JetStream's duplicate window, or records the Kafka sink found)"
+        ));
     }
     if skipped_rejected > 0 {
         summary.push_str(&format!("; {skipped_rejected} rejected by the sink"));

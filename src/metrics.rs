@@ -113,12 +113,18 @@ impl Telemetry {
                 }
             });
         }
-        let sink_gauges: [Reading<SinkStats>; 8] = [
+        let sink_gauges: [Reading<SinkStats>; 9] = [
             (
                 "nomad_relay_sink_delivered_events_total",
                 "counter",
                 "Events the destination confirmed.",
                 |s| s.delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_duplicate_events_total",
+                "counter",
+                "Events sent again that the destination already held (a JetStream duplicate PubAck, a record the Kafka sink found): not stored again.",
+                |s| s.duplicates.load(Ordering::Relaxed),
             ),
             (
                 "nomad_relay_sink_retried_events_total",

@@ -30,6 +30,8 @@ pub struct SourceStats {
 pub struct SinkStats {
     /// Events the sink confirmed.
     pub delivered: AtomicU64,
+    /// Events the destination already held from an earlier send (not stored again).
+    pub duplicates: AtomicU64,
     /// Delivery attempts that had to be retried.
     pub retried: AtomicU64,
     /// Events the destination refused for good.

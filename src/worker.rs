@@ -392,9 +392,11 @@ impl SinkWorker {
                 .collect();
         }
         let mut attempt = Attempt::default();
+        let mut duplicates = 0;
         for (event, outcome) in events.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => add(&self.stats.delivered, 1),
+                Outcome::Duplicate => duplicates += 1,
                 Outcome::Rejected(error) => {
                     add(&self.stats.rejected, 1);
                     error!(
@@ -416,6 +418,10 @@ impl SinkWorker {
                     attempt.retry.push(event);
                 }
             }
+        }
+        if duplicates > 0 {
+            add(&self.stats.duplicates, duplicates);
+            info!(sink = %self.name, duplicates, "events sent again were already at the destination and were not stored again");
         }
         attempt
     }

@@ -14,6 +14,10 @@
 //!   publisher confirm, an `fsync` for a file). A sink must never report an event delivered on
 //!   the strength of having written it to a socket or a client-side buffer alone, unless its
 //!   guarantee is [`Guarantee::AtMostOnce`] and it says so.
+//! - [`Outcome::Duplicate`]: the destination already held this event from an earlier send
+//!   (a JetStream PubAck marked duplicate, a Kafka record the sink found by reading back what
+//!   it wrote before a crash), so it was not stored again. Final like `Delivered`, counted
+//!   apart so that an operator (and a test) sees the re-sends a broker absorbed.
 //! - [`Outcome::Retry`]: the event was not delivered and may be on a later attempt (broker
 //!   down, timeout, back-pressure). The relay backs off and sends it again, and never moves its
 //!   cursor past it until it is delivered or rejected.
@@ -111,6 +115,8 @@ impl fmt::Display for Guarantee {
 pub enum Outcome {
     /// Confirmed by the destination.
     Delivered,
+    /// Already at the destination from an earlier send, not stored again.
+    Duplicate,
     /// Not delivered this time; the relay will send it again after a back-off.
     Retry(SinkError),
     /// Refused for good; the relay counts and logs it and moves on.
@@ -120,9 +126,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// True for [`Outcome::Delivered`].
+    /// True when the destination holds the event: [`Outcome::Delivered`] or
+    /// [`Outcome::Duplicate`].
     pub fn is_delivered(&self) -> bool {
-        matches!(self, Outcome::Delivered)
+        matches!(self, Outcome::Delivered | Outcome::Duplicate)
     }
 
     /// A retry for each of `count` events, for a failure that hit the whole batch.

@@ -268,7 +268,7 @@ impl KafkaSink {
             let id = event.id.to_string();
             let topic = &submitted.topics[position];
             if self.progress.is_found(event.seq, &id) {
-                submitted.outcomes[position] = Some(Outcome::Delivered);
+                submitted.outcomes[position] = Some(Outcome::Duplicate);
                 continue;
             }
             let key = self.key.render(event);

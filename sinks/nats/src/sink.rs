@@ -249,6 +249,8 @@ impl NatsSink {
 
     async fn acknowledged(&self, event: &Envelope, subject: &str, ack: PublishAckFuture) -> Outcome {
         match ack.await {
+            // The stream already stored this Nats-Msg-Id inside its duplicate window.
+            Ok(ack) if ack.duplicate => Outcome::Duplicate,
             Ok(_) => Outcome::Delivered,
             Err(e) => self.failed(event, subject, e.kind(), e.to_string()).await,
         }

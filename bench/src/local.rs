@@ -31,31 +31,38 @@ fn stream_body(megabytes: usize) -> Vec<u8> {
     body
 }
 
-/// Frames and parses `megabytes` of lines as the source does, fed in 64 KiB reads.
-pub fn parse(megabytes: usize) -> Group {
+/// Frames and parses `megabytes` of lines as the source does, fed in 64 KiB reads. Fails if
+/// any line does not parse as a frame, or no event came out.
+pub fn parse(megabytes: usize) -> Result<Group> {
     let body = Bytes::from(stream_body(megabytes));
     let mut splitter = LineSplitter::new(64 << 20);
     let mut pieces = Vec::new();
-    let (mut events, mut lines) = (0u64, 0u64);
+    let (mut events, mut lines, mut failed) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     for start in (0..body.len()).step_by(64 << 10) {
         splitter.push(&body.slice(start..body.len().min(start + (64 << 10))), &mut pieces);
         for piece in pieces.drain(..) {
-            if let Piece::Line(line) = piece {
-                lines += 1;
-                if let Ok(Frame::Data { events: parsed, .. }) = parse_line(&line) {
-                    events += parsed.len() as u64;
-                }
+            lines += 1;
+            match piece {
+                Piece::Line(line) => match parse_line(&line) {
+                    Ok(Frame::Data { events: parsed, .. }) => events += parsed.len() as u64,
+                    Ok(_) => {}
+                    Err(_) => failed += 1,
+                },
+                _ => failed += 1,
             }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    if failed > 0 || events == 0 {
+        anyhow::bail!("the parser failed on {failed} of {lines} lines and found {events} events");
+    }
     let mut group = Group::new("parse");
     group.add("input", body.len() as f64 / 1e6, "MB");
     group.add("lines", lines as f64, "lines");
     group.add("mb_per_s", body.len() as f64 / 1e6 / seconds, "MB/s");
     group.add("events_per_s", events as f64 / seconds, "events/s");
-    group
+    Ok(group)
 }
 
 /// Writes `megabytes` in 1 MiB writes, each followed by `fdatasync`.

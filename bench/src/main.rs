@@ -147,7 +147,7 @@ async fn run(what: What, figures: &mut Vec<Figure>) -> Result<()> {
         What::RawLatency { sink, rate, seconds } => keep(scenarios::raw_latency(sink, rate, seconds).await?),
         What::Backlog { rate, seconds } => keep(scenarios::backlog(rate, seconds).await?),
         What::Journal { megabytes } => keep(local::journal(megabytes, &dir).await?),
-        What::Parse { megabytes } => keep(local::parse(megabytes)),
+        What::Parse { megabytes } => keep(local::parse(megabytes)?),
         What::Disk { megabytes } => keep(local::disk(megabytes, &dir)?),
         What::All { smoke, sinks, events, latency_seconds, backlog_seconds, backlog_rate } => {
             let targets = sinks
@@ -173,7 +173,7 @@ async fn run(what: What, figures: &mut Vec<Figure>) -> Result<()> {
                 Ok(())
             };
             check(local::disk(megabytes, &dir)?, false)?;
-            check(local::parse(megabytes), false)?;
+            check(local::parse(megabytes)?, false)?;
             check(local::journal(megabytes, &dir).await?, false)?;
             // Every latency run first, then every catch-up run: a catch-up leaves its broker
             // busy for a while after it (RabbitMQ deleting a queue of 200,000 persistent

@@ -154,19 +154,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The value of `series` (for example `nomad_relay_sink_delivered_events_total{sink="bench"}`), 0 when absent.
-    pub fn get(&self, series: &str) -> f64 {
-        self.values.get(series).copied().unwrap_or(0.0)
+    /// The value of `series` (for example `nomad_relay_sink_delivered_events_total{sink="bench"}`);
+    /// an error when the relay does not report it (a renamed metric must fail a run, not
+    /// read as 0).
+    pub fn get(&self, series: &str) -> Result<f64> {
+        self.values.get(series).copied().with_context(|| format!("the relay reports no metric {series}"))
     }
 
     /// Events the named sink has delivered.
-    pub fn delivered(&self, sink: &str) -> u64 {
-        self.get(&format!("nomad_relay_sink_delivered_events_total{{sink=\"{sink}\"}}")) as u64
+    pub fn delivered(&self, sink: &str) -> Result<u64> {
+        Ok(self.get(&format!("nomad_relay_sink_delivered_events_total{{sink=\"{sink}\"}}"))? as u64)
     }
 
     /// Whether the stream is open.
     pub fn connected(&self) -> bool {
-        self.get("nomad_relay_source_connected{source=\"default\"}") == 1.0
+        self.get("nomad_relay_source_connected{source=\"default\"}").is_ok_and(|connected| connected == 1.0)
     }
 }
 

@@ -81,13 +81,17 @@ mod tests {
         }
     }
 
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|s| s.to_string()).collect()
+    }
+
     fn route(topics: &[&str], types: &[&str], sinks: &[&str]) -> RouteConfig {
         RouteConfig {
-            topics: topics.iter().map(|s| s.to_string()).collect(),
-            types: types.iter().map(|s| s.to_string()).collect(),
+            topics: strings(topics),
+            types: strings(types),
             namespaces: vec![],
             keys: vec![],
-            sinks: sinks.iter().map(|s| s.to_string()).collect(),
+            sinks: strings(sinks),
         }
     }
 
@@ -122,5 +126,30 @@ mod tests {
             router.routes_to("b", &event(RELAY_TOPIC, "GapDetected", "", "")),
             "gap markers reach every sink"
         );
+    }
+
+    #[test]
+    fn namespace_and_key_selectors_narrow_a_route() {
+        let router = Router::new(vec![RouteConfig {
+            namespaces: strings(&["team-*", "ops"]),
+            keys: strings(&["web-?"]),
+            ..route(&[], &[], &["c"])
+        }]);
+        assert!(router.routes_to("c", &event("Job", "JobRegistered", "team-a", "web-1")));
+        assert!(router.routes_to("c", &event("Allocation", "PlanResult", "ops", "web-2")));
+        assert!(!router.routes_to("c", &event("Job", "JobRegistered", "default", "web-1")), "namespace");
+        assert!(!router.routes_to("c", &event("Job", "JobRegistered", "team-a", "web-10")), "key");
+        assert!(!router.routes_to("c", &event("Job", "JobRegistered", "", "web-1")), "no namespace");
+        // Every selector must match: a matching key does not make up for the namespace.
+        let both = Router::new(vec![RouteConfig {
+            topics: strings(&["Job"]),
+            namespaces: strings(&["prod"]),
+            keys: strings(&["api"]),
+            ..route(&[], &[], &["d"])
+        }]);
+        assert!(both.routes_to("d", &event("Job", "JobDeregistered", "prod", "api")));
+        assert!(!both.routes_to("d", &event("Job", "JobDeregistered", "dev", "api")));
+        assert!(!both.routes_to("d", &event("Job", "JobDeregistered", "prod", "web")));
+        assert!(!both.routes_to("d", &event("Node", "NodeDrain", "prod", "api")));
     }
 }

@@ -10,7 +10,7 @@ mod support;
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use support::endpoint::{free_port, get, parse_metrics};
+use support::endpoint::{free_port, get, parse_metrics, wait_until_unhealthy};
 use support::kafka::{OwnedTansu, Record, read_all, shared_brokers, unique};
 use support::*;
 
@@ -77,19 +77,22 @@ async fn kafka_exactly_once_across_sigkills() {
     .await;
     let scratch = Scratch::new();
     let prefix = unique("kill");
-    let config = scratch.config(&emulator.url(), "", &kafka_sink(&brokers, &prefix, ""));
+    let port = free_port();
+    let sink = kafka_sink(&brokers, &prefix, "");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
     let generator = GeneratorConfig {
         rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 41,
         ..GeneratorConfig::default()
     };
-    let (expected, relay) = deliver_through_sigkills(&scratch, &config, &emulator, generator, "kafka").await;
+    let kills = deliver_through_sigkills(&scratch, &config, port, &emulator, generator, "kafka").await;
     assert!(
-        relay.log().contains("are already in Kafka and are not sent again"),
+        kills.relay.log().contains("are already in Kafka and are not sent again"),
         "no kill landed between a delivery and its cursor save, so the test proved nothing"
     );
-    assert_exactly_once_in_key_order(&brokers, &prefix, &expected);
+    assert_exactly_once_in_key_order(&brokers, &prefix, &kills.expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,11 +165,10 @@ async fn a_kafka_outage_mid_run_loses_and_repeats_nothing() {
     let broker = OwnedTansu::start(scratch.dir.path()).await;
     let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
     let prefix = unique("outage");
-    let config = scratch.config(
-        &emulator.url(),
-        "",
-        &kafka_sink(&broker.brokers(), &prefix, "delivery_timeout = \"2s\"\nrequest_timeout = \"2s\""),
-    );
+    let port = free_port();
+    let sink = kafka_sink(&broker.brokers(), &prefix, "delivery_timeout = \"2s\"\nrequest_timeout = \"2s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
     let generator = emulator.generator(GeneratorConfig {
         rate: Some(1_500.0),
         total_events: Some(9_000),
@@ -177,9 +179,16 @@ async fn a_kafka_outage_mid_run_loses_and_repeats_nothing() {
     let relay = Relay::start(&config);
     let progress = || scratch.cursor_next("kafka");
     eventually("some events in Kafka", Duration::from_secs(60), || progress().filter(|n| *n > 1_000)).await;
+    let outage = relay.mark();
     broker.proxy.down();
-    relay.wait_for_log("not delivered", Duration::from_secs(30)).await;
+    // Kafka stays away until the sink has noticed: its deliveries timed out and it reports
+    // itself unhealthy, with the failure logged after the outage began.
+    wait_until_unhealthy(port, "kafka", Duration::from_secs(30)).await;
+    relay.wait_for_log_after(outage, "not delivered", Duration::from_secs(30)).await;
     let stalled = progress().unwrap();
+    // An observation window, not a wait for something: the cursor must stay where it is.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(progress().unwrap(), stalled, "the cursor moved while Kafka was away");
     broker.proxy.up();
     publishing.await.unwrap();
     let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
@@ -189,7 +198,7 @@ async fn a_kafka_outage_mid_run_loses_and_repeats_nothing() {
     .await;
     let mut relay = relay;
     assert!(relay.terminate().success());
-    assert!((stalled as usize) < expected.len(), "the outage happened mid-run");
+    assert!((stalled as usize) < expected.len(), "the outage began mid-run");
     assert_exactly_once_in_key_order(&broker.brokers(), &prefix, &expected);
 }
 

@@ -9,7 +9,8 @@ mod support;
 use nomad_emulator::{Batch, EmulatorConfig, GeneratorConfig};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use support::nats::{OwnedServer, Stored, delete_stream, read_stream, shared_url, unique};
+use support::endpoint::{free_port, wait_until_unhealthy};
+use support::nats::{OwnedServer, Stored, delete_stream, read_stream, read_stream_as, shared_url, unique};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,10 +26,29 @@ fn topic_and_type(line: &str) -> (String, String) {
     (value["Topic"].as_str().unwrap().to_owned(), value["Type"].as_str().unwrap().to_owned())
 }
 
-/// Every expected event stored exactly once, and in order within each subject.
-fn assert_exactly_once_in_subject_order(stored: &[Stored], expected: &[String], prefix: &str) {
-    let ids: HashSet<&str> = stored.iter().map(|m| m.msg_id.as_str()).collect();
-    assert_eq!(ids.len(), stored.len(), "a Nats-Msg-Id was stored twice");
+/// Every expected event stored exactly once, in order within each subject, each under the
+/// `Nats-Msg-Id` its event's identity gives (computed here from what Nomad sent, not read
+/// from the relay), which is what lets JetStream recognise a re-send.
+fn assert_exactly_once_in_subject_order(
+    stored: &[Stored],
+    expected: &[String],
+    ids: &[(String, String)],
+    prefix: &str,
+) {
+    let mut want_ids: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (line, id) in ids {
+        want_ids.entry(line).or_default().push(id);
+    }
+    let mut got_ids: HashMap<&str, Vec<&str>> = HashMap::new();
+    for message in stored {
+        got_ids.entry(&message.payload).or_default().push(&message.msg_id);
+    }
+    for (line, got) in &mut got_ids {
+        let want = want_ids.get_mut(line).unwrap_or_else(|| panic!("stored an event never sent: {line}"));
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "Nats-Msg-Id of {line}");
+    }
     assert_eq!(
         stored.len(),
         expected.len(),
@@ -66,18 +86,37 @@ async fn jetstream_exactly_once_across_sigkills() {
     .await;
     let scratch = Scratch::new();
     let (prefix, stream) = (unique("kill"), unique("KILL"));
-    let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
+    let port = free_port();
+    let sink = nats_sink(&url, &prefix, &stream, "");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
     let generator = GeneratorConfig {
         rate: Some(1_000.0),
         total_events: Some(30_000),
         seed: 31,
         ..GeneratorConfig::default()
     };
-    let (expected, _relay) = deliver_through_sigkills(&scratch, &config, &emulator, generator, "nats").await;
+    let kills = deliver_through_sigkills(&scratch, &config, port, &emulator, generator, "nats").await;
     let stored = read_stream(&url, &stream).await;
     delete_stream(&url, &stream).await;
-    assert_exactly_once_in_subject_order(&stored, &expected, &prefix);
+    // Kills landed between a publish and its cursor save: the restarts re-sent events that
+    // JetStream already held, and it said so.
+    let absorbed = kills.relay.log().matches(RE_SENT).count();
+    assert!(
+        absorbed > 0,
+        "no duplicate PubAck after {} kills: no re-send happened, so the test proved nothing",
+        kills.total
+    );
+    assert_exactly_once_in_subject_order(
+        &stored,
+        &kills.expected,
+        &expected_ids(&emulator.published()),
+        &prefix,
+    );
 }
+
+/// What the worker logs when the destination already held events it sent again.
+const RE_SENT: &str = "events sent again were already at the destination";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
@@ -85,11 +124,10 @@ async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
     let mut server = OwnedServer::start(scratch.dir.path(), None);
     let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
     let (prefix, stream) = (unique("cut"), unique("CUT"));
-    let config = scratch.config(
-        &emulator.url(),
-        "",
-        &nats_sink(&server.url(), &prefix, &stream, "ack_timeout = \"2s\""),
-    );
+    let port = free_port();
+    let sink = nats_sink(&server.url(), &prefix, &stream, "ack_timeout = \"2s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
     let generator = emulator.generator(GeneratorConfig {
         rate: Some(1_500.0),
         total_events: Some(9_000),
@@ -100,9 +138,12 @@ async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
     let mut relay = Relay::start(&config);
     let progress = || scratch.cursor_next("nats");
     eventually("some events in NATS", WAIT, || progress().filter(|n| *n > 1_000)).await;
+    let outage = relay.mark();
     server.stop();
-    // The outage itself: NATS stays down for a while as events keep arriving from Nomad.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // NATS stays down, as events keep arriving from Nomad, until the sink has noticed (its
+    // PubAcks timed out and it reports itself unhealthy).
+    wait_until_unhealthy(port, "nats", WAIT).await;
+    let stalled = progress().unwrap();
     server.resume();
     publishing.await.unwrap();
     let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
@@ -118,9 +159,11 @@ async fn a_nats_restart_mid_run_loses_and_repeats_nothing() {
     let missing = expected.iter().filter(|line| !payloads.contains(line.as_str())).count();
     assert_eq!(missing, 0, "nothing lost");
     assert_eq!(stored.len(), expected.len());
+    assert!((stalled as usize) < expected.len(), "the outage began mid-run");
+    let during = relay.log_since(outage);
     assert!(
-        relay.log().contains("JetStream did not acknowledge") || relay.log().contains("not delivered"),
-        "the outage was noticed"
+        during.contains("JetStream did not acknowledge") && during.contains("sink=nats"),
+        "the outage was noticed: {during}"
     );
 }
 
@@ -154,31 +197,45 @@ async fn core_nats_publishes_every_event_with_headers() {
     assert_eq!(headers.get("Nomad-Type").unwrap().as_str(), "JobRegistered");
     assert_eq!(headers.get("Nomad-Namespace").unwrap().as_str(), "default");
     assert_eq!(headers.get("Nomad-Key").unwrap().as_str(), "api");
-    assert!(headers.get("Nats-Msg-Id").unwrap().as_str().starts_with("4-"));
-    assert!(relay.log().contains("at-most-once"), "core mode says what it guarantees");
+    let ids = expected_ids(&emulator.published());
+    assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), ids[1].1);
+    assert!(
+        relay.log().contains("NATS sink in core mode: delivery is at-most-once"),
+        "core mode says what it guarantees"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_reported_and_retried() {
     let scratch = Scratch::new();
-    let server =
-        OwnedServer::start(scratch.dir.path(), Some("authorization { user: relay, password: right }\n"));
+    let mut server =
+        OwnedServer::start(scratch.dir.path(), Some("authorization { user: relay, password: other }\n"));
     let emulator = emulator(EmulatorConfig::default()).await;
     emulator.publish(job(3, "web"));
-    let sink = format!(
-        "[sinks.nats]\ntype = \"nats\"\nurl = \"{}\"\njetstream = false\nuser = \"relay\"\npassword = \"wrong-secret\"\nretry_min_delay = \"50ms\"\n",
-        server.url()
-    );
+    let (prefix, stream) = (unique("creds"), unique("CREDS"));
+    let sink = nats_sink(&server.url(), &prefix, &stream, "user = \"relay\"\npassword = \"relay-secret\"");
     let config = scratch.config(&emulator.url(), "", &sink);
     let mut relay = Relay::start(&config);
-    let log = relay.wait_for_log("NATS refused the credentials", WAIT).await;
-    assert!(!log.contains("wrong-secret"), "passwords never appear in logs");
+    const REFUSED: &str = "NATS refused the credentials";
+    // Refused, and tried again: the refusal is logged on every attempt.
+    eventually("two refused attempts", WAIT, || (relay.log().matches(REFUSED).count() >= 2).then_some(()))
+        .await;
     assert!(relay.is_running());
     eventually("the file sink unaffected", WAIT, || {
         (scratch.lines("events.ndjson").len() == 1).then_some(())
     })
     .await;
+    // The operator gives NATS the relay's password; the next attempt gets through.
+    server.stop();
+    server.set_config(scratch.dir.path(), "authorization { user: relay, password: relay-secret }\n");
+    server.resume();
+    eventually("the event in NATS after the fix", WAIT, || scratch.cursor_next("nats").filter(|n| *n > 1))
+        .await;
     assert!(relay.terminate().success());
+    let stored = read_stream_as(&server.url(), "relay", "relay-secret", &stream).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload, job(3, "web").events[0].to_json(3));
+    assert!(!relay.log().contains("relay-secret"), "passwords never appear in logs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

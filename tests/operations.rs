@@ -57,6 +57,7 @@ async fn metrics_follow_a_run_and_lag_reaches_zero() {
     assert_eq!(done["nomad_relay_sink_backlog_records{sink=\"out\"}"], 0.0);
     assert_eq!(done["nomad_relay_sink_in_flight_events{sink=\"out\"}"], 0.0);
     assert_eq!(done["nomad_relay_sink_in_flight_batches{sink=\"out\"}"], 0.0);
+    assert_eq!(done["nomad_relay_sink_duplicate_events_total{sink=\"out\"}"], 0.0);
     assert!(done["nomad_relay_source_read_bytes_total{source=\"default\"}"] > 0.0);
     assert!(done["nomad_relay_journal_bytes"] > 0.0);
     assert_eq!(done["nomad_relay_journal_entries"], done["nomad_relay_journal_head_record"]);
@@ -171,16 +172,25 @@ async fn shutdown_with_a_stuck_sink(second_signal: bool) {
     })
     .await;
     relay.signal_terminate();
+    let mut signalled = std::time::Instant::now();
     if second_signal {
         relay.wait_for_log("shutting down", WAIT).await;
         relay.signal_terminate();
+        signalled = std::time::Instant::now();
     }
     let status = eventually("the relay to exit", Duration::from_secs(20), || relay.exit_status()).await;
+    let took = signalled.elapsed();
     if second_signal {
         assert_eq!(status.code(), Some(130), "the second signal exits at once");
+        assert!(took < Duration::from_secs(1), "the second signal took {took:?} to end the relay");
         assert!(relay.log().contains("second signal"), "{}", relay.log());
     } else {
         assert!(status.success());
+        // The stuck sink is given its 2 s, and not much more.
+        assert!(
+            took >= Duration::from_millis(1_900) && took < Duration::from_secs(4),
+            "exited {took:?} after SIGTERM with shutdown_timeout = 2s"
+        );
         assert!(relay.log().contains("did not finish within shutdown_timeout"), "{}", relay.log());
     }
     publishing.abort();

@@ -25,7 +25,12 @@ async fn an_unreachable_address_is_skipped_for_the_next_one() {
     );
     std::fs::write(&config, text).unwrap();
     let log = relay_everything(&scratch, &config, &emulator, WAIT).await;
-    assert!(log.contains("127.0.0.1:1"), "the failed address is named: {log}");
+    let failure = log
+        .lines()
+        .find(|line| line.contains("event stream failed"))
+        .unwrap_or_else(|| panic!("no failed connection reported: {log}"));
+    assert!(failure.contains("nomad=http://127.0.0.1:1"), "the failed address is named: {failure}");
+    assert_eq!(stream_requests(&emulator).len(), 1, "the second address was taken once, and kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,8 +146,11 @@ async fn a_namespace_created_after_subscribing_is_picked_up() {
     let mut relay = Relay::start(&config);
     eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
     // Nomad froze `*` to ["default"] for the open stream; a new namespace is invisible to it.
+    let added = relay.mark();
     emulator.set_namespaces(vec!["default".into(), "team-b".into()]);
     emulator.wait_for_connections(2).await;
+    // The resubscription came from the namespace watcher, not from a dropped connection.
+    relay.wait_for_log_after(added, "event stream ended (a namespace was added)", WAIT).await;
     let mut event = job(7, "in-team-b").events.remove(0);
     event.namespace = "team-b".into();
     emulator.publish(nomad_emulator::Batch { index: 7, events: vec![event] });
@@ -155,5 +163,5 @@ async fn a_namespace_created_after_subscribing_is_picked_up() {
         &scratch.lines("events.ndjson"),
         &expected_lines(&emulator.published(), DEFAULT_TOPICS),
     );
-    assert!(relay.log().contains("new Nomad namespace(s) [\"team-b\"]"), "{}", relay.log());
+    assert!(relay.log_since(added).contains("new Nomad namespace(s) [\"team-b\"]"), "{}", relay.log());
 }

@@ -54,7 +54,10 @@ async fn an_evicted_checkpoint_is_reported_as_a_gap_marker_every_sink_receives()
     })
     .await;
     assert!(relay.terminate().success());
-    assert!(relay.log().contains("possible gap"), "{}", relay.log());
+    // Read again once the relay has stopped: nothing came late or twice.
+    assert_eq!(scratch.lines("events.ndjson"), lines);
+    assert_eq!(scratch.lines("audit.ndjson"), vec![gap_line(9, 30)]);
+    assert!(relay.own_log().contains("possible gap"), "{}", relay.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,10 +75,11 @@ async fn a_restarted_nomad_with_an_empty_buffer_is_followed_and_flagged() {
         (scratch.lines("events.ndjson").len() == 3).then_some(())
     })
     .await;
+    assert!(relay.terminate().success());
     let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), 3, "nothing more after the relay stopped");
     assert_eq!(lines[1], gap_line(100, 150));
     assert_eq!(lines[2], job(150, "b").events[0].to_json(150));
-    assert!(relay.terminate().success());
 }
 
 fn acl_emulator_config(framing: Framing) -> EmulatorConfig {
@@ -128,6 +132,8 @@ async fn refused_subscription_is_explained_and_retried_slowly(framing: Framing, 
     eventually("the event after the fix", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(()))
         .await;
     assert!(relay.terminate().success());
+    let log = relay.log();
+    assert!(!log.contains("wrong-token") && !log.contains("good-token"), "tokens never appear in logs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,15 +156,29 @@ async fn legacy_refusal_403_is_reported_as_a_permission_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_dropped_by_the_watchdog() {
-    let emulator = emulator(EmulatorConfig::default()).await;
+    // Heartbeats well inside the idle timeout keep a quiet stream open; silence does not.
+    let emulator = emulator(EmulatorConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        ..EmulatorConfig::default()
+    })
+    .await;
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "idle_timeout = \"1s\"", "");
     let mut relay = Relay::start(&config);
     emulator.wait_for_open_streams(1).await;
+    // An observation window: heartbeats alone, three idle timeouts long, and no reconnect.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(emulator.connection_count(), 1, "a stream with heartbeats was dropped as idle");
+    let stall = relay.mark();
     emulator.set_stalled(true);
     let stalled_at = Instant::now();
     emulator.wait_for_connections(2).await;
-    assert!(stalled_at.elapsed() >= Duration::from_millis(900), "reconnected before the idle timeout");
+    // The timer runs from the last byte received, a heartbeat at most 200 ms before the stall.
+    let silent = stalled_at.elapsed();
+    assert!(
+        silent >= Duration::from_millis(750),
+        "reconnected {silent:?} into the stall, before the idle timeout"
+    );
     emulator.set_stalled(false);
     emulator.publish(job(7, "after-stall"));
     eventually("the event after the stall", WAIT, || {
@@ -166,7 +186,7 @@ async fn a_silent_connection_is_dropped_by_the_watchdog() {
     })
     .await;
     assert!(relay.terminate().success());
-    assert!(relay.log().contains("no data for 1s"), "{}", relay.log());
+    assert!(relay.log_since(stall).contains("no data for 1s"), "{}", relay.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,13 +220,14 @@ async fn a_line_over_the_limit_becomes_a_gap_marker_not_a_crash() {
     let config = scratch.config(&emulator.url(), "max_line_bytes = \"1MiB\"", "");
     let mut relay = Relay::start(&config);
     eventually("3 lines", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    assert!(relay.is_running());
+    assert!(relay.terminate().success());
     let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), 3, "nothing more after the relay stopped");
     assert_eq!(lines[0], job(10, "small").events[0].to_json(10));
     assert_eq!(index_and_type(&lines[1]), (11, "GapDetected".to_owned()));
     assert!(lines[1].contains("exceeds nomad.max_line_bytes"), "{}", lines[1]);
     assert_eq!(lines[2], job(12, "next").events[0].to_json(12));
-    assert!(relay.is_running());
-    assert!(relay.terminate().success());
     assert!(relay.log().contains("exceeds `nomad.max_line_bytes`"), "{}", relay.log());
 }
 
@@ -222,11 +243,13 @@ async fn a_malformed_line_is_reported_and_skipped() {
     let config = scratch.config(&emulator.url(), "", "");
     let mut relay = Relay::start(&config);
     eventually("3 lines", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    assert!(relay.terminate().success());
     let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), 3, "nothing more after the relay stopped");
+    assert_eq!(lines[0], job(10, "good").events[0].to_json(10));
     assert_eq!(index_and_type(&lines[1]), (11, "GapDetected".to_owned()));
     assert!(lines[1].contains("malformed line"), "{}", lines[1]);
     assert_eq!(lines[2], job(12, "also-good").events[0].to_json(12));
-    assert!(relay.terminate().success());
     assert!(relay.log().contains("not a valid event frame"), "{}", relay.log());
 }
 

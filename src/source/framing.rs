@@ -163,11 +163,25 @@ mod tests {
 
     #[test]
     fn every_byte_offset_split_gives_the_same_lines() {
-        let text = b"{\"Index\":5,\"Events\":[]}\n{}\n{\"Index\":6}\n";
-        for cut in 0..text.len() {
+        let text = b"{\"Index\":5,\"Events\":[]}\n{}\n{\"Index\":6}\n{\"tail";
+        let want = vec![
+            Piece::Line(Bytes::from_static(b"{\"Index\":5,\"Events\":[]}")),
+            Piece::Line(Bytes::from_static(b"{}")),
+            Piece::Line(Bytes::from_static(b"{\"Index\":6}")),
+        ];
+        for cut in 0..=text.len() {
             let (pieces, rest) = split_all(&[&text[..cut], &text[cut..]], 1024);
-            assert_eq!(pieces.len(), 3, "cut at {cut}");
-            assert!(rest.is_empty());
+            assert_eq!(pieces, want, "cut at {cut}");
+            assert_eq!(rest, Bytes::from_static(b"{\"tail"), "cut at {cut}");
+        }
+        // And split at every pair of offsets, three chunks.
+        for first in 0..=text.len() {
+            for second in first..=text.len() {
+                let chunks = [&text[..first], &text[first..second], &text[second..]];
+                let (pieces, rest) = split_all(&chunks, 1024);
+                assert_eq!(pieces, want, "cuts at {first} and {second}");
+                assert_eq!(rest, Bytes::from_static(b"{\"tail"));
+            }
         }
     }
 

@@ -95,6 +95,19 @@ impl Topology {
     }
 }
 
+/// Whether `queue` exists with `x-queue-type` `queue_type`: RabbitMQ accepts a declaration
+/// only when it is equivalent to the queue's own, and refuses a different queue type with
+/// 406 PRECONDITION_FAILED (the queue is left as it is).
+pub async fn queue_has_type(queue: &str, queue_type: &str) -> bool {
+    let (_connection, channel) = channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.into()));
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+        .await
+        .is_ok()
+}
+
 /// One consumed message.
 #[derive(Debug, Clone)]
 pub struct Received {

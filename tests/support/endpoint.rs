@@ -36,3 +36,42 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     }
     samples
 }
+
+/// One series of the relay's `/metrics` (`name{labels}` as rendered), or `None` when the
+/// endpoint does not answer or has no such series.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let (status, body) = get(port, "/metrics")?;
+    (status == 200).then(|| parse_metrics(&body).get(series).copied()).flatten()
+}
+
+/// Polls `series` about every millisecond (off the async runtime) until `condition` holds
+/// for its value; the value, or `None` after `timeout`.
+pub async fn wait_for_metric(
+    port: u16,
+    series: &str,
+    timeout: Duration,
+    condition: impl Fn(f64) -> bool + Send + 'static,
+) -> Option<f64> {
+    let series = series.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(value) = metric(port, &series).filter(|v| condition(*v)) {
+                return Some(value);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the relay reports sink `sink` unhealthy (`nomad_relay_sink_healthy` 0): an
+/// outage a test injects must last at least this long, or the sink never noticed it.
+pub async fn wait_until_unhealthy(port: u16, sink: &str, timeout: Duration) {
+    let series = format!("nomad_relay_sink_healthy{{sink=\"{sink}\"}}");
+    if wait_for_metric(port, &series, timeout, |healthy| healthy == 0.0).await.is_none() {
+        panic!("sink `{sink}` was not reported unhealthy within {timeout:?}: the outage went unnoticed");
+    }
+}

@@ -74,7 +74,9 @@ retry_min_delay = "20ms"
 retry_max_delay = "200ms"
 {extra}
 "#,
-            idle = if nomad_extra.contains("idle_timeout") { "" } else { "idle_timeout = \"10s\"" },
+            // Above Nomad's 30 s heartbeat, as in production: a test must not pass on a reconnect
+            // the watchdog made on a quiet stream.
+            idle = if nomad_extra.contains("idle_timeout") { "" } else { "idle_timeout = \"60s\"" },
             data = self.path("data").display(),
             out = self.path("events.ndjson").display(),
         );
@@ -93,7 +95,39 @@ retry_max_delay = "200ms"
     pub fn lines(&self, name: &str) -> Vec<String> {
         read_lines(&self.path(name))
     }
+
+    /// Waits until the file sink `sink`'s file `name` holds bytes its saved cursor does not
+    /// cover: a batch written (perhaps fsynced) whose cursor save has not happened yet, the
+    /// window a crash must survive. Polled without pause, off the async runtime; false after
+    /// `timeout`.
+    pub async fn wait_for_write_ahead_of_cursor(&self, sink: &str, name: &str, timeout: Duration) -> bool {
+        let file = self.path(name);
+        let cursor = self.path(&format!("data/cursors/{sink}.json"));
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                // The file first: it only grows while the sink runs, so a cursor read after
+                // it that covers less means the window was open at that moment.
+                let written = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                let saved = fs::read(&cursor)
+                    .ok()
+                    .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+                    .and_then(|cursor| cursor["sink_state"]["length"].as_u64());
+                if saved.is_some_and(|saved| written > saved) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            false
+        })
+        .await
+        .unwrap()
+    }
 }
+
+/// What the file sink logs on start when it cut back lines written after its last saved
+/// cursor: the recovery path a kill inside the write-to-cursor window must lead to.
+pub const CUT_BACK: &str = "bytes written after the last checkpoint; those events are sent again";
 
 pub fn read_lines(path: &Path) -> Vec<String> {
     match fs::read_to_string(path) {
@@ -106,7 +140,14 @@ pub fn read_lines(path: &Path) -> Vec<String> {
 pub struct Relay {
     child: Child,
     stderr_path: PathBuf,
+    /// Where this process's part of the shared log begins.
+    started_at: LogMark,
 }
+
+/// A position in the relay's log (bytes), so a test can look only at what was logged after
+/// it: restarts append to one log, and an earlier, unrelated line must not satisfy a match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogMark(usize);
 
 pub fn relay_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nomad-relay"));
@@ -126,40 +167,69 @@ impl Relay {
     pub fn start(config: &Path) -> Relay {
         let stderr_path = config.with_file_name("relay.log");
         let stderr = File::options().create(true).append(true).open(&stderr_path).unwrap();
+        let started_at = LogMark(stderr.metadata().map(|m| m.len() as usize).unwrap_or(0));
         let child = relay_command(&["run", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap();
-        Relay { child, stderr_path }
+        Relay { child, stderr_path, started_at }
     }
 
+    /// SIGKILL, and waits for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for a clean exit.
     /// Sends SIGTERM without waiting for the exit.
     pub fn signal_terminate(&self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("-TERM");
     }
 
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill").args([signal, &pid]).status();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_terminate();
         self.child.wait().unwrap()
     }
 
+    /// The whole log, of this process and of every earlier one started with the same config.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Waits until the relay's log contains `needle`, and returns the log.
+    /// The end of the log now: [`Relay::wait_for_log_after`] and [`Relay::log_since`] look
+    /// only at what comes after it.
+    pub fn mark(&self) -> LogMark {
+        LogMark(fs::metadata(&self.stderr_path).map(|m| m.len() as usize).unwrap_or(0))
+    }
+
+    /// What was logged after `mark`.
+    pub fn log_since(&self, mark: LogMark) -> String {
+        let log = fs::read(&self.stderr_path).unwrap_or_default();
+        String::from_utf8_lossy(log.get(mark.0..).unwrap_or_default()).into_owned()
+    }
+
+    /// What this process logged (not the processes before it).
+    pub fn own_log(&self) -> String {
+        self.log_since(self.started_at)
+    }
+
+    /// Waits until this process logs `needle`, and returns what it logged.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_log_after(self.started_at, needle, timeout).await
+    }
+
+    /// Waits until `needle` is logged after `mark`, and returns the log from `mark` on.
+    pub async fn wait_for_log_after(&self, mark: LogMark, needle: &str, timeout: Duration) -> String {
         eventually(&format!("the relay to log {needle:?}"), timeout, || {
-            let log = self.log();
+            let log = self.log_since(mark);
             log.contains(needle).then_some(log)
         })
         .await
@@ -269,30 +339,50 @@ pub fn index_and_type(line: &str) -> (u64, String) {
     (value["Index"].as_u64().unwrap(), value["Type"].as_str().unwrap().to_owned())
 }
 
-/// Runs the relay on `config` while `generator` publishes 30,000 events, SIGKILLing it twenty
-/// times, each time while the sink `sink` delivers (its cursor has moved since the restart),
-/// then waits until that sink is past every published event and stops the relay with SIGTERM.
-/// Returns the expected event lines (default topics) and the relay.
+/// How a run under SIGKILLs went (see [`deliver_through_sigkills`]).
+pub struct Kills {
+    /// Every event line the sink must hold (default topics), in order.
+    pub expected: Vec<String>,
+    /// The last relay, stopped with SIGTERM after it delivered everything.
+    pub relay: Relay,
+    /// SIGKILLs sent.
+    pub total: usize,
+    /// SIGKILLs that landed while the sink had events handed over and not yet confirmed
+    /// (`nomad_relay_sink_in_flight_events` above 0 just before the kill).
+    pub in_flight: usize,
+}
+
+/// Runs the relay on `config` (whose `[http]` endpoint listens on `port`) while `generator`
+/// publishes, SIGKILLing it again and again until publishing ends: each time after the
+/// restarted relay's sink `sink` made progress (its cursor moved), at the moment the sink has
+/// events in flight (handed to the broker, unconfirmed), the window a crash must not turn
+/// into a loss or a repeat. Then waits until the sink is past every published event and
+/// stops the relay with SIGTERM.
 pub async fn deliver_through_sigkills(
     scratch: &Scratch,
     config: &Path,
+    port: u16,
     emulator: &Emulator,
     generator: nomad_emulator::GeneratorConfig,
     sink: &str,
-) -> (Vec<String>, Relay) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(generator.seed);
+) -> Kills {
     let publishing = tokio::spawn(emulator.generator(generator).run());
+    let in_flight_series = format!("nomad_relay_sink_in_flight_events{{sink=\"{sink}\"}}");
     let mut relay = Relay::start(config);
-    for _ in 0..20 {
+    let (mut total, mut in_flight) = (0, 0);
+    while !publishing.is_finished() {
         let before = scratch.cursor_next(sink).unwrap_or(0);
         eventually("the restarted relay to deliver", Duration::from_secs(60), || {
             let moved = scratch.cursor_next(sink).is_some_and(|next| next > before);
             (moved || publishing.is_finished()).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        let landed = endpoint::wait_for_metric(port, &in_flight_series, Duration::from_secs(10), |n| n > 0.0)
+            .await
+            .is_some();
         relay.kill();
+        total += 1;
+        in_flight += usize::from(landed);
         relay = Relay::start(config);
     }
     publishing.await.unwrap();
@@ -304,5 +394,32 @@ pub async fn deliver_through_sigkills(
     })
     .await;
     assert!(relay.terminate().success());
-    (expected, relay)
+    eprintln!("{total} SIGKILLs, {in_flight} of them with events in flight");
+    assert!(
+        in_flight >= 5,
+        "only {in_flight} of {total} kills landed with events in flight: the test proved little"
+    );
+    Kills { expected, relay, total, in_flight }
+}
+
+/// The id the relay gives each expected event line of `published` (default topics, source
+/// `default`): Index, digest of the identity fields, and occurrence at that Index, computed
+/// here from the emulator's own record of what it sent, to check what a broker stored.
+pub fn expected_ids(published: &[Batch]) -> Vec<(String, String)> {
+    use nomad_relay::source::resume::digest;
+    let mut ids = Vec::new();
+    let mut occurrences: std::collections::HashMap<(u64, u64), u32> = Default::default();
+    for batch in published {
+        let mut in_line = std::collections::HashSet::new();
+        for event in batch.events.iter().filter(|e| DEFAULT_TOPICS.contains(&e.topic.as_str())) {
+            let digest = digest("default", &event.topic, &event.event_type, &event.namespace, &event.key);
+            if !in_line.insert(digest) {
+                continue;
+            }
+            let count = occurrences.entry((batch.index, digest)).or_insert(0);
+            ids.push((event.to_json(batch.index), format!("{}-{digest:016x}-{count}", batch.index)));
+            *count += 1;
+        }
+    }
+    ids
 }

@@ -70,6 +70,13 @@ impl OwnedServer {
         }
     }
 
+    /// Replaces the server's configuration; takes effect at the next [`OwnedServer::resume`].
+    pub fn set_config(&mut self, dir: &Path, config_text: &str) {
+        let path = dir.join(format!("nats-{}.conf", self.port));
+        std::fs::write(&path, config_text).unwrap();
+        self.config = Some(path);
+    }
+
     /// Stops the server abruptly.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -95,7 +102,16 @@ pub struct Stored {
 
 /// Every message of `stream`, in stream order.
 pub async fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
-    let client = async_nats::connect(url).await.unwrap();
+    read_from(async_nats::connect(url).await.unwrap(), stream).await
+}
+
+/// [`read_stream`] on a server that wants a user and password.
+pub async fn read_stream_as(url: &str, user: &str, password: &str, stream: &str) -> Vec<Stored> {
+    let options = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+    read_from(options.connect(url).await.unwrap(), stream).await
+}
+
+async fn read_from(client: async_nats::Client, stream: &str) -> Vec<Stored> {
     let context = jetstream::new(client);
     let mut stream = context.get_stream(stream).await.unwrap();
     let total = stream.info().await.unwrap().state.messages;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running relay.
@@ -101,9 +101,17 @@ impl RelayProcess {
     /// Its current metrics, by series (name with labels) → value. Not reachable yet (still
     /// starting) is an empty map.
     pub async fn metrics(&mut self) -> Result<Metrics> {
-        self.check_alive()?;
-        let Ok(mut stream) = tokio::net::TcpStream::connect(&self.metrics_addr).await else {
-            return Ok(Metrics::default());
+        // The endpoint comes up shortly after the process starts; until then, wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            self.check_alive()?;
+            match tokio::net::TcpStream::connect(&self.metrics_addr).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > deadline => {
+                    bail!("the relay's /metrics at {} did not come up within 30 s: {e}", self.metrics_addr)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         };
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await?;
         let mut response = String::new();

@@ -469,8 +469,10 @@ pub async fn backlog(rate: f64, seconds: f64) -> Result<Group> {
     if metrics.delivered("down")? != 0 {
         bail!("the sink that was down delivered events: the benchmark's outage did not hold");
     }
-    // Start-up is excluded: the first 10 % of the run, then the first and last tenths of the rest.
-    let settled = &samples[samples.len() / 10..];
+    // Start-up is excluded: the first 10 % of the run (at least its first second, four
+    // samples, while the allocator warms up), then the first and last tenths of the rest.
+    let skip = (samples.len() / 10).max(4).min(samples.len().saturating_sub(2));
+    let settled = &samples[skip..];
     let tenth = (settled.len() / 10).max(1);
     let mean = |part: &[(Instant, Usage)]| {
         part.iter().map(|(_, usage)| usage.rss as f64).sum::<f64>() / part.len().max(1) as f64 / MIB

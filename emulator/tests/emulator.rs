@@ -119,19 +119,28 @@ async fn legacy_plain_body_ends_and_connection_is_reused() {
 
 #[tokio::test]
 async fn heartbeats_come_from_a_free_running_ticker() {
-    let emu = Emulator::start(EmulatorConfig {
-        heartbeat_interval: Duration::from_millis(40),
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let period = Duration::from_millis(300);
+    let emu = Emulator::start(EmulatorConfig { heartbeat_interval: period, ..EmulatorConfig::default() })
+        .await
+        .unwrap();
     let mut resp = within(get(emu.addr(), STREAM, &[])).await;
-    for _ in 0..4 {
+    for _ in 0..3 {
         assert_eq!(within(resp.read_line()).await.as_deref(), Some("{}"));
     }
+    let last_heartbeat = std::time::Instant::now();
+    // Data half-way through a period: a ticker reset by data would wait a whole period
+    // after it; Nomad's free-running one sends the next heartbeat on its schedule.
+    tokio::time::sleep(period / 2).await;
     emu.publish(job(3, "a"));
     assert_eq!(within(resp.read_data_line()).await, Some(job(3, "a").to_line()));
+    let data_at = std::time::Instant::now();
     assert_eq!(within(resp.read_line()).await.as_deref(), Some("{}"));
+    let after_data = data_at.elapsed();
+    assert!(
+        after_data < period * 5 / 6,
+        "the heartbeat came {after_data:?} after the data ({:?} after the previous one): the ticker was reset",
+        last_heartbeat.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------

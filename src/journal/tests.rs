@@ -68,10 +68,16 @@ fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running 
 
 impl Running {
     async fn write(&mut self, batch: Vec<Envelope>) -> u64 {
-        self.sender.send(batch).await.expect("writer alive");
+        self.try_write(batch, Duration::from_secs(30)).await.expect("the write completes")
+    }
+
+    /// Writes `batch` and waits up to `timeout` for it to be durable: the new head, or `None`
+    /// while the writer is held back.
+    async fn try_write(&mut self, batch: Vec<Envelope>, timeout: Duration) -> Option<u64> {
         let before = *self.head.borrow();
-        self.head.wait_for(|head| *head > before).await.expect("head moves");
-        *self.head.borrow()
+        self.sender.send(batch).await.expect("writer alive");
+        let moved = tokio::time::timeout(timeout, self.head.wait_for(|head| *head > before)).await;
+        moved.ok().map(|head| *head.expect("head moves"))
     }
 
     fn stop(self) {
@@ -166,18 +172,27 @@ async fn retention_keeps_what_a_blocking_sink_needs_and_skips_a_dropping_one() {
     let blocking = board.register("blocking", 1, false);
     board.register("dropping", 1, true);
     let mut journal = start(dir.path(), config(4096, 16384), board.clone());
-    // Fill the journal to its limit; the next write would block because `blocking` is at 1.
+    let size = || list_segments(dir.path()).expect("list").iter().map(|s| s.len).sum::<u64>();
+    // Write until a write is held back: the journal is full and `blocking` still needs
+    // record 1 (a dropping sink does not hold it).
     let mut head = 0;
-    while list_segments(dir.path()).expect("list").iter().map(|s| s.len).sum::<u64>() < 12000 {
-        head = journal.write(vec![event(head + 1, "a", 900)]).await;
+    loop {
+        match journal.try_write(vec![event(head + 1, "a", 900)], Duration::from_millis(300)).await {
+            Some(new_head) => head = new_head,
+            None => break,
+        }
+        assert!(head < 100, "the journal took {head} records of 900 bytes within 16 KiB");
     }
+    assert!(size() <= 16384 + 4096, "held within max_bytes plus a segment: {} bytes", size());
     assert_eq!(
         list_segments(dir.path()).expect("list").first().map(|s| s.first_seq),
         Some(1),
-        "nothing removed yet"
+        "nothing the blocking sink needs was removed"
     );
-    // The blocking sink moves on: old segments go, though `dropping` never read them.
+    // The blocking sink moves on: the held write goes through, and old segments go, though
+    // `dropping` never read them.
     board.update(blocking, head + 1);
+    head = journal.head.wait_for(|h| *h > head).await.map(|h| *h).expect("the held write completes");
     for _ in 0..10 {
         head = journal.write(vec![event(head + 1, "a", 900)]).await;
     }

@@ -21,7 +21,7 @@ fn cluster(topic: &str, partitions: i32) -> (MockCluster<'static, DefaultProduce
 }
 
 #[tokio::test]
-async fn a_refused_produce_request_is_retried_after_a_tail_check_without_repeats() {
+async fn a_refused_produce_request_is_retried_without_repeats() {
     let topic = unique("mock-refused");
     let (mock, brokers) = cluster(&topic, 2);
     let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");

@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::cursor;
 use crate::journal::{
-    self,
-    reader::{Batch, JournalReader},
+    self, Recovery,
+    reader::{JournalReader, Read},
 };
 use crate::relay::{RelayError, journal_dir, lock_data_dir};
 use crate::routing::Router;
@@ -46,7 +46,7 @@ pub fn validate(config: &Config) -> String {
 
 /// `tail`: prints events from every configured Nomad source until `shutdown`.
 pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let (tx, mut rx) = crate::source::handoff(64, 64 << 20);
+    let (tx, mut rx) = crate::journal::handoff::handoff(64, 64 << 20);
     let mut tasks = Vec::new();
     for nomad in config.nomad {
         let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
@@ -91,7 +91,7 @@ fn source_names(config: &Config) -> Vec<String> {
 /// `checkpoint show`: a human-readable report.
 pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
     let names = source_names(config);
-    let recovered = journal::recover(&journal_dir(&config.data_dir), false, &names)?;
+    let recovered = journal::recover(&journal_dir(&config.data_dir), Recovery::ReadOnly, &names)?;
     let mut out = String::new();
     for nomad in &config.nomad {
         match recovered.checkpoints.get(&nomad.name) {
@@ -119,9 +119,9 @@ pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
         match cursor::load(&config.data_dir, name)? {
             Some(cursor) => out.push_str(&format!(
                 "sink {name}: next record {}, last Nomad index {}, {} records pending\n",
-                cursor.next_seq,
-                cursor.last_index,
-                (recovered.head + 1).saturating_sub(cursor.next_seq)
+                cursor.next_seq(),
+                cursor.position.last_index,
+                (recovered.head + 1).saturating_sub(cursor.next_seq())
             )),
             None => {
                 out.push_str(&format!("sink {name}: no cursor yet (starts at the oldest journaled record)\n"))
@@ -174,7 +174,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     let (recovered, saved) = blocking({
         let (dir, data_dir, names, sink_name) =
             (dir.clone(), config.data_dir.clone(), source_names(&config), sink_name.to_owned());
-        move || Ok((journal::recover(&dir, true, &names)?, cursor::load(&data_dir, &sink_name)?))
+        move || Ok((journal::recover(&dir, Recovery::Repair, &names)?, cursor::load(&data_dir, &sink_name)?))
     })
     .await?;
     let Some(mut cursor) = saved else {
@@ -182,7 +182,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
             "sink `{sink_name}` has no cursor yet: `run` will deliver everything the journal holds to it"
         )));
     };
-    let delivered_through = cursor.next_seq.saturating_sub(1).min(recovered.head);
+    let delivered_through = cursor.next_seq().saturating_sub(1).min(recovered.head);
     let mut sink = AnySink::from_config(&sink_config.kind)
         .map_err(|e| RelayError::Other(format!("sink `{sink_name}`: {e}")))?;
     sink.open(cursor.sink_state.clone())
@@ -203,9 +203,9 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         .await?;
         reader = Some(returned);
         let batch = match batch? {
-            Batch::Events(events) if events.is_empty() => break,
-            Batch::Events(events) => events,
-            Batch::Skipped { .. } => continue,
+            Read::Events(events) if events.is_empty() => break,
+            Read::Events(events) => events,
+            Read::Skipped { .. } => continue,
         };
         let chosen: Vec<_> =
             batch.into_iter().filter(|e| range.contains(e) && router.routes_to(sink_name, e)).collect();

@@ -6,6 +6,10 @@
 //! keys and bad values are rejected with the key's path and a hint; every check that can be
 //! made without the network is made here, at load time, so `validate` catches it.
 
+use crate::sinks::KINDS;
+pub use crate::sinks::SinkKindConfig;
+pub use crate::sinks::file::FileSinkConfig;
+pub use crate::sinks::stdout::StdoutSinkConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
@@ -15,6 +19,9 @@ use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The name of the only Nomad source when the configuration has a single `[nomad]` table.
+pub const DEFAULT_SOURCE: &str = "default";
 
 /// Topics subscribed to by default: every standard topic a non-management ACL token can be
 /// granted. `NodePool`, the `ACL*` topics and unknown topics need a management token, and
@@ -194,7 +201,7 @@ pub struct NomadConfig {
 impl Default for NomadConfig {
     fn default() -> Self {
         NomadConfig {
-            name: crate::source::resume::DEFAULT_SOURCE.to_owned(),
+            name: DEFAULT_SOURCE.to_owned(),
             address: OneOrMany::One("http://127.0.0.1:4646".to_owned()),
             token: None,
             token_file: None,
@@ -211,6 +218,85 @@ impl Default for NomadConfig {
             tls: TlsConfig::default(),
             reconnect: ReconnectConfig::default(),
         }
+    }
+}
+
+impl NomadConfig {
+    /// Checks this source's settings; errors name keys under `key` (`nomad`, `nomad[1]`).
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return fail(format!("`{key}.name`: `{}` must be letters, digits, `-`, `_` or `.`", self.name));
+        }
+        let addresses = self.address.to_vec();
+        if addresses.is_empty() {
+            return fail(format!(
+                "`{key}.address`: give at least one address, such as \"http://127.0.0.1:4646\""
+            ));
+        }
+        for address in &addresses {
+            let Ok(url) = reqwest::Url::parse(address) else {
+                return fail(format!(
+                    "`{key}.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""
+                ));
+            };
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return fail(format!("`{key}.address`: `{address}` must start with http:// or https://"));
+            }
+        }
+        self.validate_topics(key)?;
+        if self.idle_timeout.0 < Duration::from_millis(100) {
+            return fail(format!(
+                "`{key}.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production"
+            ));
+        }
+        if self.max_line_bytes.0 < 1024 {
+            return fail(format!(
+                "`{key}.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)"
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return fail(format!(
+                "`{key}.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Topics are `Topic` or `Topic:Key` (Nomad refuses more `:`), and never one topic both
+    /// whole and keyed (Nomad then drops the wildcard).
+    fn validate_topics(&self, key: &str) -> Result<(), ConfigError> {
+        if self.topics.is_empty() {
+            return Err(ConfigError(format!(
+                "`{key}.topics`: subscribe to at least one topic (remove the key for the defaults)"
+            )));
+        }
+        let mut wildcard_topics = BTreeSet::new();
+        let mut keyed_topics = BTreeSet::new();
+        for topic in &self.topics {
+            let parts: Vec<&str> = topic.split(':').collect();
+            match parts.as_slice() {
+                [name] | [name, "*"] if !name.is_empty() => {
+                    wildcard_topics.insert(*name);
+                }
+                [name, _key] if !name.is_empty() => {
+                    keyed_topics.insert(*name);
+                }
+                _ => {
+                    return Err(ConfigError(format!(
+                        "`{key}.topics`: `{topic}` is not `Topic` or `Topic:Key` (Nomad refuses more than one `:`)"
+                    )));
+                }
+            }
+        }
+        if let Some(topic) = wildcard_topics.intersection(&keyed_topics).next() {
+            return Err(ConfigError(format!(
+                "`{key}.topics`: `{topic}` is listed both whole and with a key; Nomad then delivers only the keyed events (the wildcard is lost), so list it one way"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -280,6 +366,22 @@ impl Default for JournalConfig {
     }
 }
 
+impl JournalConfig {
+    /// Checks the sizes against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.segment_bytes.0 < 4096 {
+            return Err(ConfigError("`journal.segment_bytes`: must be at least 4KiB".into()));
+        }
+        if self.max_bytes.0 < self.segment_bytes.0.saturating_mul(2) {
+            return Err(ConfigError(format!(
+                "`journal.max_bytes`: must be at least twice `journal.segment_bytes` ({} bytes)",
+                self.segment_bytes.0
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What a sink does when the journal is full because it is behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -316,7 +418,21 @@ impl Default for CommonSinkConfig {
     }
 }
 
-const COMMON_SINK_KEYS: &[&str] = &["when_full", "batch_size", "retry_min_delay", "retry_max_delay"];
+impl CommonSinkConfig {
+    /// The keys of these settings, as a sink table spells them: read from the struct's own
+    /// `Deserialize`, so the list cannot drift from the fields.
+    pub fn keys() -> &'static [&'static str] {
+        struct_fields::<CommonSinkConfig>()
+    }
+
+    /// Checks the settings of sink `name`.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(ConfigError(format!("`sinks.{name}.batch_size`: must be at least 1")));
+        }
+        Ok(())
+    }
+}
 
 /// One configured sink.
 #[derive(Debug, Clone)]
@@ -327,34 +443,18 @@ pub struct SinkConfig {
     pub kind: SinkKindConfig,
 }
 
-/// Sink-specific settings, selected by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SinkKindConfig {
-    /// NDJSON file, exactly-once.
-    File(FileSinkConfig),
-    /// Standard output, one event per line.
-    Stdout(StdoutSinkConfig),
-    /// NATS core or JetStream.
-    Nats(Box<nomad_relay_sink_nats::NatsSinkConfig>),
-    /// RabbitMQ (AMQP 0-9-1).
-    Amqp(Box<nomad_relay_sink_amqp::AmqpSinkConfig>),
-    /// Kafka, exactly-once.
-    Kafka(Box<nomad_relay_sink_kafka::KafkaSinkConfig>),
+impl SinkConfig {
+    /// Checks sink `name`: its name, the common settings, then its kind's own.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(ConfigError(format!(
+                "`sinks.{name}`: a sink name may use only letters, digits, `-` and `_` (it names the sink's cursor file)"
+            )));
+        }
+        self.common.validate(name)?;
+        self.kind.validate(&format!("sinks.{name}")).map_err(ConfigError)
+    }
 }
-
-/// `type = "file"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// The NDJSON file to append to (created if missing; its directory must exist).
-    pub path: PathBuf,
-}
-
-/// `type = "stdout"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {}
 
 /// One routing rule: events matching every non-empty selector go to `sinks`.
 #[derive(Debug, Clone, Deserialize)]
@@ -376,9 +476,26 @@ pub struct RouteConfig {
     pub sinks: Vec<String>,
 }
 
-/// Where `load` reads from.
+impl RouteConfig {
+    /// Checks route number `position` against the configured `sinks`.
+    pub fn validate(&self, position: usize, sinks: &BTreeMap<String, SinkConfig>) -> Result<(), ConfigError> {
+        if self.sinks.is_empty() {
+            return Err(ConfigError(format!("`routes[{position}].sinks`: name at least one sink")));
+        }
+        if let Some(sink) = self.sinks.iter().find(|sink| !sinks.contains_key(*sink)) {
+            let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
+            return Err(ConfigError(format!(
+                "`routes[{position}].sinks`: no sink named `{sink}`; configured sinks are {}",
+                known.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where [`Config::load`] reads from.
 #[derive(Debug, Clone, Default)]
-pub struct Sources<'a> {
+pub struct LoadFrom<'a> {
     /// The TOML file, if any.
     pub file: Option<&'a Path>,
     /// Read Nomad's and the relay's environment variables.
@@ -407,9 +524,9 @@ type = "stdout"
 
 impl Config {
     /// Loads and validates the configuration.
-    pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
+    pub fn load(from: LoadFrom<'_>) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();
-        if sources.environment {
+        if from.environment {
             for (variable, key) in NOMAD_VARIABLES {
                 if let Ok(value) = std::env::var(variable) {
                     if value.is_empty() {
@@ -424,7 +541,7 @@ impl Config {
                 }
             }
         }
-        match sources.file {
+        match from.file {
             Some(path) => {
                 if !path.exists() {
                     return Err(ConfigError(format!(
@@ -436,7 +553,7 @@ impl Config {
             }
             None => figment = figment.merge(Toml::string(EMBEDDED_DEFAULTS)),
         }
-        if sources.environment {
+        if from.environment {
             // NOMAD_RELAY_LOG, NOMAD_RELAY_LOG_FORMAT and NOMAD_RELAY_CONFIG belong to the
             // command line, not to the file's keys.
             figment = figment
@@ -491,141 +608,40 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks the whole tree: each part checks itself, then what ties parts together
+    /// (sink and source names, routes naming sinks).
     fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |message: String| Err(ConfigError(message));
         if self.sinks.is_empty() {
-            return fail("no sinks configured: add a `[sinks.NAME]` table with `type = \"file\"` or `type = \"stdout\"`".into());
+            return Err(ConfigError(format!(
+                "no sinks configured: add a `[sinks.NAME]` table with `type` one of {}",
+                KINDS.join(", ")
+            )));
         }
-        for name in self.sinks.keys() {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return fail(format!(
-                    "`sinks.{name}`: a sink name may use only letters, digits, `-` and `_` (it names the sink's cursor file)"
-                ));
-            }
+        for (name, sink) in &self.sinks {
+            sink.validate(name)?;
         }
         if self.nomad.is_empty() {
-            return fail("`nomad`: give at least one [nomad] table".into());
+            return Err(ConfigError("`nomad`: give at least one [nomad] table".into()));
         }
         let mut names = BTreeSet::new();
         for (position, nomad) in self.nomad.iter().enumerate() {
             let key = if self.nomad.len() == 1 { "nomad".to_owned() } else { format!("nomad[{position}]") };
-            if nomad.name.is_empty()
-                || !nomad.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            {
-                return fail(format!(
-                    "`{key}.name`: `{}` must be letters, digits, `-`, `_` or `.`",
-                    nomad.name
-                ));
-            }
+            nomad.validate(&key)?;
             if !names.insert(nomad.name.as_str()) {
-                return fail(format!(
+                return Err(ConfigError(format!(
                     "`{key}.name`: `{}` is used by two [[nomad]] tables; each source needs its own name",
                     nomad.name
-                ));
-            }
-            let addresses = nomad.address.to_vec();
-            if addresses.is_empty() {
-                return fail(format!(
-                    "`{key}.address`: give at least one address, such as \"http://127.0.0.1:4646\""
-                ));
-            }
-            for address in &addresses {
-                let Ok(url) = reqwest::Url::parse(address) else {
-                    return fail(format!(
-                        "`{key}.address`: `{address}` is not a URL; write it like \"http://127.0.0.1:4646\""
-                    ));
-                };
-                if url.scheme() != "http" && url.scheme() != "https" {
-                    return fail(format!("`{key}.address`: `{address}` must start with http:// or https://"));
-                }
-            }
-            if nomad.topics.is_empty() {
-                return fail(format!(
-                    "`{key}.topics`: subscribe to at least one topic (remove the key for the defaults)"
-                ));
-            }
-            let mut wildcard_topics = BTreeSet::new();
-            let mut keyed_topics = BTreeSet::new();
-            for topic in &nomad.topics {
-                let parts: Vec<&str> = topic.split(':').collect();
-                match parts.as_slice() {
-                    [name] if !name.is_empty() => {
-                        wildcard_topics.insert(*name);
-                    }
-                    [name, "*"] if !name.is_empty() => {
-                        wildcard_topics.insert(*name);
-                    }
-                    [name, _key] if !name.is_empty() => {
-                        keyed_topics.insert(*name);
-                    }
-                    _ => {
-                        return fail(format!(
-                            "`{key}.topics`: `{topic}` is not `Topic` or `Topic:Key` (Nomad refuses more than one `:`)"
-                        ));
-                    }
-                }
-            }
-            if let Some(topic) = wildcard_topics.intersection(&keyed_topics).next() {
-                return fail(format!(
-                    "`{key}.topics`: `{topic}` is listed both whole and with a key; Nomad then delivers only the keyed events (the wildcard is lost), so list it one way"
-                ));
-            }
-            if nomad.idle_timeout.0 < Duration::from_millis(100) {
-                return fail(format!(
-                    "`{key}.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production"
-                ));
-            }
-            if nomad.max_line_bytes.0 < 1024 {
-                return fail(format!(
-                    "`{key}.max_line_bytes`: must be at least 1KiB; Nomad lines can be many MB (default 64MiB)"
-                ));
-            }
-            let tls = &nomad.tls;
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return fail(format!(
-                    "`{key}.tls`: `cert_file` and `key_file` go together for mTLS; set both or neither"
-                ));
+                )));
             }
         }
         if self.shutdown_timeout.0 < Duration::from_secs(1) {
-            return fail(
+            return Err(ConfigError(
                 "`shutdown_timeout`: must be at least 1s (sinks need time to finish their batch)".into(),
-            );
-        }
-        if self.journal.segment_bytes.0 < 4096 {
-            return fail("`journal.segment_bytes`: must be at least 4KiB".into());
-        }
-        if self.journal.max_bytes.0 < self.journal.segment_bytes.0.saturating_mul(2) {
-            return fail(format!(
-                "`journal.max_bytes`: must be at least twice `journal.segment_bytes` ({} bytes)",
-                self.journal.segment_bytes.0
             ));
         }
-        for (name, sink) in &self.sinks {
-            if sink.common.batch_size == 0 {
-                return fail(format!("`sinks.{name}.batch_size`: must be at least 1"));
-            }
-            let key = format!("sinks.{name}");
-            match &sink.kind {
-                SinkKindConfig::Nats(nats) => nats.validate(&key).map_err(ConfigError)?,
-                SinkKindConfig::Amqp(amqp) => amqp.validate(&key).map_err(ConfigError)?,
-                SinkKindConfig::Kafka(kafka) => kafka.validate(&key).map_err(ConfigError)?,
-                SinkKindConfig::File(_) | SinkKindConfig::Stdout(_) => {}
-            }
-        }
+        self.journal.validate()?;
         for (position, route) in self.routes.iter().enumerate() {
-            if route.sinks.is_empty() {
-                return fail(format!("`routes[{position}].sinks`: name at least one sink"));
-            }
-            for sink in &route.sinks {
-                if !self.sinks.contains_key(sink) {
-                    let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
-                    return fail(format!(
-                        "`routes[{position}].sinks`: no sink named `{sink}`; configured sinks are {}",
-                        known.join(", ")
-                    ));
-                }
-            }
+            route.validate(position, &self.sinks)?;
         }
         Ok(())
     }
@@ -653,9 +669,38 @@ fn with_path(prefix: &str, error: figment::Error) -> ConfigError {
     ConfigError(format!("invalid configuration: {text}"))
 }
 
+/// The field names a `Deserialize` struct asks for, read by handing it a deserializer that
+/// records them.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only structs are read"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
     let mut common = Dict::new();
-    for key in COMMON_SINK_KEYS {
+    for key in CommonSinkConfig::keys() {
         if let Some(value) = table.remove(*key) {
             common.insert((*key).to_owned(), value);
         }
@@ -663,7 +708,10 @@ fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
     let prefix = format!("sinks.{name}");
     let context = |error: figment::Error| with_path(&prefix, error);
     if !table.contains_key("type") {
-        return Err(ConfigError(format!("`sinks.{name}.type`: missing; set it to \"file\" or \"stdout\"")));
+        return Err(ConfigError(format!(
+            "`sinks.{name}.type`: missing; set it to one of {}",
+            KINDS.join(", ")
+        )));
     }
     let common: CommonSinkConfig = Value::from(common).deserialize().map_err(context)?;
     let kind: SinkKindConfig = Value::from(table).deserialize().map_err(context)?;
@@ -673,6 +721,21 @@ fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_sink_keys_are_the_structs_fields() {
+        assert_eq!(
+            CommonSinkConfig::keys(),
+            ["when_full", "batch_size", "retry_min_delay", "retry_max_delay"]
+        );
+        // A common key is taken out of the sink's table before its kind's own settings are
+        // read, so `deny_unknown_fields` there does not refuse it.
+        let config = Config::from_toml(
+            "[sinks.out]\ntype = \"stdout\"\nbatch_size = 7\nwhen_full = \"drop_oldest\"\nretry_min_delay = \"1s\"\nretry_max_delay = \"2s\"\n",
+        )
+        .expect("every common key accepted");
+        assert_eq!(config.sinks["out"].common.batch_size, 7);
+    }
 
     #[test]
     fn minimal_config_from_the_issue_loads() {

@@ -16,5 +16,6 @@ pub mod relay;
 pub mod routing;
 pub mod sinks;
 pub mod source;
+pub mod state_file;
 pub mod stats;
 pub mod worker;

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use nomad_relay::cli::{CheckpointAction, Cli, Command, LogFormat};
-use nomad_relay::config::{Config, Sources};
+use nomad_relay::config::{Config, LoadFrom};
 use nomad_relay::{commands, relay};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 }
 
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
-    Config::load(Sources { file: config.as_deref(), environment: true }).map_err(|e| {
+    Config::load(LoadFrom { file: config.as_deref(), environment: true }).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -78,7 +78,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Demo { config, rate, events } => {
             let loaded = match &config {
                 Some(_) => load(&config),
-                None => Config::load(Sources { file: None, environment: false }).map_err(|e| {
+                None => Config::load(LoadFrom { file: None, environment: false }).map_err(|e| {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
                 }),

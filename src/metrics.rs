@@ -4,7 +4,7 @@
 //! Labels are the configured source and sink names only, so the number of series is fixed by
 //! the configuration.
 
-use crate::stats::{SinkStats, SourceStats};
+use crate::stats::{FAILURE_KINDS, SinkStats, SourceStats};
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -173,6 +173,25 @@ impl Telemetry {
                 }
             });
         }
+        let name = "nomad_relay_sink_failures_total";
+        metric(
+            &mut out,
+            name,
+            "counter",
+            "Failed delivery attempts (and failed opens), by kind of failure.",
+            |out| {
+                for (sink, stats) in &self.sinks {
+                    for (position, (_, kind)) in FAILURE_KINDS.iter().enumerate() {
+                        sample(
+                            out,
+                            name,
+                            &[("sink", sink), ("kind", kind)],
+                            stats.failures[position].load(Ordering::Relaxed),
+                        );
+                    }
+                }
+            },
+        );
         let name = "nomad_relay_sink_lag_index";
         metric(&mut out, name, "gauge", "Last Nomad index seen minus the sink's cursor index.", |out| {
             for (sink, stats) in &self.sinks {
@@ -272,6 +291,16 @@ mod tests {
         assert!(text.contains("nomad_relay_sink_lag_index{sink=\"out \\\"1\\\"\"} 20"), "{text}");
         assert!(text.contains("nomad_relay_sink_backlog_records{sink=\"out \\\"1\\\"\"} 5"), "{text}");
         assert!(text.contains("nomad_relay_sink_delivered_events_total{sink=\"out \\\"1\\\"\"} 4"));
+        sink.failed(nomad_relay_sink_api::SinkErrorKind::Config, "bad".into());
+        let text = telemetry.render();
+        assert!(
+            text.contains("nomad_relay_sink_failures_total{sink=\"out \\\"1\\\"\",kind=\"config\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nomad_relay_sink_failures_total{sink=\"out \\\"1\\\"\",kind=\"unavailable\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("nomad_relay_source_connected{source=\"default\"} 1"));
         assert!(text.contains("# TYPE nomad_relay_sink_retried_events_total counter"));
         assert!(text.contains("nomad_relay_journal_entries 0"));

@@ -1,13 +1,14 @@
 //! Wires the relay together for `run`: lock the data directory, recover the journal, start
-//! the journal writer, the Nomad source and one worker per sink, and stop them in order when
-//! asked: the source stops reading, the writer makes what it has durable, workers finish the
+//! the journal writer, the Nomad sources and one worker per sink, and stop them in order when
+//! asked: the sources stop reading, the writer makes what it has durable, workers finish the
 //! batch in hand and save their cursors.
 
 use crate::config::{Config, WhenFull};
-use crate::cursor::{self, CURSOR_VERSION, Cursor};
+use crate::cursor::{self, Cursor};
 use crate::journal::board::CursorBoard;
+use crate::journal::handoff::{EventSender, handoff};
 use crate::journal::writer::JournalWriter;
-use crate::journal::{self, JournalError};
+use crate::journal::{self, JournalError, Recovered, Recovery};
 use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::source::Source;
@@ -16,11 +17,13 @@ use crate::stats::{SinkStats, SourceStats};
 use crate::worker::SinkWorker;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// Bytes of received events that may wait for the journal writer.
 const HANDOFF_BYTES: u32 = 64 << 20;
@@ -65,39 +68,267 @@ pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
 }
 
-/// Runs the relay until `shutdown` is cancelled.
+/// Runs the relay until `shutdown` is cancelled (or a part of it fails, which cancels it).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let listener = match &config.http {
         Some(http) => Some(crate::http::bind(http.listen).await.map_err(RelayError::Other)?),
         None => None,
     };
-    let journal_dir = journal_dir(&config.data_dir);
-    let dir = journal_dir.clone();
-    let source_names: Vec<String> = config.nomad.iter().map(|n| n.name.clone()).collect();
-    let mut recovered = tokio::task::spawn_blocking(move || journal::recover(&dir, true, &source_names))
-        .await
-        .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))??;
+    let running = Running::start(&config, listener, &shutdown).await?;
+    shutdown.cancelled().await;
+    running.stop(config.shutdown_timeout.0).await
+}
 
+/// The first failure of a part of the relay; recording it stops the relay.
+#[derive(Clone)]
+struct Failure {
+    reason: Arc<Mutex<Option<String>>>,
+    shutdown: CancellationToken,
+}
+
+impl Failure {
+    fn fail(&self, reason: String) {
+        error!("{reason}; stopping");
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+        self.shutdown.cancel();
+    }
+
+    fn take(&self) -> Option<String> {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// A sink ready to run: its worker's parts.
+struct Prepared {
+    name: String,
+    sink: AnySink,
+    cursor: Cursor,
+    slot: crate::journal::board::Slot,
+}
+
+/// The relay, running.
+struct Running {
+    tracker: TaskTracker,
+    failure: Failure,
+    stopping: Arc<AtomicBool>,
+    board: Arc<CursorBoard>,
+    source_shutdown: CancellationToken,
+    worker_shutdown: CancellationToken,
+    http_shutdown: CancellationToken,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Recovers the journal and starts the writer, the sources, the workers and the endpoint.
+    async fn start(
+        config: &Config,
+        listener: Option<TcpListener>,
+        shutdown: &CancellationToken,
+    ) -> Result<Running, RelayError> {
+        let journal_dir = journal_dir(&config.data_dir);
+        let mut recovered = recover(config, &journal_dir).await?;
+        let cursors = load_cursors(config)?;
+        let head = check_cursors(config, &journal_dir, &recovered, &cursors)?;
+        log_resume(config, &recovered, head);
+        let board = Arc::new(CursorBoard::default());
+        let oldest = if recovered.segments.is_empty() { head + 1 } else { recovered.oldest };
+        let prepared = prepare_sinks(config, cursors, oldest, &board)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (writer, head_rx) = JournalWriter::open(
+            &journal_dir,
+            config.journal.clone(),
+            (std::mem::take(&mut recovered.segments), head, recovered.checkpoints.clone()),
+            board.clone(),
+            stopping.clone(),
+        )?;
+        // Bounded in lines and bytes; the writer takes every waiting line in one write.
+        let (events_tx, events_rx) = handoff(256, HANDOFF_BYTES);
+        let writer = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(events_rx))
+            .map_err(|e| RelayError::Other(format!("cannot start the journal writer: {e}")))?;
+        let failure = Failure { reason: Arc::default(), shutdown: shutdown.clone() };
+        let mut running = Running {
+            tracker: TaskTracker::new(),
+            failure,
+            stopping,
+            board,
+            source_shutdown: shutdown.child_token(),
+            worker_shutdown: CancellationToken::new(),
+            http_shutdown: CancellationToken::new(),
+            writer,
+        };
+        let source_stats = running.start_sources(config, &mut recovered, events_tx)?;
+        let sink_stats = running.start_workers(config, prepared, &journal_dir, &head_rx);
+        running.tracker.close();
+        if let Some(listener) = listener {
+            let telemetry = Arc::new(crate::metrics::Telemetry {
+                sources: source_stats,
+                sinks: sink_stats,
+                journal_dir,
+                head: head_rx,
+                stopping: running.stopping.clone(),
+            });
+            tokio::spawn(crate::http::serve(listener, telemetry, running.http_shutdown.clone()));
+        }
+        Ok(running)
+    }
+
+    /// Starts one source per `[nomad]` table, each resuming from its checkpoint.
+    fn start_sources(
+        &mut self,
+        config: &Config,
+        recovered: &mut Recovered,
+        events: EventSender,
+    ) -> Result<Vec<(String, Arc<SourceStats>)>, RelayError> {
+        let mut all_stats = Vec::new();
+        for nomad in &config.nomad {
+            let checkpoint = recovered.checkpoints.remove(&nomad.name);
+            let stats = Arc::new(SourceStats::default());
+            if let Some(checkpoint) = &checkpoint {
+                // Lag is measured against the last index seen; after a restart that is at
+                // least the checkpoint, before the stream has sent anything new.
+                stats.last_index.store(checkpoint.index, Ordering::Relaxed);
+            }
+            let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
+            let source = Source::new(nomad.clone(), resume, events.clone(), stats.clone())
+                .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
+            all_stats.push((nomad.name.clone(), stats));
+            let (name, token, failure) =
+                (nomad.name.clone(), self.source_shutdown.clone(), self.failure.clone());
+            self.tracker.spawn(async move {
+                // Spawned on its own so that a panic is seen here rather than leaving a relay
+                // that looks alive but reads nothing.
+                match tokio::spawn(source.run(token.clone())).await {
+                    Err(e) => failure.fail(format!("Nomad source `{name}` crashed: {e}")),
+                    Ok(()) if !token.is_cancelled() => failure.fail(format!(
+                        "Nomad source `{name}` stopped: the journal writer no longer takes events"
+                    )),
+                    Ok(()) => {}
+                }
+            });
+        }
+        Ok(all_stats)
+    }
+
+    /// Starts one worker per sink, each in its `sink` span (`sink`, `kind`), which the lines
+    /// the sink itself logs inherit.
+    fn start_workers(
+        &mut self,
+        config: &Config,
+        prepared: Vec<Prepared>,
+        journal_dir: &Path,
+        head: &tokio::sync::watch::Receiver<u64>,
+    ) -> Vec<(String, Arc<SinkStats>)> {
+        let router = Arc::new(Router::new(config.routes.clone()));
+        let mut all_stats = Vec::new();
+        for Prepared { name, sink, cursor, slot } in prepared {
+            let sink_config = &config.sinks[&name];
+            let stats = Arc::new(SinkStats::default());
+            stats.cursor.store(cursor.next_seq(), Ordering::Relaxed);
+            stats.cursor_index.store(cursor.position.last_index, Ordering::Relaxed);
+            all_stats.push((name.clone(), stats.clone()));
+            let span = info_span!("sink", sink = %name, kind = sink_config.kind.kind());
+            let worker = SinkWorker {
+                name: name.clone(),
+                sink,
+                settings: sink_config.common.clone(),
+                cursor,
+                data_dir: config.data_dir.clone(),
+                journal_dir: journal_dir.to_owned(),
+                router: router.clone(),
+                board: self.board.clone(),
+                slot,
+                head: head.clone(),
+                stats,
+            };
+            let (token, failure) = (self.worker_shutdown.clone(), self.failure.clone());
+            self.tracker.spawn(async move {
+                match tokio::spawn(worker.run(token).instrument(span)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failure.fail(format!("the worker of sink `{name}` failed: {e}")),
+                    Err(e) => failure.fail(format!("the worker of sink `{name}` crashed: {e}")),
+                }
+            });
+        }
+        all_stats
+    }
+
+    /// Stops in order: sources stop reading, workers finish the batch in hand (within
+    /// `deadline`), the endpoint closes, the writer makes what it has durable.
+    async fn stop(self, deadline: Duration) -> Result<(), RelayError> {
+        info!("shutting down: no longer reading from Nomad; finishing batches in flight and saving cursors");
+        self.stopping.store(true, Ordering::Relaxed);
+        self.board.wake();
+        self.source_shutdown.cancel();
+        self.worker_shutdown.cancel();
+        if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
+            warn!(
+                "some sinks did not finish within shutdown_timeout ({deadline:?}); their cursors stay at the last confirmed batch, and what follows is delivered after the restart"
+            );
+        }
+        self.http_shutdown.cancel();
+        let writer = self.writer;
+        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            error!("the journal writer ended abnormally");
+        }
+        match self.failure.take() {
+            Some(reason) => Err(RelayError::Other(reason)),
+            None => {
+                info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Recovers the journal (off the async runtime), cutting off a record a crash tore.
+async fn recover(config: &Config, journal_dir: &Path) -> Result<Recovered, RelayError> {
+    let dir = journal_dir.to_owned();
+    let sources: Vec<String> = config.nomad.iter().map(|n| n.name.clone()).collect();
+    tokio::task::spawn_blocking(move || journal::recover(&dir, Recovery::Repair, &sources))
+        .await
+        .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))?
+        .map_err(RelayError::from)
+}
+
+/// Every configured sink's saved cursor (`None` for a new sink).
+fn load_cursors(config: &Config) -> Result<Vec<(String, Option<Cursor>)>, RelayError> {
     let mut cursors = Vec::new();
     for name in config.sinks.keys() {
-        let cursor = cursor::load(&config.data_dir, name)?;
-        cursors.push((name.clone(), cursor));
+        cursors.push((name.clone(), cursor::load(&config.data_dir, name)?));
     }
-    // A journal that is empty but whose sinks have cursors was removed by hand: continue
-    // numbering after the furthest cursor so no cursor points into the future.
-    let mut head = recovered.head;
-    let furthest = cursors.iter().filter_map(|(_, c)| c.as_ref().map(|c| c.next_seq)).max().unwrap_or(1);
+    Ok(cursors)
+}
+
+/// The journal head to continue from. A journal that is empty but whose sinks have cursors
+/// was removed by hand: numbering continues after the furthest cursor so no cursor points
+/// into the future. A cursor past a non-empty journal's head means the journal was replaced.
+fn check_cursors(
+    config: &Config,
+    journal_dir: &Path,
+    recovered: &Recovered,
+    cursors: &[(String, Option<Cursor>)],
+) -> Result<u64, RelayError> {
+    let head = recovered.head;
+    let furthest = cursors.iter().filter_map(|(_, c)| c.as_ref().map(Cursor::next_seq)).max().unwrap_or(1);
     if recovered.segments.is_empty() {
-        head = head.max(furthest.saturating_sub(1));
-    } else if furthest > head + 1 {
+        return Ok(head.max(furthest.saturating_sub(1)));
+    }
+    if furthest > head + 1 {
         return Err(RelayError::Other(format!(
             "a sink cursor is at journal record {furthest} but the journal in {} ends at {head}; the journal was replaced or restored from an older copy. Remove the cursors in {} to re-deliver everything it holds",
             journal_dir.display(),
             config.data_dir.join("cursors").display()
         )));
     }
-    let oldest = if recovered.segments.is_empty() { head + 1 } else { recovered.oldest };
+    Ok(head)
+}
+
+/// Says where each source resumes.
+fn log_resume(config: &Config, recovered: &Recovered, head: u64) {
     for nomad in &config.nomad {
         match recovered.checkpoints.get(&nomad.name) {
             Some(checkpoint) => {
@@ -108,152 +339,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             }
         }
     }
+}
 
-    let board = Arc::new(CursorBoard::default());
-    let stopping = Arc::new(AtomicBool::new(false));
-    let router = Arc::new(Router::new(config.routes.clone()));
-    let mut workers = Vec::new();
+/// Builds every sink and registers its cursor with the board (a new sink starts at the
+/// oldest record the journal holds).
+fn prepare_sinks(
+    config: &Config,
+    cursors: Vec<(String, Option<Cursor>)>,
+    oldest: u64,
+    board: &CursorBoard,
+) -> Result<Vec<Prepared>, RelayError> {
+    let mut prepared = Vec::new();
     for (name, saved) in cursors {
         let sink_config = &config.sinks[&name];
-        let cursor = saved.unwrap_or(Cursor {
-            version: CURSOR_VERSION,
-            sink: name.clone(),
-            next_seq: oldest,
-            last_index: 0,
-            sink_state: None,
-        });
+        let cursor = saved.unwrap_or_else(|| Cursor::new(&name, oldest));
         let sink = AnySink::from_config(&sink_config.kind)
             .map_err(|e| RelayError::Other(format!("sink `{name}`: {e}")))?;
-        let slot =
-            board.register(&name, cursor.next_seq, sink_config.common.when_full == WhenFull::DropOldest);
-        workers.push((name.clone(), sink, cursor, slot));
+        let drop_oldest = sink_config.common.when_full == WhenFull::DropOldest;
+        let slot = board.register(&name, cursor.next_seq(), drop_oldest);
+        prepared.push(Prepared { name, sink, cursor, slot });
     }
-    let (writer, head_rx) = JournalWriter::open(
-        &journal_dir,
-        config.journal.clone(),
-        (std::mem::take(&mut recovered.segments), head, recovered.checkpoints.clone()),
-        board.clone(),
-        stopping.clone(),
-    )?;
-    // Bounded in lines and bytes; the writer takes every waiting line in one write.
-    let (events_tx, events_rx) = crate::source::handoff(256, HANDOFF_BYTES);
-    let writer_thread = std::thread::Builder::new()
-        .name("journal-writer".into())
-        .spawn(move || writer.run(events_rx))
-        .map_err(|e| RelayError::Other(format!("cannot start the journal writer: {e}")))?;
-
-    let mut sources = Vec::new();
-    let mut source_stats = Vec::new();
-    for nomad in &config.nomad {
-        let checkpoint = recovered.checkpoints.remove(&nomad.name);
-        let stats = Arc::new(SourceStats::default());
-        if let Some(checkpoint) = &checkpoint {
-            // Lag is measured against the last index seen; after a restart that is at least
-            // the checkpoint, before the stream has sent anything new.
-            stats.last_index.store(checkpoint.index, std::sync::atomic::Ordering::Relaxed);
-        }
-        let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
-        source_stats.push((nomad.name.clone(), stats.clone()));
-        let source = Source::new(nomad.clone(), resume, events_tx.clone(), stats)
-            .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
-        sources.push((nomad.name.clone(), source));
-    }
-    drop(events_tx);
-
-    let tracker = TaskTracker::new();
-    let failure: Arc<Mutex<Option<String>>> = Arc::default();
-    let fail = {
-        let failure = failure.clone();
-        let shutdown = shutdown.clone();
-        move |reason: String| {
-            error!("{reason}; stopping");
-            failure.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
-            shutdown.cancel();
-        }
-    };
-    let source_shutdown = shutdown.child_token();
-    for (name, source) in sources {
-        let source_shutdown = source_shutdown.clone();
-        let fail = fail.clone();
-        tracker.spawn(async move {
-            // Spawned on its own so that a panic is seen here rather than leaving a relay
-            // that looks alive but reads nothing.
-            match tokio::spawn(source.run(source_shutdown.clone())).await {
-                Err(e) => fail(format!("Nomad source `{name}` crashed: {e}")),
-                Ok(()) if !source_shutdown.is_cancelled() => {
-                    fail(format!("Nomad source `{name}` stopped: the journal writer no longer takes events"))
-                }
-                Ok(()) => {}
-            }
-        });
-    }
-    let worker_shutdown = CancellationToken::new();
-    let mut sink_stats = Vec::new();
-    for (name, sink, cursor, slot) in workers {
-        let sink_config = &config.sinks[&name];
-        let stats = Arc::new(SinkStats::default());
-        stats.cursor.store(cursor.next_seq, std::sync::atomic::Ordering::Relaxed);
-        stats.cursor_index.store(cursor.last_index, std::sync::atomic::Ordering::Relaxed);
-        sink_stats.push((name.clone(), stats.clone()));
-        let worker = SinkWorker {
-            name: name.clone(),
-            sink,
-            settings: sink_config.common.clone(),
-            cursor,
-            data_dir: config.data_dir.clone(),
-            journal_dir: journal_dir.clone(),
-            router: router.clone(),
-            board: board.clone(),
-            slot,
-            head: head_rx.clone(),
-            stats,
-        };
-        let token = worker_shutdown.clone();
-        let fail = fail.clone();
-        tracker.spawn(async move {
-            match tokio::spawn(worker.run(token)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fail(format!("the worker of sink `{name}` failed: {e}")),
-                Err(e) => fail(format!("the worker of sink `{name}` crashed: {e}")),
-            }
-        });
-    }
-    tracker.close();
-    let http_shutdown = CancellationToken::new();
-    if let Some(listener) = listener {
-        let telemetry = Arc::new(crate::metrics::Telemetry {
-            sources: source_stats,
-            sinks: sink_stats,
-            journal_dir: journal_dir.clone(),
-            head: head_rx.clone(),
-            stopping: stopping.clone(),
-        });
-        tokio::spawn(crate::http::serve(listener, telemetry, http_shutdown.clone()));
-    }
-
-    shutdown.cancelled().await;
-    info!("shutting down: no longer reading from Nomad; finishing batches in flight and saving cursors");
-    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    board.wake();
-    source_shutdown.cancel();
-    worker_shutdown.cancel();
-    let deadline = config.shutdown_timeout.0;
-    if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
-        warn!(
-            "some sinks did not finish within shutdown_timeout ({deadline:?}); their cursors stay at the last confirmed batch, and what follows is delivered after the restart"
-        );
-    }
-    http_shutdown.cancel();
-    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
-        error!("the journal writer ended abnormally");
-    }
-    let failure = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
-    match failure {
-        Some(reason) => Err(RelayError::Other(reason)),
-        None => {
-            info!("stopped");
-            Ok(())
-        }
-    }
+    Ok(prepared)
 }

@@ -65,19 +65,14 @@ pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use nomad_relay_sink_api::EventId;
 
     fn event(topic: &str, event_type: &str, namespace: &str, key: &str) -> Envelope {
         Envelope {
-            seq: 1,
-            id: EventId { index: 1, digest: 1, occurrence: 0 },
-            source: "default".into(),
             topic: topic.into(),
             event_type: event_type.into(),
             key: key.into(),
             namespace: namespace.into(),
-            raw: Bytes::new(),
+            ..Envelope::example()
         }
     }
 

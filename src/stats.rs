@@ -1,6 +1,7 @@
 //! Counters the relay keeps about itself: the source's connection and gaps, each sink's
 //! deliveries. Plain atomics shared by reference; the metrics endpoint and the logs read them.
 
+use nomad_relay_sink_api::SinkErrorKind;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -50,10 +51,29 @@ pub struct SinkStats {
     pub batches_in_flight: AtomicU64,
     /// Why the sink last failed, for the readiness endpoint.
     pub last_problem: Mutex<Option<String>>,
+    /// Failed attempts (open, send, confirm) by kind of failure, in [`FAILURE_KINDS`] order.
+    pub failures: [AtomicU64; FAILURE_KINDS.len()],
 }
 
+/// The kinds of sink failure, as the `kind` label of the failure counter shows them.
+pub const FAILURE_KINDS: [(SinkErrorKind, &str); 5] = [
+    (SinkErrorKind::Unavailable, "unavailable"),
+    (SinkErrorKind::Refused, "refused"),
+    (SinkErrorKind::Io, "io"),
+    (SinkErrorKind::Config, "config"),
+    (SinkErrorKind::Other, "other"),
+];
+
 impl SinkStats {
-    /// Records a failure and its reason.
+    /// Records a failed attempt: counted by kind, and the sink unhealthy for `reason`.
+    pub fn failed(&self, kind: SinkErrorKind, reason: String) {
+        if let Some(position) = FAILURE_KINDS.iter().position(|(k, _)| *k == kind) {
+            self.failures[position].fetch_add(1, Ordering::Relaxed);
+        }
+        self.set_unhealthy(reason);
+    }
+
+    /// Marks the sink unhealthy for `reason`.
     pub fn set_unhealthy(&self, reason: String) {
         self.healthy.store(false, Ordering::Relaxed);
         *self.last_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);

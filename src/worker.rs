@@ -5,20 +5,26 @@
 //! sink could not deliver are sent again after a jittered, growing delay, for ever: a broker
 //! outage holds back this sink only, while the journal keeps taking events for the others.
 //! Rejected events are counted and logged, never silently dropped. Only when every event of
-//! the batch is delivered or rejected does the cursor move, saved atomically with the sink's
-//! own checkpoint state, so a crash at any point re-delivers from the last saved cursor.
+//! a batch is delivered or rejected does the cursor move past it, saved atomically with the
+//! sink's own checkpoint state, so a crash at any point re-delivers from the last saved
+//! cursor.
 //!
-//! A sink that pipelines (see the sink contract) is handed the next batch while earlier
-//! batches still await their confirmations, up to its depth. The cursor moves past a batch
-//! only once it and every batch before it are final; after any failure the worker confirms
-//! everything in flight, then delivers the leftovers in journal order, unpipelined, before it
-//! submits anything new.
+//! Every batch goes the one way the sink contract describes: it is submitted, and stays in
+//! the pipeline until confirmed. A sink that does not pipeline (depth 1) settles each batch
+//! in `submit` (the contract's default sends it whole), so its pipeline never holds more than
+//! a batch without events for it. A sink that pipelines is handed the next batch while
+//! earlier ones still await their confirmations, up to its depth; after any failure the
+//! worker confirms everything in flight, then delivers the leftovers in journal order,
+//! unpipelined, before it submits anything new.
+//!
+//! The worker's log lines, and those of the sink it drives, carry the `sink` span the relay
+//! runs it in.
 
 use crate::config::CommonSinkConfig;
 use crate::cursor::{self, Cursor};
 use crate::journal::JournalError;
 use crate::journal::board::{CursorBoard, Slot};
-use crate::journal::reader::{Batch, JournalReader};
+use crate::journal::reader::{JournalReader, Read};
 use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::stats::{SinkStats, add};
@@ -37,11 +43,11 @@ use tracing::{error, info, warn};
 const BATCH_BYTES: usize = 16 << 20;
 
 /// Everything a worker needs.
-pub struct SinkWorker {
+pub struct SinkWorker<S: Sink = AnySink> {
     /// The sink's name.
     pub name: String,
     /// The sink.
-    pub sink: AnySink,
+    pub sink: S,
     /// Settings every sink has.
     pub settings: CommonSinkConfig,
     /// The saved cursor to start from.
@@ -62,17 +68,46 @@ pub struct SinkWorker {
     pub stats: Arc<SinkStats>,
 }
 
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The journal could not be read, or the cursor saved.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The cursor was asked to move back (a bug, refused rather than acted on).
+    #[error(transparent)]
+    Cursor(#[from] cursor::Backwards),
+}
+
 /// Why delivery stopped before every event was done.
 enum Interrupted {
     /// Shutdown came while `first_pending` was still undelivered.
     Shutdown { first_pending: u64 },
-    /// The cursor could not be saved when the sink asked for it.
-    Journal(JournalError),
+    /// The journal or the cursor failed.
+    Failed(WorkerError),
+}
+
+impl From<WorkerError> for Interrupted {
+    fn from(error: WorkerError) -> Self {
+        Interrupted::Failed(error)
+    }
+}
+
+impl From<JournalError> for Interrupted {
+    fn from(error: JournalError) -> Self {
+        Interrupted::Failed(error.into())
+    }
+}
+
+impl From<cursor::Backwards> for Interrupted {
+    fn from(error: cursor::Backwards) -> Self {
+        Interrupted::Failed(error.into())
+    }
 }
 
 /// A batch read from the journal: the events routed to this sink, and the journal position
 /// and Nomad index the batch ends at (where the cursor goes once all of them are final).
-struct JournalBatch {
+struct Batch {
     events: Vec<Envelope>,
     last_seq: u64,
     last_index: u64,
@@ -80,13 +115,13 @@ struct JournalBatch {
 
 /// A batch in the pipeline, awaiting its outcomes.
 struct Submitted {
-    batch: JournalBatch,
+    batch: Batch,
     /// False for a batch with no events for this sink: nothing to confirm, but the cursor
     /// still passes it only after the batches before it.
     with_sink: bool,
 }
 
-/// The batches a pipelined sink has in flight, oldest first.
+/// The batches handed to the sink and not yet final, oldest first.
 #[derive(Default)]
 struct Pipeline {
     batches: VecDeque<Submitted>,
@@ -95,7 +130,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn push(&mut self, batch: JournalBatch, with_sink: bool) {
+    fn push(&mut self, batch: Batch, with_sink: bool) {
         self.batches.push_back(Submitted { batch, with_sink });
         self.since_empty += 1;
     }
@@ -138,19 +173,13 @@ impl Pipeline {
 struct Attempt {
     /// Events to send again, in journal order.
     retry: Vec<Envelope>,
-    /// Why the first retried event failed; `None` when nothing failed (or nothing was sent
-    /// yet).
+    /// Why the first retried event failed; `None` when nothing failed.
     reason: Option<SinkError>,
     /// The sink deferred events until its checkpoint state is saved.
     deferred: bool,
 }
 
 impl Attempt {
-    /// Events not sent yet: [`SinkWorker::deliver`] starts by sending them.
-    fn untried(events: Vec<Envelope>) -> Attempt {
-        Attempt { retry: events, ..Attempt::default() }
-    }
-
     /// True when every event is delivered or rejected.
     fn is_final(&self) -> bool {
         self.retry.is_empty()
@@ -166,138 +195,178 @@ impl Attempt {
     }
 }
 
-impl SinkWorker {
-    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.settings.retry_min_delay.0)
-            .with_max_delay(self.settings.retry_max_delay.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+/// The journal reader, moved onto a blocking thread for each read.
+struct Reader {
+    reader: Option<JournalReader>,
+    dir: PathBuf,
+}
+
+impl Reader {
+    fn new(dir: PathBuf, next_seq: u64) -> Reader {
+        Reader { reader: Some(JournalReader::new(dir.clone(), next_seq)), dir }
     }
 
+    /// The journal record the next read starts at.
+    fn next_seq(&self) -> Option<u64> {
+        self.reader.as_ref().map(JournalReader::next_seq)
+    }
+
+    /// Up to `max_events` records up to `head`, read off the async runtime.
+    async fn read(&mut self, head: u64, max_events: usize) -> Result<Read, JournalError> {
+        let failed =
+            |e: String| JournalError::Io { path: self.dir.clone(), source: std::io::Error::other(e) };
+        let Some(mut reader) = self.reader.take() else {
+            return Err(failed("the journal reader was lost to an earlier failure".into()));
+        };
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = reader.read(head, max_events, BATCH_BYTES);
+            (reader, read)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        self.reader = Some(reader);
+        read
+    }
+}
+
+impl<S: Sink> SinkWorker<S> {
     /// Runs until `shutdown` is cancelled or the journal writer stops.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), JournalError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if !self.open(&shutdown).await? {
+            return Ok(());
+        }
+        let mut pipeline = Pipeline::default();
+        match self.deliver_journal(&mut pipeline, &shutdown).await {
+            Ok(()) => {}
+            Err(Interrupted::Shutdown { first_pending }) => {
+                self.cursor.advance_to(first_pending)?;
+                self.save_cursor().await?;
+            }
+            Err(Interrupted::Failed(error)) => return Err(error),
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Opens the sink, retrying until it opens (true) or shutdown comes (false), and saves
+    /// the state it opened with: a sink without a saved cursor (new, or never confirmed a
+    /// batch) could otherwise not undo a batch written just before a crash (the file sink
+    /// cuts back to this length).
+    async fn open(&mut self, shutdown: &CancellationToken) -> Result<bool, JournalError> {
         let mut delays = self.backoff();
-        loop {
-            match self.sink.open(self.cursor.sink_state.clone()).await {
-                Ok(()) => break,
-                Err(error) => {
-                    self.stats.set_unhealthy(format!("cannot open: {}", error.report()));
-                    let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
-                    warn!(sink = %self.name, "cannot open sink: {}; retrying in {delay:.1?}", error.report());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+        while let Err(error) = self.sink.open(self.cursor.sink_state.clone()).await {
+            self.stats.failed(error.kind, format!("cannot open: {}", error.report()));
+            let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
+            warn!(kind = ?error.kind, "cannot open sink: {}; retrying in {delay:.1?}", error.report());
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
             }
         }
-        // Record the state the sink opened with before anything is delivered: a sink without a
-        // saved cursor (new, or never confirmed a batch) could otherwise not undo a batch
-        // written just before a crash (the file sink cuts back to this length).
         self.save_cursor().await?;
         self.stats.healthy.store(true, Ordering::Relaxed);
         let depth = self.sink.pipeline_depth().max(1);
-        info!(sink = %self.name, guarantee = %self.sink.guarantee(), next = self.cursor.next_seq, pipeline_depth = depth, "sink ready");
-        let mut reader = Some(JournalReader::new(self.journal_dir.clone(), self.cursor.next_seq));
-        let mut pipeline = Pipeline::default();
+        info!(guarantee = %self.sink.guarantee(), next = self.cursor.next_seq(), pipeline_depth = depth, "sink ready");
+        Ok(true)
+    }
+
+    /// Delivers the journal from the cursor on until shutdown (or the writer stops): confirm
+    /// what must be confirmed, else read the next batch and submit it.
+    async fn deliver_journal(
+        &mut self,
+        pipeline: &mut Pipeline,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let mut reader = Reader::new(self.journal_dir.clone(), self.cursor.next_seq());
         loop {
-            // A sink may lower its depth as it runs (the Kafka sink does when its queue is small).
-            let depth = self.sink.pipeline_depth().max(1);
-            let next_seq = reader.as_ref().map(JournalReader::next_seq).unwrap_or(self.cursor.next_seq);
-            if !pipeline.is_empty() {
-                // Confirm the oldest batch when no more may be submitted, when the pipeline is
-                // due to run empty, or when there is nothing new to submit meanwhile.
-                let nothing_new = *self.head.borrow() < next_seq;
-                if pipeline.len() >= depth
-                    || pipeline.due_to_drain()
-                    || nothing_new
-                    || shutdown.is_cancelled()
-                {
-                    if let Err(interrupted) = self.confirm_oldest(&mut pipeline, &shutdown).await {
-                        return self.finish(interrupted).await;
-                    }
-                    continue;
-                }
+            if self.must_confirm(pipeline, &reader, shutdown) {
+                self.confirm_oldest(pipeline, shutdown).await?;
+                continue;
             }
-            while *self.head.borrow() < next_seq {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return self.stop().await,
-                    changed = self.head.changed() => if changed.is_err() { return self.stop().await },
-                }
-            }
-            if shutdown.is_cancelled() {
-                return self.stop().await;
-            }
-            let head = *self.head.borrow();
-            let batch_size = self.settings.batch_size;
-            let Some(mut taken) = reader.take() else { return self.stop().await };
-            let (returned, batch) = tokio::task::spawn_blocking(move || {
-                let batch = taken.read(head, batch_size, BATCH_BYTES);
-                (taken, batch)
-            })
-            .await
-            .map_err(|e| JournalError::Io {
-                path: self.journal_dir.clone(),
-                source: std::io::Error::other(e),
-            })?;
-            reader = Some(returned);
-            match batch? {
-                Batch::Skipped { from, to } => {
-                    // The cursor jumps: everything before the gap must be final first.
-                    while !pipeline.is_empty() {
-                        if let Err(interrupted) = self.confirm_oldest(&mut pipeline, &shutdown).await {
-                            return self.finish(interrupted).await;
-                        }
-                    }
-                    add(&self.stats.dropped, to - from);
-                    warn!(sink = %self.name, "{} events (journal records {from}..{to}) were removed from the full journal before this sink delivered them (when_full = \"drop_oldest\")", to - from);
-                    self.cursor.next_seq = to;
-                    self.save_cursor().await?;
-                }
-                Batch::Events(events) => {
-                    let Some(last) = events.last() else { continue };
-                    let (last_seq, last_index) = (last.seq, last.id.index);
-                    let routed: Vec<Envelope> =
-                        events.into_iter().filter(|e| self.router.routes_to(&self.name, e)).collect();
-                    let batch = JournalBatch { events: routed, last_seq, last_index };
-                    let result = if depth > 1 {
-                        self.submit(batch, &mut pipeline, &shutdown).await
-                    } else {
-                        self.deliver(Attempt::untried(batch.events), &shutdown).await.map(|()| {
-                            self.cursor.next_seq = last_seq + 1;
-                            self.cursor.last_index = last_index;
-                        })
-                    };
-                    match result {
-                        Ok(()) if pipeline.is_empty() => self.save_cursor().await?,
-                        Ok(()) => {}
-                        Err(interrupted) => return self.finish(interrupted).await,
-                    }
+            let Some(read) = self.next_read(&mut reader, shutdown).await? else { return Ok(()) };
+            match read {
+                Read::Skipped { from, to } => self.skip(from, to, pipeline, shutdown).await?,
+                Read::Events(events) => {
+                    let Some(batch) = self.route(events) else { continue };
+                    self.submit(batch, pipeline, shutdown).await?;
                 }
             }
         }
     }
 
-    /// Ends the worker after an interruption: on shutdown the cursor is saved at the first
-    /// event not yet final and the sink flushed.
-    async fn finish(mut self, interrupted: Interrupted) -> Result<(), JournalError> {
-        match interrupted {
-            Interrupted::Shutdown { first_pending } => {
-                self.cursor.next_seq = first_pending;
-                self.save_cursor().await?;
-                self.stop().await
-            }
-            Interrupted::Journal(error) => Err(error),
+    /// Whether the oldest batch in flight is to be confirmed before anything more is read:
+    /// when no more may be submitted, when the pipeline is due to run empty, when there is
+    /// nothing new to submit meanwhile, or at shutdown.
+    fn must_confirm(&self, pipeline: &Pipeline, reader: &Reader, shutdown: &CancellationToken) -> bool {
+        if pipeline.is_empty() {
+            return false;
         }
+        // A sink may lower its depth as it runs (the Kafka sink does when its queue is small).
+        let depth = self.sink.pipeline_depth().max(1);
+        let next_seq = reader.next_seq().unwrap_or(self.cursor.next_seq());
+        let nothing_new = *self.head.borrow() < next_seq;
+        pipeline.len() >= depth || pipeline.due_to_drain() || nothing_new || shutdown.is_cancelled()
     }
 
-    /// Hands `batch` to a pipelined sink. A batch the sink settled at once (deferred, or
-    /// failed before sending) is delivered the unpipelined way, after everything in flight.
+    /// Waits until the journal holds records past the reader, and reads them; `None` at
+    /// shutdown or when the writer is gone.
+    async fn next_read(
+        &mut self,
+        reader: &mut Reader,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Read>, WorkerError> {
+        let Some(next_seq) = reader.next_seq() else { return Ok(None) };
+        while *self.head.borrow() < next_seq {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                changed = self.head.changed() => if changed.is_err() { return Ok(None) },
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let head = *self.head.borrow();
+        Ok(Some(reader.read(head, self.settings.batch_size).await?))
+    }
+
+    /// The events of a read that go to this sink, with where the read ends; `None` for an
+    /// empty read.
+    fn route(&self, events: Vec<Envelope>) -> Option<Batch> {
+        let last = events.last()?;
+        let (last_seq, last_index) = (last.seq, last.id.index);
+        let events = events.into_iter().filter(|e| self.router.routes_to(&self.name, e)).collect();
+        Some(Batch { events, last_seq, last_index })
+    }
+
+    /// Moves past records the journal dropped before this sink had them (`when_full =
+    /// "drop_oldest"`), once everything before them is final.
+    async fn skip(
+        &mut self,
+        from: u64,
+        to: u64,
+        pipeline: &mut Pipeline,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        while !pipeline.is_empty() {
+            self.confirm_oldest(pipeline, shutdown).await?;
+        }
+        add(&self.stats.dropped, to - from);
+        warn!(
+            dropped = to - from,
+            "{} events (journal records {from}..{to}) were removed from the full journal before this sink delivered them (when_full = \"drop_oldest\")",
+            to - from
+        );
+        self.cursor.advance_to(to)?;
+        Ok(self.save_cursor().await?)
+    }
+
+    /// Hands `batch` to the sink. A batch in flight joins the pipeline; a batch the sink
+    /// settled at once (every batch of an unpipelined sink; a deferred or failed one of a
+    /// pipelined sink) is delivered to the end, after everything in flight, and the cursor
+    /// saved past it.
     async fn submit(
         &mut self,
-        batch: JournalBatch,
+        batch: Batch,
         pipeline: &mut Pipeline,
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
@@ -307,6 +376,7 @@ impl SinkWorker {
             pipeline.push(batch, false);
             return Ok(());
         }
+        self.stats.in_flight.store(pipeline.events() + batch.events.len() as u64, Ordering::Relaxed);
         match self.sink.submit(&batch.events).await {
             Submission::InFlight => {
                 pipeline.push(batch, true);
@@ -314,14 +384,13 @@ impl SinkWorker {
                 Ok(())
             }
             Submission::Done(outcomes) => {
-                let JournalBatch { events, last_seq, last_index } = batch;
+                let Batch { events, last_seq, last_index } = batch;
                 let mut attempt = Attempt::default();
                 self.confirm_all(pipeline, &mut attempt).await;
                 attempt.merge(self.judge(events, outcomes));
                 self.deliver(attempt, shutdown).await?;
-                self.cursor.next_seq = last_seq + 1;
-                self.cursor.last_index = last_index;
-                Ok(())
+                self.cursor.pass_batch(last_seq, last_index)?;
+                Ok(self.save_cursor().await?)
             }
         }
     }
@@ -340,10 +409,9 @@ impl SinkWorker {
             last = self.confirm_all(pipeline, &mut attempt).await.unwrap_or(last);
             self.deliver(attempt, shutdown).await?;
         }
-        self.cursor.next_seq = last.0 + 1;
-        self.cursor.last_index = last.1;
+        self.cursor.pass_batch(last.0, last.1)?;
         self.show_pipeline(pipeline);
-        self.save_cursor().await.map_err(Interrupted::Journal)
+        Ok(self.save_cursor().await?)
     }
 
     /// Confirms every batch left in the pipeline, adding their leftovers to `attempt`; gives
@@ -365,8 +433,8 @@ impl SinkWorker {
     }
 
     /// The outcomes of one batch from the pipeline, and its last journal position.
-    async fn confirm(&mut self, batch: Submitted) -> (Attempt, (u64, u64)) {
-        let Submitted { batch: JournalBatch { events, last_seq, last_index }, with_sink } = batch;
+    async fn confirm(&mut self, submitted: Submitted) -> (Attempt, (u64, u64)) {
+        let Submitted { batch: Batch { events, last_seq, last_index }, with_sink } = submitted;
         let attempt = if with_sink {
             let outcomes = self.sink.confirm(&events).await;
             self.judge(events, outcomes)
@@ -385,7 +453,7 @@ impl SinkWorker {
                 outcomes.len(),
                 events.len()
             );
-            error!(sink = %self.name, "{message}");
+            error!("{message}");
             outcomes = events
                 .iter()
                 .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Other, message.clone())))
@@ -400,11 +468,11 @@ impl SinkWorker {
                 Outcome::Rejected(error) => {
                     add(&self.stats.rejected, 1);
                     error!(
-                        sink = %self.name,
                         event = %event.id,
                         topic = %event.topic,
                         r#type = %event.event_type,
                         key = %event.key,
+                        kind = ?error.kind,
                         "the destination refused this event for good; it is counted as rejected and skipped: {}",
                         error.report()
                     );
@@ -421,13 +489,13 @@ impl SinkWorker {
         }
         if duplicates > 0 {
             add(&self.stats.duplicates, duplicates);
-            info!(sink = %self.name, duplicates, "events sent again were already at the destination and were not stored again");
+            info!(duplicates, "events sent again were already at the destination and were not stored again");
         }
         attempt
     }
 
     /// Sends what `attempt` left over until every event is delivered or rejected, or until
-    /// shutdown. An attempt with nothing done yet ([`Attempt::untried`]) starts with a send.
+    /// shutdown.
     async fn deliver(
         &mut self,
         mut attempt: Attempt,
@@ -437,13 +505,7 @@ impl SinkWorker {
         let mut deferred_before = false;
         loop {
             if attempt.deferred {
-                // Everything before the first pending event is final; saving the cursor there
-                // (not at the batch's start) keeps the sink's state and the cursor in step, as
-                // a shutdown in mid-batch does.
-                if let Some(first) = attempt.retry.first() {
-                    self.cursor.next_seq = first.seq;
-                }
-                self.save_cursor().await.map_err(Interrupted::Journal)?;
+                self.save_for_deferred(&attempt).await?;
                 if deferred_before && attempt.reason.is_none() {
                     // The contract says a sink defers once per change; one that keeps deferring
                     // is retried with a back-off rather than spun on.
@@ -456,18 +518,13 @@ impl SinkWorker {
             deferred_before = attempt.deferred;
             let pending = attempt.retry;
             self.stats.in_flight.store(pending.len() as u64, Ordering::Relaxed);
-            if let Some(reason) = attempt.reason {
-                add(&self.stats.retried, pending.len() as u64);
-                self.stats.set_unhealthy(reason.report());
-                let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
-                warn!(sink = %self.name, "{} events not delivered: {}; retrying in {delay:.1?}", pending.len(), reason.report());
-                let first_pending = pending.first().map(|e| e.seq).unwrap_or(0);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending }),
-                    _ = tokio::time::sleep(delay) => {}
+            match attempt.reason {
+                Some(reason) => {
+                    let first_pending = pending.first().map_or(self.cursor.next_seq(), |e| e.seq);
+                    let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
+                    self.back_off(&reason, pending.len(), delay, first_pending, shutdown).await?;
                 }
-            } else {
-                self.stats.healthy.store(true, Ordering::Relaxed);
+                None => self.stats.healthy.store(true, Ordering::Relaxed),
             }
             if pending.is_empty() {
                 return Ok(());
@@ -477,6 +534,44 @@ impl SinkWorker {
         }
     }
 
+    /// Saves the cursor at the first event still pending, with the sink's new state, as a
+    /// deferral asks (everything before that event is final, so the cursor and the sink's
+    /// state stay in step, as a shutdown in mid-batch leaves them).
+    async fn save_for_deferred(&mut self, attempt: &Attempt) -> Result<(), WorkerError> {
+        if let Some(first) = attempt.retry.first() {
+            self.cursor.advance_to(first.seq)?;
+        }
+        Ok(self.save_cursor().await?)
+    }
+
+    /// Records a failed attempt and waits `delay` before the next one; shutdown during the
+    /// wait interrupts delivery with `first_pending` still to do.
+    async fn back_off(
+        &self,
+        reason: &SinkError,
+        pending: usize,
+        delay: Duration,
+        first_pending: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        add(&self.stats.retried, pending as u64);
+        self.stats.failed(reason.kind, reason.report());
+        warn!(kind = ?reason.kind, "{pending} events not delivered: {}; retrying in {delay:.1?}", reason.report());
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(Interrupted::Shutdown { first_pending }),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<S> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.settings.retry_min_delay.0)
+            .with_max_delay(self.settings.retry_max_delay.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
     async fn save_cursor(&mut self) -> Result<(), JournalError> {
         self.cursor.sink_state = self.sink.checkpoint_state();
         let cursor = self.cursor.clone();
@@ -484,66 +579,18 @@ impl SinkWorker {
         tokio::task::spawn_blocking(move || cursor::save(&data_dir, &cursor)).await.map_err(|e| {
             JournalError::Io { path: self.data_dir.clone(), source: std::io::Error::other(e) }
         })??;
-        self.board.update(self.slot, self.cursor.next_seq);
-        self.stats.cursor.store(self.cursor.next_seq, Ordering::Relaxed);
-        self.stats.cursor_index.store(self.cursor.last_index, Ordering::Relaxed);
+        self.board.update(self.slot, self.cursor.next_seq());
+        self.stats.cursor.store(self.cursor.next_seq(), Ordering::Relaxed);
+        self.stats.cursor_index.store(self.cursor.position.last_index, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn stop(mut self) -> Result<(), JournalError> {
+    async fn stop(mut self) {
         if let Err(error) = self.sink.flush().await {
-            warn!(sink = %self.name, "flush at shutdown failed: {}", error.report());
+            warn!("flush at shutdown failed: {}", error.report());
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch(last_seq: u64) -> JournalBatch {
-        JournalBatch { events: Vec::new(), last_seq, last_index: last_seq }
-    }
-
-    #[test]
-    fn the_pipeline_runs_empty_at_least_every_drain_every_batches() {
-        let mut pipeline = Pipeline::default();
-        let mut seq = 0;
-        // Kept two deep: one in, one out, never empty.
-        pipeline.push(batch(seq), true);
-        while !pipeline.due_to_drain() {
-            seq += 1;
-            pipeline.push(batch(seq), true);
-            assert_eq!(pipeline.len(), 2);
-            pipeline.pop();
-        }
-        assert_eq!(seq as usize, DRAIN_EVERY - 1, "due after {DRAIN_EVERY} batches went in");
-        pipeline.pop();
-        assert!(pipeline.is_empty() && !pipeline.due_to_drain(), "the count starts again once empty");
-    }
-
-    #[test]
-    fn leftovers_keep_journal_order_and_the_first_reason() {
-        let event = |seq| Envelope {
-            seq,
-            id: nomad_relay_sink_api::EventId { index: seq, digest: 0, occurrence: 0 },
-            source: "default".into(),
-            topic: "Job".into(),
-            event_type: "JobRegistered".into(),
-            key: "web".into(),
-            namespace: "default".into(),
-            raw: bytes::Bytes::from_static(b"{}"),
-        };
-        let mut earlier = Attempt { retry: vec![event(1)], reason: None, deferred: true };
-        let later = Attempt {
-            retry: vec![event(5), event(6)],
-            reason: Some(SinkError::new(SinkErrorKind::Unavailable, "down")),
-            deferred: false,
-        };
-        earlier.merge(later);
-        assert_eq!(earlier.retry.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 5, 6]);
-        assert!(earlier.deferred && !earlier.is_final());
-        assert_eq!(earlier.reason.map(|r| r.message), Some("down".to_owned()));
-    }
-}
+mod tests;

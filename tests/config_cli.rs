@@ -4,14 +4,14 @@
 
 mod support;
 
-use nomad_relay::config::{Config, Sources};
+use nomad_relay::config::{Config, LoadFrom};
 use std::path::Path;
 use support::*;
 
 #[test]
 fn the_example_config_documents_a_valid_configuration() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let config = Config::load(Sources { file: Some(&path), environment: false }).unwrap();
+    let config = Config::load(LoadFrom { file: Some(&path), environment: false }).unwrap();
     assert_eq!(config.sinks.len(), 5);
     assert_eq!(config.routes.len(), 2);
     let nomad_relay::config::SinkKindConfig::Kafka(kafka) = &config.sinks["kafka"].kind else {

@@ -3,7 +3,7 @@
 //! with the relay: the configurations load with the relay's own loader, every published port
 //! stays on loopback, and image name, port, paths and user are the same everywhere.
 
-use nomad_relay::config::{Config, SinkKindConfig, Sources};
+use nomad_relay::config::{Config, LoadFrom, SinkKindConfig};
 use serde_yaml_ng::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -146,7 +146,7 @@ fn compose_relay_uses_the_image_the_build_and_the_mounted_config() {
 #[test]
 fn compose_relay_config_loads_and_points_at_the_compose_services() {
     let path = repo_file(COMPOSE_CONFIG);
-    let config = Config::load(Sources { file: Some(&path), environment: false })
+    let config = Config::load(LoadFrom { file: Some(&path), environment: false })
         .unwrap_or_else(|e| panic!("{COMPOSE_CONFIG} does not load: {e}"));
 
     assert_eq!(config.data_dir, Path::new(DATA_DIR));

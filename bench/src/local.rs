@@ -9,7 +9,7 @@ use nomad_relay::config::JournalConfig;
 use nomad_relay::journal::board::CursorBoard;
 use nomad_relay::journal::writer::JournalWriter;
 use nomad_relay::source::frame::{Frame, parse_line};
-use nomad_relay::source::framing::{LineSplitter, Piece};
+use nomad_relay::source::lines::{LineSplitter, Piece};
 use nomad_relay_sink_api::{Envelope, EventId};
 use std::collections::HashMap;
 use std::io::Write;
@@ -124,7 +124,7 @@ pub async fn journal(megabytes: usize, dir: &Path) -> Result<Group> {
         Arc::new(CursorBoard::default()),
         Arc::new(AtomicBool::new(false)),
     )?;
-    let (sender, receiver) = nomad_relay::source::handoff(256, 64 << 20);
+    let (sender, receiver) = nomad_relay::journal::handoff::handoff(256, 64 << 20);
     let thread = std::thread::spawn(move || writer.run(receiver));
     let started = Instant::now();
     for line in lines {

@@ -20,6 +20,21 @@ pub struct CursorBoard {
     moved: Condvar,
 }
 
+/// Whose undelivered records retention keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every sink's, whatever its `when_full`.
+    ForEverySink,
+    /// Only those of `when_full = "block"` sinks: `drop_oldest` sinks lose theirs.
+    ForBlockingSinks,
+}
+
+impl Keep {
+    fn counts(self, entry: &Entry) -> bool {
+        self == Keep::ForEverySink || !entry.drop_oldest
+    }
+}
+
 /// A sink's slot on the board.
 #[derive(Debug, Clone, Copy)]
 pub struct Slot(usize);
@@ -42,19 +57,19 @@ impl CursorBoard {
         self.moved.notify_all();
     }
 
-    /// The lowest `next_seq` among the sinks that block retention (all sinks when
-    /// `include_drop_oldest`, else only `when_full = "block"` ones); `None` if there are none.
-    pub fn min_next_seq(&self, include_drop_oldest: bool) -> Option<u64> {
+    /// The lowest `next_seq` among the sinks whose records `keep` keeps; `None` if there are
+    /// none.
+    pub fn min_next_seq(&self, keep: Keep) -> Option<u64> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.iter().filter(|e| include_drop_oldest || !e.drop_oldest).map(|e| e.next_seq).min()
+        entries.iter().filter(|e| keep.counts(e)).map(|e| e.next_seq).min()
     }
 
-    /// Sinks whose cursor is below `seq`, with their cursor, for messages.
-    pub fn behind(&self, seq: u64, include_drop_oldest: bool) -> Vec<(String, u64)> {
+    /// The sinks `keep` names whose cursor is below `seq`, with their cursor, for messages.
+    pub fn behind(&self, seq: u64, keep: Keep) -> Vec<(String, u64)> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .iter()
-            .filter(|e| e.next_seq < seq && (include_drop_oldest || !e.drop_oldest))
+            .filter(|e| e.next_seq < seq && keep.counts(e))
             .map(|e| (e.name.clone(), e.next_seq))
             .collect()
     }

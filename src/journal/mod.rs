@@ -12,19 +12,20 @@
 //! no sink sees an event before it is on disk.
 //!
 //! Recovery after a crash reads the last segment, cuts off a record torn by the crash, and
-//! yields the source's checkpoint: the highest Nomad index journaled and the ids journaled
-//! at it (see [`crate::source::resume`]).
+//! yields each source's [`checkpoint`]: the highest Nomad index journaled and the ids
+//! journaled at it. The source hands events in through a [`handoff`] bounded in bytes.
 
 pub mod board;
+pub mod checkpoint;
+pub mod handoff;
 pub mod reader;
 pub mod record;
-pub mod sources;
 pub mod writer;
 
-use crate::source::resume::Checkpoint;
-use nomad_relay_sink_api::EventId;
+use crate::state_file::StateFileError;
+use checkpoint::SourceCheckpoint;
 use record::{HEADER_LEN, header, peek};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,15 @@ pub enum JournalError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<StateFileError> for JournalError {
+    fn from(error: StateFileError) -> Self {
+        match error {
+            StateFileError::Io { path, source } => JournalError::Io { path, source },
+            StateFileError::Damaged { path, reason } => JournalError::Damaged { path, offset: 0, reason },
+        }
+    }
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -118,8 +128,7 @@ struct SourceTail {
     /// Index of its first record in the segment.
     first_index: u64,
     /// Its highest index in the segment, and the ids at that index.
-    max_index: u64,
-    ids: HashSet<EventId>,
+    last: SourceCheckpoint,
 }
 
 /// What a scan of one segment found.
@@ -177,18 +186,13 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         scan.valid_len += (HEADER_LEN + len) as u64;
         scan.last_seq = Some(seq);
         match scan.sources.get_mut(source) {
-            Some(tail) if id.index > tail.max_index => {
-                tail.max_index = id.index;
-                tail.ids = HashSet::from([id]);
-            }
             Some(tail) => {
-                if id.index == tail.max_index {
-                    tail.ids.insert(id);
+                if let Err(backwards) = tail.last.advance(id) {
+                    warn!(segment = %segment.path.display(), "journal: record {seq}: {backwards}");
                 }
             }
             None => {
-                let tail =
-                    SourceTail { first_index: id.index, max_index: id.index, ids: HashSet::from([id]) };
+                let tail = SourceTail { first_index: id.index, last: SourceCheckpoint::at(id) };
                 scan.sources.insert(source.to_owned(), tail);
             }
         }
@@ -204,30 +208,37 @@ pub struct Recovered {
     /// Sequence of the oldest record still kept.
     pub oldest: u64,
     /// Each source's checkpoint; a source missing here has journaled nothing yet.
-    pub checkpoints: HashMap<String, Checkpoint>,
+    pub checkpoints: HashMap<String, SourceCheckpoint>,
     /// The segments, oldest first.
     pub segments: Vec<Segment>,
 }
 
-/// Reads the journal in `dir` and rebuilds the checkpoint of each of `sources`. With
-/// `repair`, a torn last record is cut off (the writer needs a clean end); without it, the
-/// journal is only read, and an unfinished record at the end (a write in progress, for
-/// `checkpoint show` on a running relay) is ignored.
+/// What [`recover`] may do to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Cut off a record torn by a crash (the writer needs a clean end).
+    Repair,
+    /// Only read: an unfinished record at the end (a write in progress, for `checkpoint
+    /// show` on a running relay) is ignored.
+    ReadOnly,
+}
+
+/// Reads the journal in `dir` and rebuilds the checkpoint of each of `sources`.
 ///
 /// A source's checkpoint is its highest journaled index and every id journaled at it. The
 /// newest segment usually settles it; older segments are read only while a source's records
 /// at its highest index may continue further back (or it has not been seen yet), and never
-/// past the head recorded in the [`sources`] file, which holds every checkpoint as of the
-/// last time retention removed a segment.
-pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered, JournalError> {
+/// past the head recorded in the saved [`checkpoint`] file, which holds every checkpoint as
+/// of the last time retention removed a segment.
+pub fn recover(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
-    let saved = sources::load(dir)?;
+    let saved = checkpoint::load(dir)?;
     let Some(last) = segments.last().cloned() else {
         let checkpoints = saved.map(|saved| saved.checkpoints).unwrap_or_default();
         return Ok(Recovered { head: 0, oldest: 1, checkpoints, segments });
     };
     let scan = scan_segment(&last)?;
-    if let Some(reason) = scan.stopped.as_ref().filter(|_| repair) {
+    if let Some(reason) = scan.stopped.as_ref().filter(|_| recovery == Recovery::Repair) {
         let cut = last.len - scan.valid_len;
         warn!(
             segment = %last.path.display(),
@@ -242,21 +253,21 @@ pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered
     }
     let head = scan.last_seq.unwrap_or(last.first_seq - 1);
     let oldest = segments.first().map(|s| s.first_seq).unwrap_or(1);
-    let mut found: HashMap<String, (Checkpoint, bool)> = HashMap::new();
-    let mut merge = |scan: Scan| {
+    // Per source: the checkpoint so far, and whether older segments can add nothing to it
+    // (its records at the checkpoint's Index begin inside a newer segment).
+    let mut found: HashMap<String, (SourceCheckpoint, bool)> = HashMap::new();
+    let mut merge = |mut scan: Scan| {
         for name in sources {
-            let Some(tail) = scan.sources.get(name) else { continue };
+            let Some(tail) = scan.sources.remove(name) else { continue };
+            let begins_here = tail.first_index < tail.last.index;
             match found.get_mut(name) {
                 None => {
-                    let checkpoint = Checkpoint { index: tail.max_index, seen: tail.ids.clone() };
-                    found.insert(name.clone(), (checkpoint, tail.first_index < tail.max_index));
+                    found.insert(name.clone(), (tail.last, begins_here));
                 }
                 Some((checkpoint, settled @ false)) => {
-                    if tail.max_index == checkpoint.index {
-                        checkpoint.seen.extend(tail.ids.iter().copied());
-                        *settled = tail.first_index < checkpoint.index;
-                    } else {
-                        *settled = true;
+                    *settled = tail.last.index != checkpoint.index || begins_here;
+                    if tail.last.index == checkpoint.index {
+                        checkpoint.merge(tail.last);
                     }
                 }
                 Some(_) => {}
@@ -273,16 +284,10 @@ pub fn recover(dir: &Path, repair: bool, sources: &[String]) -> Result<Recovered
         }
         settled = merge(scan_segment(segment)?) || covered(segment);
     }
-    let mut checkpoints: HashMap<String, Checkpoint> =
+    let mut checkpoints: HashMap<String, SourceCheckpoint> =
         found.into_iter().map(|(name, (checkpoint, _))| (name, checkpoint)).collect();
     for (name, saved) in saved.map(|saved| saved.checkpoints).unwrap_or_default() {
-        match checkpoints.get_mut(&name) {
-            Some(found) if found.index == saved.index => found.seen.extend(saved.seen),
-            Some(found) if found.index > saved.index => {}
-            _ => {
-                checkpoints.insert(name, saved);
-            }
-        }
+        checkpoints.entry(name).or_default().merge(saved);
     }
     Ok(Recovered { head, oldest, checkpoints, segments })
 }

@@ -2,7 +2,7 @@
 //!
 //! A reader never reads past the durable head it is given, so it only sees records that are
 //! complete and on disk. If retention removed the records it needs next (only possible for a
-//! sink with `when_full = "drop_oldest"`), it says so with [`Batch::Skipped`] and carries on
+//! sink with `when_full = "drop_oldest"`), it says so with [`Read::Skipped`] and carries on
 //! from the oldest record kept.
 
 use super::record::{self, HEADER_LEN, header};
@@ -18,7 +18,7 @@ const MAX_UPFRONT: usize = 4 << 20;
 
 /// What one call to [`JournalReader::read`] produced.
 #[derive(Debug)]
-pub enum Batch {
+pub enum Read {
     /// The next events, possibly none when the reader is at the head.
     Events(Vec<Envelope>),
     /// Records `from..to` were removed before this reader got them.
@@ -55,7 +55,7 @@ impl JournalReader {
     }
 
     /// Reads up to `max_events` records (and about `max_bytes`) with sequence at most `head`.
-    pub fn read(&mut self, head: u64, max_events: usize, max_bytes: usize) -> Result<Batch, JournalError> {
+    pub fn read(&mut self, head: u64, max_events: usize, max_bytes: usize) -> Result<Read, JournalError> {
         let mut events = Vec::new();
         let mut bytes = 0usize;
         let mut retried = false;
@@ -121,17 +121,17 @@ impl JournalReader {
                 }
             }
         }
-        Ok(Batch::Events(events))
+        Ok(Read::Events(events))
     }
 
     /// Opens the segment holding `next_seq` and seeks to it. Returns `Some(Skipped)` when the
     /// record was removed by retention.
-    fn position(&mut self) -> Result<Option<Batch>, JournalError> {
+    fn position(&mut self) -> Result<Option<Read>, JournalError> {
         let segments = list_segments(&self.dir)?;
         let Some(segment) = segments.iter().rev().find(|s| s.first_seq <= self.next_seq).cloned() else {
             return match segments.first() {
                 Some(oldest) => {
-                    let skipped = Batch::Skipped { from: self.next_seq, to: oldest.first_seq };
+                    let skipped = Read::Skipped { from: self.next_seq, to: oldest.first_seq };
                     self.next_seq = oldest.first_seq;
                     Ok(Some(skipped))
                 }

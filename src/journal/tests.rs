@@ -2,13 +2,13 @@
 //! checkpoint is rebuilt across segments, and retention respects cursors.
 
 use super::board::CursorBoard;
-use super::reader::{Batch, JournalReader};
+use super::reader::{JournalReader, Read};
 use super::writer::JournalWriter;
 use super::*;
 use crate::config::JournalConfig;
 use crate::config::{ByteSize, HumanDuration};
 use bytes::Bytes;
-use nomad_relay_sink_api::Envelope;
+use nomad_relay_sink_api::{Envelope, EventId};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,12 +23,9 @@ fn event(index: u64, key: &str, size: usize) -> Envelope {
             digest: crate::source::resume::digest("default", "Job", "JobRegistered", "default", key),
             occurrence: 0,
         },
-        source: "default".into(),
-        topic: "Job".into(),
-        event_type: "JobRegistered".into(),
         key: key.into(),
-        namespace: "default".into(),
         raw: Bytes::from(format!("{{\"Key\":\"{key}\",\"Pad\":\"{}\"}}", "x".repeat(size))),
+        ..Envelope::example()
     }
 }
 
@@ -45,14 +42,14 @@ fn config(segment: u64, max: u64) -> JournalConfig {
 }
 
 struct Running {
-    sender: crate::source::EventSender,
+    sender: crate::journal::handoff::EventSender,
     head: watch::Receiver<u64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running {
     let names: Vec<String> = ["default", "eu", "us"].map(String::from).to_vec();
-    let recovered = recover(dir, true, &names).expect("recover");
+    let recovered = recover(dir, Recovery::Repair, &names).expect("recover");
     let (writer, head) = JournalWriter::open(
         dir,
         config,
@@ -61,7 +58,7 @@ fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running 
         Arc::new(AtomicBool::new(false)),
     )
     .expect("open writer");
-    let (sender, receiver) = crate::source::handoff(16, 1 << 20);
+    let (sender, receiver) = crate::journal::handoff::handoff(16, 1 << 20);
     let thread = std::thread::spawn(move || writer.run(receiver));
     Running { sender, head, thread }
 }
@@ -91,9 +88,9 @@ fn read_all(dir: &Path, from: u64, head: u64) -> Vec<Envelope> {
     let mut events = Vec::new();
     loop {
         match reader.read(head, 7, 1 << 20).expect("read") {
-            Batch::Events(batch) if batch.is_empty() => return events,
-            Batch::Events(batch) => events.extend(batch),
-            Batch::Skipped { from, to } => panic!("unexpected skip {from}..{to}"),
+            Read::Events(batch) if batch.is_empty() => return events,
+            Read::Events(batch) => events.extend(batch),
+            Read::Skipped { from, to } => panic!("unexpected skip {from}..{to}"),
         }
     }
 }
@@ -137,7 +134,7 @@ async fn recovery_cuts_a_torn_record_and_rebuilds_the_checkpoint() {
     file.write_all(&torn[..torn.len() / 2]).expect("write");
     drop(file);
 
-    let recovered = recover(dir.path(), true, &sources()).expect("recover");
+    let recovered = recover(dir.path(), Recovery::Repair, &sources()).expect("recover");
     assert_eq!(recovered.head, 4);
     let checkpoint = recovered.checkpoints["default"].clone();
     assert_eq!(checkpoint.index, 11);
@@ -160,7 +157,8 @@ async fn the_checkpoint_gathers_ids_from_earlier_segments() {
     }
     journal.stop();
     assert!(list_segments(dir.path()).expect("list").len() > 2);
-    let checkpoint = recover(dir.path(), false, &sources()).expect("recover").checkpoints["default"].clone();
+    let checkpoint =
+        recover(dir.path(), Recovery::ReadOnly, &sources()).expect("recover").checkpoints["default"].clone();
     assert_eq!(checkpoint.index, 2);
     assert_eq!(checkpoint.seen.len(), 30);
 }
@@ -201,11 +199,11 @@ async fn retention_keeps_what_a_blocking_sink_needs_and_skips_a_dropping_one() {
     assert!(oldest > 1, "consumed segments were removed");
     let mut reader = JournalReader::new(dir.path().to_owned(), 1);
     match reader.read(head, 100, 1 << 20).expect("read") {
-        Batch::Skipped { from, to } => assert_eq!((from, to), (1, oldest)),
-        Batch::Events(_) => panic!("the dropping sink's oldest events are gone"),
+        Read::Skipped { from, to } => assert_eq!((from, to), (1, oldest)),
+        Read::Events(_) => panic!("the dropping sink's oldest events are gone"),
     }
     assert!(
-        matches!(reader.read(head, 100, 1 << 20).expect("read"), Batch::Events(events) if events[0].seq == oldest)
+        matches!(reader.read(head, 100, 1 << 20).expect("read"), Read::Events(events) if events[0].seq == oldest)
     );
 }
 
@@ -227,7 +225,7 @@ async fn each_source_gets_its_own_checkpoint_even_when_it_was_quiet() {
     journal.stop();
     assert!(list_segments(dir.path()).expect("list").len() > 3);
     let names = vec!["eu".to_owned(), "us".to_owned(), "asia".to_owned()];
-    let recovered = recover(dir.path(), false, &names).expect("recover");
+    let recovered = recover(dir.path(), Recovery::ReadOnly, &names).expect("recover");
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
     assert_eq!(recovered.checkpoints["us"].index, 139);
@@ -253,7 +251,7 @@ async fn retention_never_takes_a_quiet_sources_checkpoint_with_it() {
     journal.stop();
     assert!(list_segments(dir.path()).expect("list")[0].first_seq > 2, "eu's records were removed");
     let names = vec!["eu".to_owned(), "us".to_owned()];
-    let recovered = recover(dir.path(), true, &names).expect("recover");
+    let recovered = recover(dir.path(), Recovery::Repair, &names).expect("recover");
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
     assert_eq!(recovered.checkpoints["us"].index, 199);
@@ -264,7 +262,7 @@ async fn retention_never_takes_a_quiet_sources_checkpoint_with_it() {
         head = journal.write(vec![from("us", index, "x")]).await;
     }
     journal.stop();
-    let recovered = recover(dir.path(), false, &names).expect("recover");
+    let recovered = recover(dir.path(), Recovery::ReadOnly, &names).expect("recover");
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["us"].index, 299);
 }

@@ -8,13 +8,13 @@
 //! Nomad, and the writer says so. A failed write (a full disk, say) is logged with what to
 //! do, cut back, and retried; nothing is published until it is on disk.
 
-use super::board::CursorBoard;
+use super::board::{CursorBoard, Keep};
+use super::checkpoint::{self, SourceCheckpoint};
+use super::handoff::Handoff;
 use super::record::encode;
-use super::sources;
 use super::{JournalError, Segment, io_error, segment_path};
 use crate::config::JournalConfig;
-use crate::source::Handoff;
-use crate::source::resume::Checkpoint;
+use crate::state_file::sync_dir;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -42,7 +42,7 @@ pub struct JournalWriter {
     stopping: Arc<AtomicBool>,
     full: bool,
     /// Every source's checkpoint as of the durable head, saved before segments are removed.
-    checkpoints: HashMap<String, Checkpoint>,
+    checkpoints: HashMap<String, SourceCheckpoint>,
 }
 
 impl JournalWriter {
@@ -51,7 +51,7 @@ impl JournalWriter {
     pub fn open(
         dir: &Path,
         config: JournalConfig,
-        recovered: (Vec<Segment>, u64, HashMap<String, Checkpoint>),
+        recovered: (Vec<Segment>, u64, HashMap<String, SourceCheckpoint>),
         board: Arc<CursorBoard>,
         stopping: Arc<AtomicBool>,
     ) -> Result<(JournalWriter, watch::Receiver<u64>), JournalError> {
@@ -120,11 +120,9 @@ impl JournalWriter {
             }
             for event in written {
                 let checkpoint = self.checkpoints.entry(event.source.clone()).or_default();
-                if event.id.index != checkpoint.index {
-                    checkpoint.index = event.id.index;
-                    checkpoint.seen.clear();
+                if let Err(backwards) = checkpoint.advance(event.id) {
+                    error!("journal: source `{}`: {backwards} (a bug in the source)", event.source);
                 }
-                checkpoint.seen.insert(event.id);
             }
             self.next_seq = seq;
             self.head.send_replace(seq - 1);
@@ -170,7 +168,7 @@ impl JournalWriter {
                 return false;
             }
             // Delivered segments may be what filled the disk.
-            self.remove_segments(u64::MAX / 4, true);
+            self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
             self.board.wait_moved(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
@@ -197,7 +195,7 @@ impl JournalWriter {
                 // The active segment stays in use; it simply grows past `segment_bytes`.
                 return;
             }
-            self.remove_segments(u64::MAX / 4, true);
+            self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
@@ -207,12 +205,12 @@ impl JournalWriter {
     /// waits for sinks to move.
     fn wait_for_room(&mut self, incoming: u64) {
         loop {
-            self.remove_segments(incoming, true);
+            self.remove_segments(incoming, Keep::ForEverySink);
             if self.total_bytes + incoming <= self.config.max_bytes.0 || self.segments.len() <= 1 {
                 break;
             }
             // Full of events every sink needs; sinks that accept drops give theirs up first.
-            if self.remove_segments(incoming, false) {
+            if self.remove_segments(incoming, Keep::ForBlockingSinks) {
                 continue;
             }
             if self.stopping.load(Ordering::Relaxed) {
@@ -223,7 +221,7 @@ impl JournalWriter {
                 let oldest_end = self.segments.get(1).map(|s| s.first_seq).unwrap_or(self.next_seq);
                 let behind: Vec<String> = self
                     .board
-                    .behind(oldest_end, false)
+                    .behind(oldest_end, Keep::ForBlockingSinks)
                     .into_iter()
                     .map(|(name, seq)| format!("`{name}` (at journal record {seq})"))
                     .collect();
@@ -242,10 +240,10 @@ impl JournalWriter {
         }
     }
 
-    /// Removes segments every relevant sink has passed when they are older than the replay
-    /// window or the journal needs room. Returns whether any was removed.
-    fn remove_segments(&mut self, incoming: u64, include_drop_oldest: bool) -> bool {
-        let min_next = self.board.min_next_seq(include_drop_oldest).unwrap_or(u64::MAX);
+    /// Removes segments every sink `keep` names has passed when they are older than the
+    /// replay window or the journal needs room. Returns whether any was removed.
+    fn remove_segments(&mut self, incoming: u64, keep: Keep) -> bool {
+        let min_next = self.board.min_next_seq(keep).unwrap_or(u64::MAX);
         let max_age = self.config.max_age.0;
         let now = SystemTime::now();
         let mut removed = false;
@@ -257,8 +255,8 @@ impl JournalWriter {
             if !passed || !(needs_room || too_old) {
                 break;
             }
-            if !include_drop_oldest {
-                for (name, seq) in self.board.behind(next.first_seq, true) {
+            if keep == Keep::ForBlockingSinks {
+                for (name, seq) in self.board.behind(next.first_seq, Keep::ForEverySink) {
                     warn!(
                         "journal full: dropping records {}..{} that sink `{name}` (when_full = \"drop_oldest\") has not delivered",
                         seq.max(oldest.first_seq),
@@ -268,7 +266,7 @@ impl JournalWriter {
             }
             let path = oldest.path.clone();
             let len = oldest.len;
-            if !removed && let Err(e) = sources::save(&self.dir, self.next_seq - 1, &self.checkpoints) {
+            if !removed && let Err(e) = checkpoint::save(&self.dir, self.next_seq - 1, &self.checkpoints) {
                 error!("journal: cannot save the sources' checkpoints, so no segment is removed: {e}");
                 break;
             }
@@ -293,9 +291,4 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, JournalError> {
     File::create(&path).and_then(|f| f.sync_all()).map_err(io_error(&path))?;
     sync_dir(dir)?;
     Ok(Segment { first_seq, path, len: 0, modified: SystemTime::now() })
-}
-
-/// Makes a directory's entries durable (new or renamed files).
-pub fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }

@@ -7,7 +7,8 @@
 //! or lost. If the file is shorter than the checkpoint (someone rotated or truncated it), the
 //! sink appends to what is there and says so.
 
-use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind};
+use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind};
+use serde::Deserialize;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,19 +16,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
 
+/// `type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The NDJSON file to append to (created if missing; its directory must exist).
+    pub path: PathBuf,
+}
+
 /// The file sink.
 pub struct FileSink {
     path: PathBuf,
     file: Option<Arc<File>>,
     /// Length of the file after the last delivered batch.
     length: u64,
-    health: Health,
 }
 
 impl FileSink {
     /// A sink writing to `path` (opened by [`Sink::open`]).
     pub fn new(path: PathBuf) -> Self {
-        FileSink { path, file: None, length: 0, health: Health::Unhealthy("not opened yet".into()) }
+        FileSink { path, file: None, length: 0 }
     }
 
     fn io_error(&self, what: &str, error: std::io::Error) -> SinkError {
@@ -68,11 +76,7 @@ impl Sink for FileSink {
         })
         .await
         .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "file sink task failed", e))?;
-        let (file, found, length) = opened.map_err(|e| {
-            let error = self.io_error("open", e);
-            self.health = Health::Unhealthy(error.report());
-            error
-        })?;
+        let (file, found, length) = opened.map_err(|e| self.io_error("open", e))?;
         match checkpoint {
             Some(checkpoint) if found > checkpoint => info!(
                 path = %self.path.display(),
@@ -87,7 +91,6 @@ impl Sink for FileSink {
         }
         self.file = Some(Arc::new(file));
         self.length = length;
-        self.health = Health::Healthy;
         Ok(())
     }
 
@@ -120,12 +123,10 @@ impl Sink for FileSink {
         match result {
             Ok(Ok(())) => {
                 self.length += written;
-                self.health = Health::Healthy;
                 batch.iter().map(|_| Outcome::Delivered).collect()
             }
             Ok(Err(e)) => {
                 let error = self.io_error("write to", e);
-                self.health = Health::Unhealthy(error.report());
                 self.file = None;
                 retry_all(error)
             }
@@ -135,10 +136,6 @@ impl Sink for FileSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
-    }
-
-    fn health(&self) -> Health {
-        self.health.clone()
     }
 
     fn checkpoint_state(&self) -> Option<serde_json::Value> {

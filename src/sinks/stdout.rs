@@ -2,19 +2,24 @@
 //! to standard error, so stdout carries events only and can be piped. Events after the last
 //! saved cursor are printed again after a crash: at-least-once.
 
-use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind};
+use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind};
+use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
+
+/// `type = "stdout"`: no settings of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
 
 /// The stdout sink.
 pub struct StdoutSink {
     out: tokio::io::Stdout,
-    health: Health,
 }
 
 impl StdoutSink {
     /// A sink writing to the process's standard output.
     pub fn new() -> Self {
-        StdoutSink { out: tokio::io::stdout(), health: Health::Healthy }
+        StdoutSink { out: tokio::io::stdout() }
     }
 }
 
@@ -45,13 +50,9 @@ impl Sink for StdoutSink {
         }
         .await;
         match result {
-            Ok(()) => {
-                self.health = Health::Healthy;
-                batch.iter().map(|_| Outcome::Delivered).collect()
-            }
+            Ok(()) => batch.iter().map(|_| Outcome::Delivered).collect(),
             Err(e) => {
                 let message = format!("cannot write to standard output: {e}");
-                self.health = Health::Unhealthy(message.clone());
                 batch
                     .iter()
                     .map(|_| Outcome::Retry(SinkError::new(SinkErrorKind::Io, message.clone())))
@@ -65,9 +66,5 @@ impl Sink for StdoutSink {
             .flush()
             .await
             .map_err(|e| SinkError::with_source(SinkErrorKind::Io, "cannot flush standard output", e))
-    }
-
-    fn health(&self) -> Health {
-        self.health.clone()
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! One connection at a time, to one of the configured addresses (tried in turn on failure).
 //! The source asks to resume at the journal's checkpoint (see [`resume`] for the contract),
-//! splits the body into lines whatever the chunking ([`framing`]), parses only envelopes
+//! splits the body into lines whatever the chunking ([`lines`]), parses only envelopes
 //! ([`frame`]), and sends each line's new events to the journal writer, waiting when the
 //! journal is full: Nomad then drops this subscriber once it lags past its buffer, which the
 //! next connection reports as a gap, rather than the relay losing events silently.
@@ -14,67 +14,28 @@
 //! of the ACL each topic needs and retried on a longer back-off, never in a hot loop.
 
 pub mod frame;
-pub mod framing;
+pub mod lines;
 pub mod namespaces;
 pub mod permissions;
 pub mod resume;
 pub mod tls;
 
 use crate::config::NomadConfig;
+use crate::journal::handoff::EventSender;
 use crate::stats::{SourceStats, add};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use frame::{Frame, index_from_prefix, parse_line};
-use framing::{LineSplitter, Piece};
 use futures_util::StreamExt;
+use lines::{LineSplitter, Piece};
 use nomad_relay_sink_api::Envelope;
-use resume::Resume;
+use resume::{LineOutcome, Resume};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-
-/// One line's new events on their way to the journal, holding their share of the byte
-/// budget until the receiver drops them (after writing them).
-pub struct Handoff {
-    /// The events, in order.
-    pub events: Vec<Envelope>,
-    _budget: OwnedSemaphorePermit,
-}
-
-/// Where the source sends each line's new events: a channel bounded in lines and in bytes,
-/// so a run of multi-megabyte lines waits for the journal instead of piling up in memory.
-#[derive(Clone)]
-pub struct EventSender {
-    lines: mpsc::Sender<Handoff>,
-    budget: Arc<Semaphore>,
-    budget_bytes: u32,
-}
-
-/// A channel for at most `lines` lines and about `bytes` bytes of events (a single line
-/// larger than that still passes, alone).
-pub fn handoff(lines: usize, bytes: u32) -> (EventSender, mpsc::Receiver<Handoff>) {
-    let (sender, receiver) = mpsc::channel(lines);
-    let budget = Arc::new(Semaphore::new(bytes as usize));
-    (EventSender { lines: sender, budget, budget_bytes: bytes }, receiver)
-}
-
-impl EventSender {
-    /// Sends one line's events, waiting for room; `Err` when the receiver is gone.
-    pub async fn send(&self, events: Vec<Envelope>) -> Result<(), ()> {
-        let bytes: usize = events.iter().map(|e| e.raw.len()).sum();
-        let permits = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
-        let budget = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ())?;
-        self.lines.send(Handoff { events, _budget: budget }).await.map_err(|_| ())
-    }
-
-    /// Whether the receiver is gone.
-    pub fn is_closed(&self) -> bool {
-        self.lines.is_closed()
-    }
-}
 
 /// A source that cannot start (bad TLS files, for example).
 #[derive(Debug, thiserror::Error)]
@@ -239,209 +200,267 @@ impl Source {
         Ok(url)
     }
 
+    /// One connection: connect, then take each piece of the body in turn until the stream
+    /// ends.
     async fn stream_once(&mut self, address: &str, shutdown: &CancellationToken) -> Ended {
-        let url = match self.url(address) {
-            Ok(url) => url,
-            Err(reason) => return Ended::Dropped { streamed: false, reason },
+        let response = match self.connect(address, shutdown).await {
+            Ok(response) => response,
+            Err(ended) => return ended,
         };
-        let mut request = self.client.get(url.clone());
-        match self.token.read().await {
-            Ok(Some(token)) => request = request.header("X-Nomad-Token", token),
-            Ok(None) => {}
-            Err(reason) => return Ended::Dropped { streamed: false, reason },
-        }
-        debug!(%url, "connecting to Nomad's event stream");
-        let response = tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Shutdown,
-            response = tokio::time::timeout(self.config.connect_timeout.0.saturating_mul(2), request.send()) => response,
-        };
-        let response = match response {
-            Err(_) => {
-                return Ended::Dropped {
-                    streamed: false,
-                    reason: format!(
-                        "no response headers within {:?}",
-                        self.config.connect_timeout.0.saturating_mul(2)
-                    ),
-                };
-            }
-            Ok(Err(e)) => return Ended::Dropped { streamed: false, reason: error_chain(&e) },
-            Ok(Ok(response)) => response,
-        };
-        let status = response.status();
-        if !status.is_success() {
-            let body = tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
-                body = tokio::time::timeout(self.config.connect_timeout.0, response.text()) => {
-                    body.ok().and_then(Result::ok).unwrap_or_default()
-                }
-            };
-            let body: String = body.trim().chars().take(500).collect();
-            return match status.as_u16() {
-                401 | 403 => Ended::Refused(format!("HTTP {status}: {body}")),
-                400 => Ended::Refused(format!(
-                    "HTTP {status} (check `nomad.topics`, `nomad.namespace` and `nomad.region`): {body}"
-                )),
-                // Nomad before 1.9.6 answered a permission denial with 500.
-                500 if body.contains("Permission denied") => Ended::Refused(format!("HTTP {status}: {body}")),
-                _ => Ended::Dropped { streamed: false, reason: format!("HTTP {status}: {body}") },
-            };
-        }
         self.resume.on_connect();
-        let mut splitter = LineSplitter::new(self.config.max_line_bytes.0 as usize);
+        let mut connection = Connection::new(response, &self.config, self.namespace_changes.clone());
         let mut pieces = Vec::new();
-        let mut saw_line = false;
-        let mut data_lines = 0u64;
-        let mut stale_reported = false;
-        let mut body = response.bytes_stream();
-        let idle = self.config.idle_timeout.0;
-        let mut namespace_changes = self.namespace_changes.clone();
-        if let Some(changes) = &mut namespace_changes {
-            changes.borrow_and_update();
-        }
         loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
-                Some(()) = namespaces_changed(&mut namespace_changes) => {
+            let chunk = match connection.next_chunk(self.config.idle_timeout.0, shutdown).await {
+                Ok(chunk) => chunk,
+                Err(ended) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
-                    return Ended::Dropped { streamed: true, reason: "a namespace was added".to_owned() };
-                }
-                next = tokio::time::timeout(idle, body.next()) => next,
-            };
-            let chunk: Bytes = match next {
-                Err(_) => {
-                    self.stats.connected.store(false, Ordering::Relaxed);
-                    return Ended::Dropped {
-                        streamed: saw_line,
-                        reason: format!(
-                            "no data for {idle:?} (Nomad sends a heartbeat every 30 s); the connection is presumed dead"
-                        ),
-                    };
-                }
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(Some(Err(e))) => {
-                    self.stats.connected.store(false, Ordering::Relaxed);
-                    let partial = splitter.pending();
-                    return Ended::Dropped {
-                        streamed: saw_line,
-                        reason: format!(
-                            "{} ({partial} bytes of an unfinished line discarded)",
-                            error_chain(&e)
-                        ),
-                    };
-                }
-                Ok(None) => {
-                    self.stats.connected.store(false, Ordering::Relaxed);
-                    let rest = splitter.finish();
-                    if !saw_line {
-                        return Ended::Refused(
-                            "Nomad answered 200 and closed the stream before its first heartbeat, which is how Nomad 1.11.2+ reports a refused token, a missing capability, an unknown region or a disabled event broker".to_owned(),
-                        );
-                    }
-                    let reason = if rest.is_empty() {
-                        "Nomad closed the connection".to_owned()
-                    } else if rest.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
-                        && !rest.starts_with(b"{")
-                    {
-                        format!(
-                            "Nomad ended the stream saying: {}",
-                            String::from_utf8_lossy(&rest[..rest.len().min(300)])
-                        )
-                    } else {
-                        format!(
-                            "Nomad closed the connection mid-line ({} bytes of an unfinished line discarded)",
-                            rest.len()
-                        )
-                    };
-                    return Ended::Dropped { streamed: true, reason };
+                    return ended;
                 }
             };
             add(&self.stats.bytes_read, chunk.len() as u64);
-            splitter.push(&chunk, &mut pieces);
+            connection.splitter.push(&chunk, &mut pieces);
             for piece in pieces.drain(..) {
-                if !saw_line {
-                    saw_line = true;
-                    self.stats.connected.store(true, Ordering::Relaxed);
-                    info!(source = %self.config.name, nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
+                if let Err(ended) = self.take_piece(piece, &mut connection, address, shutdown).await {
+                    return ended;
                 }
-                let outcome = match piece {
-                    Piece::Line(line) => match parse_off_runtime(line.clone()).await {
-                        Ok(Frame::Heartbeat) => continue,
-                        Ok(Frame::Data { index, events }) => {
-                            self.stats.last_index.fetch_max(index, Ordering::Relaxed);
-                            data_lines += 1;
-                            let outcome = self.resume.on_line(index, events);
-                            if outcome.stale {
-                                add(&self.stats.lines_stale, 1);
-                                // The first line after a connect may be Nomad's newest batch
-                                // (asked for an index it does not have yet); later ones mean
-                                // this server is behind, or its index went backwards.
-                                if data_lines > 1 && !stale_reported {
-                                    stale_reported = true;
-                                    warn!(
-                                        source = %self.config.name,
-                                        nomad = %address,
-                                        "Nomad sent index {index}, below the index the relay already has ({}); such lines are skipped. Either this server is behind the one the relay read before (it catches up by itself), or Nomad's raft index went backwards (the cluster was rebuilt): then stop the relay and move its data_dir aside to start over",
-                                        self.resume.checkpoint().index
-                                    );
-                                }
-                            }
-                            outcome
-                        }
-                        Err(e) => {
-                            add(&self.stats.lines_skipped, 1);
-                            error!(source = %self.config.name, nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {e}");
-                            let index = index_from_prefix(&line);
-                            self.resume.on_skipped_line(
-                                index,
-                                &format!(
-                                    "a malformed line of {} bytes was skipped: {}",
-                                    line.len(),
-                                    e.reason
-                                ),
-                            )
-                        }
-                    },
-                    Piece::Oversized { length, prefix } => {
-                        add(&self.stats.lines_skipped, 1);
-                        let index = index_from_prefix(&prefix);
-                        error!(
-                            source = %self.config.name, nomad = %address,
-                            "skipping a line of {length} bytes at index {} : it exceeds `nomad.max_line_bytes` ({} bytes); raise the limit to receive such lines",
-                            index.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
-                            self.config.max_line_bytes.0
-                        );
-                        self.resume.on_skipped_line(
-                            index,
-                            &format!("a line of {length} bytes exceeds nomad.max_line_bytes and was skipped"),
-                        )
-                    }
-                };
-                if let Some(gap) = outcome.gap {
-                    add(&self.stats.gaps, 1);
-                    warn!(
-                        source = %self.config.name,
-                        last_index = gap.last_index,
-                        resumed_index = gap.resumed_index,
-                        "possible gap in Nomad's events: the relay had index {} and Nomad resumed at {}; events in between may have been dropped from Nomad's buffer",
-                        gap.last_index,
-                        gap.resumed_index
-                    );
-                }
-                if outcome.events.is_empty() {
-                    continue;
-                }
-                let count = outcome.events.len() as u64;
-                let sent = tokio::select! {
-                    _ = shutdown.cancelled() => return Ended::Shutdown,
-                    sent = self.out.send(outcome.events) => sent,
-                };
-                if sent.is_err() {
-                    return Ended::Shutdown;
-                }
-                add(&self.stats.events_journaled, count);
             }
         }
+    }
+
+    /// Sends the request and checks the status; a refusal or failure is how it ended.
+    async fn connect(&self, address: &str, shutdown: &CancellationToken) -> Result<reqwest::Response, Ended> {
+        let dropped = |reason: String| Ended::Dropped { streamed: false, reason };
+        let url = self.url(address).map_err(dropped)?;
+        let mut request = self.client.get(url.clone());
+        if let Some(token) = self.token.read().await.map_err(dropped)? {
+            request = request.header("X-Nomad-Token", token);
+        }
+        debug!(%url, "connecting to Nomad's event stream");
+        let wait = self.config.connect_timeout.0.saturating_mul(2);
+        let response = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            response = tokio::time::timeout(wait, request.send()) => response,
+        };
+        let response = match response {
+            Err(_) => return Err(dropped(format!("no response headers within {wait:?}"))),
+            Ok(Err(e)) => return Err(dropped(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            body = tokio::time::timeout(self.config.connect_timeout.0, response.text()) => {
+                body.ok().and_then(Result::ok).unwrap_or_default()
+            }
+        };
+        Err(refusal(status, body.trim().chars().take(500).collect()))
+    }
+
+    /// One piece of the body: a heartbeat, a data line, or a line that cannot be read; new
+    /// events go to the journal.
+    async fn take_piece(
+        &mut self,
+        piece: Piece,
+        connection: &mut Connection,
+        address: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Ended> {
+        if !connection.saw_line {
+            connection.saw_line = true;
+            self.stats.connected.store(true, Ordering::Relaxed);
+            info!(source = %self.config.name, nomad = %address, index = self.resume.request_index(), "following Nomad's event stream");
+        }
+        let outcome = match piece {
+            Piece::Line(line) => match parse_off_runtime(line.clone()).await {
+                Ok(Frame::Heartbeat) => return Ok(()),
+                Ok(Frame::Data { index, events }) => self.take_data(index, events, connection, address),
+                Err(e) => self.skip_malformed(&line, &e, address),
+            },
+            Piece::Oversized { length, prefix } => self.skip_oversized(length, &prefix, address),
+        };
+        if let Some(gap) = outcome.gap {
+            add(&self.stats.gaps, 1);
+            warn!(
+                source = %self.config.name,
+                last_index = gap.last_index,
+                resumed_index = gap.resumed_index,
+                "possible gap in Nomad's events: the relay had index {} and Nomad resumed at {}; events in between may have been dropped from Nomad's buffer",
+                gap.last_index,
+                gap.resumed_index
+            );
+        }
+        self.journal(outcome.events, shutdown).await
+    }
+
+    /// A data line: the resume logic decides which of its events are new.
+    fn take_data(
+        &mut self,
+        index: u64,
+        events: Vec<frame::RawEvent>,
+        connection: &mut Connection,
+        address: &str,
+    ) -> LineOutcome {
+        self.stats.last_index.fetch_max(index, Ordering::Relaxed);
+        connection.data_lines += 1;
+        let outcome = self.resume.on_line(index, events);
+        if outcome.stale {
+            add(&self.stats.lines_stale, 1);
+            // The first line after a connect may be Nomad's newest batch (asked for an index
+            // it does not have yet); later ones mean this server is behind, or its index went
+            // backwards.
+            if connection.data_lines > 1 && !connection.stale_reported {
+                connection.stale_reported = true;
+                warn!(
+                    source = %self.config.name,
+                    nomad = %address,
+                    "Nomad sent index {index}, below the index the relay already has ({}); such lines are skipped. Either this server is behind the one the relay read before (it catches up by itself), or Nomad's raft index went backwards (the cluster was rebuilt): then stop the relay and move its data_dir aside to start over",
+                    self.resume.checkpoint().index
+                );
+            }
+        }
+        outcome
+    }
+
+    /// A line that is not a valid frame: reported, and a gap marker in its place.
+    fn skip_malformed(&mut self, line: &Bytes, error: &frame::FrameError, address: &str) -> LineOutcome {
+        add(&self.stats.lines_skipped, 1);
+        error!(source = %self.config.name, nomad = %address, "skipping a line Nomad sent that is not a valid event frame: {error}");
+        let reason = format!("a malformed line of {} bytes was skipped: {}", line.len(), error.reason);
+        self.resume.on_skipped_line(index_from_prefix(line), &reason)
+    }
+
+    /// A line over `max_line_bytes`: reported, and a gap marker in its place.
+    fn skip_oversized(&mut self, length: u64, prefix: &[u8], address: &str) -> LineOutcome {
+        add(&self.stats.lines_skipped, 1);
+        let index = index_from_prefix(prefix);
+        error!(
+            source = %self.config.name, nomad = %address,
+            "skipping a line of {length} bytes at index {} : it exceeds `nomad.max_line_bytes` ({} bytes); raise the limit to receive such lines",
+            index.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+            self.config.max_line_bytes.0
+        );
+        let reason = format!("a line of {length} bytes exceeds nomad.max_line_bytes and was skipped");
+        self.resume.on_skipped_line(index, &reason)
+    }
+
+    /// Hands a line's new events to the journal writer, waiting while the journal is full.
+    async fn journal(&mut self, events: Vec<Envelope>, shutdown: &CancellationToken) -> Result<(), Ended> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let count = events.len() as u64;
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            sent = self.out.send(events) => sent,
+        };
+        sent.map_err(|()| Ended::Shutdown)?;
+        add(&self.stats.events_journaled, count);
+        Ok(())
+    }
+}
+
+/// How a non-success status ends a connection: a refusal (explained in ACL terms) or a
+/// failure to retry.
+fn refusal(status: reqwest::StatusCode, body: String) -> Ended {
+    match status.as_u16() {
+        401 | 403 => Ended::Refused(format!("HTTP {status}: {body}")),
+        400 => Ended::Refused(format!(
+            "HTTP {status} (check `nomad.topics`, `nomad.namespace` and `nomad.region`): {body}"
+        )),
+        // Nomad before 1.9.6 answered a permission denial with 500.
+        500 if body.contains("Permission denied") => Ended::Refused(format!("HTTP {status}: {body}")),
+        _ => Ended::Dropped { streamed: false, reason: format!("HTTP {status}: {body}") },
+    }
+}
+
+/// One open stream: its body, the lines being assembled from it, and what it has shown so
+/// far.
+struct Connection {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    splitter: LineSplitter,
+    namespace_changes: Option<watch::Receiver<u64>>,
+    /// A line (a heartbeat at least) arrived: the subscription was accepted.
+    saw_line: bool,
+    data_lines: u64,
+    stale_reported: bool,
+}
+
+impl Connection {
+    fn new(
+        response: reqwest::Response,
+        config: &NomadConfig,
+        mut namespace_changes: Option<watch::Receiver<u64>>,
+    ) -> Connection {
+        if let Some(changes) = &mut namespace_changes {
+            changes.borrow_and_update();
+        }
+        Connection {
+            body: Box::pin(response.bytes_stream()),
+            splitter: LineSplitter::new(config.max_line_bytes.0 as usize),
+            namespace_changes,
+            saw_line: false,
+            data_lines: 0,
+            stale_reported: false,
+        }
+    }
+
+    /// The next bytes of the body, or how the stream ended: shutdown, a new namespace, no
+    /// byte for `idle` (the watchdog), a read error, or the end of the body.
+    async fn next_chunk(&mut self, idle: Duration, shutdown: &CancellationToken) -> Result<Bytes, Ended> {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            Some(()) = namespaces_changed(&mut self.namespace_changes) => {
+                return Err(Ended::Dropped { streamed: true, reason: "a namespace was added".to_owned() });
+            }
+            next = tokio::time::timeout(idle, self.body.next()) => next,
+        };
+        match next {
+            Ok(Some(Ok(chunk))) => Ok(chunk),
+            Err(_) => Err(Ended::Dropped {
+                streamed: self.saw_line,
+                reason: format!(
+                    "no data for {idle:?} (Nomad sends a heartbeat every 30 s); the connection is presumed dead"
+                ),
+            }),
+            Ok(Some(Err(e))) => Err(Ended::Dropped {
+                streamed: self.saw_line,
+                reason: format!(
+                    "{} ({} bytes of an unfinished line discarded)",
+                    error_chain(&e),
+                    self.splitter.pending()
+                ),
+            }),
+            Ok(None) => Err(self.ended()),
+        }
+    }
+
+    /// How the end of the body reads: before any line, Nomad's modern refusal; after, a close,
+    /// with legacy Nomad's appended error text if there is one.
+    fn ended(&mut self) -> Ended {
+        let rest = self.splitter.finish();
+        if !self.saw_line {
+            return Ended::Refused(
+                "Nomad answered 200 and closed the stream before its first heartbeat, which is how Nomad 1.11.2+ reports a refused token, a missing capability, an unknown region or a disabled event broker".to_owned(),
+            );
+        }
+        let reason = if rest.is_empty() {
+            "Nomad closed the connection".to_owned()
+        } else if rest.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !rest.starts_with(b"{") {
+            format!(
+                "Nomad ended the stream saying: {}",
+                String::from_utf8_lossy(&rest[..rest.len().min(300)])
+            )
+        } else {
+            format!(
+                "Nomad closed the connection mid-line ({} bytes of an unfinished line discarded)",
+                rest.len()
+            )
+        };
+        Ended::Dropped { streamed: true, reason }
     }
 }
 
@@ -479,42 +498,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nomad_relay_sink_api::EventId;
-
-    fn events(bytes: usize) -> Vec<Envelope> {
-        vec![Envelope {
-            seq: 0,
-            id: EventId { index: 1, digest: 0, occurrence: 0 },
-            source: "default".into(),
-            topic: "Job".into(),
-            event_type: "JobRegistered".into(),
-            key: "k".into(),
-            namespace: "default".into(),
-            raw: Bytes::from(vec![b'x'; bytes]),
-        }]
-    }
-
-    #[tokio::test]
-    async fn the_handoff_holds_back_lines_beyond_its_byte_budget() {
-        let (sender, mut receiver) = handoff(100, 1000);
-        sender.send(events(600)).await.expect("fits");
-        // A second 600-byte line must wait until the first is written (dropped).
-        let second = tokio::spawn({
-            let sender = sender.clone();
-            async move { sender.send(events(600)).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!second.is_finished(), "over budget: waits");
-        let first = receiver.recv().await.expect("first line");
-        drop(first);
-        second.await.expect("task").expect("sent once room was freed");
-        // A line larger than the whole budget still passes, alone.
-        drop(receiver.recv().await);
-        sender.send(events(5000)).await.expect("a huge line passes alone");
-    }
 }

@@ -20,27 +20,16 @@
 //! `NomadRelay`/`GapDetected` event so every sink and consumer sees it.
 
 use super::frame::RawEvent;
-use crate::config::StartAt;
+use crate::config::{DEFAULT_SOURCE, StartAt};
+use crate::journal::checkpoint::SourceCheckpoint;
 use bytes::Bytes;
 use nomad_relay_sink_api::{Envelope, EventId};
 use std::collections::{HashMap, HashSet};
-
-/// The name of the only Nomad source when the configuration has a single `[nomad]` table.
-pub const DEFAULT_SOURCE: &str = "default";
 
 /// Topic of the events the relay itself adds to the stream.
 pub const RELAY_TOPIC: &str = "NomadRelay";
 /// Type of the gap marker event.
 pub const GAP_TYPE: &str = "GapDetected";
-
-/// What the journal says was received last.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// Highest Index journaled.
-    pub index: u64,
-    /// Ids journaled at that Index.
-    pub seen: HashSet<EventId>,
-}
 
 /// A possible loss of events reported by the resume logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +60,7 @@ pub struct LineOutcome {
 pub struct Resume {
     /// The configured name of the Nomad cluster or region.
     source: String,
-    checkpoint: Checkpoint,
+    checkpoint: SourceCheckpoint,
     /// Whether `checkpoint` came from the journal (so a jump past it is a gap).
     have_checkpoint: bool,
     start: StartAt,
@@ -96,7 +85,12 @@ pub fn digest(source: &str, topic: &str, event_type: &str, namespace: &str, key:
 impl Resume {
     /// Resume state for `source` from the journal's checkpoint (`None` when nothing of this
     /// source was journaled yet).
-    pub fn new(source: &str, checkpoint: Option<Checkpoint>, start: StartAt, gap_markers: bool) -> Self {
+    pub fn new(
+        source: &str,
+        checkpoint: Option<SourceCheckpoint>,
+        start: StartAt,
+        gap_markers: bool,
+    ) -> Self {
         let have_checkpoint = checkpoint.is_some();
         Resume {
             source: source.to_owned(),
@@ -135,7 +129,7 @@ impl Resume {
     }
 
     /// The current checkpoint.
-    pub fn checkpoint(&self) -> &Checkpoint {
+    pub fn checkpoint(&self) -> &SourceCheckpoint {
         &self.checkpoint
     }
 
@@ -169,7 +163,7 @@ impl Resume {
                     self.source_field()
                 );
                 let marker = self.marker(index, &payload);
-                self.record(index, marker, &mut outcome);
+                self.accept(marker, &mut outcome);
             }
         }
         let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
@@ -191,7 +185,7 @@ impl Resume {
                 namespace: event.namespace,
                 raw: event.raw,
             };
-            self.accept(index, envelope, &mut outcome);
+            self.accept(envelope, &mut outcome);
         }
         outcome
     }
@@ -222,7 +216,7 @@ impl Resume {
             self.source_field()
         );
         let marker = self.marker(index, &payload);
-        self.record(index, marker, &mut outcome);
+        self.accept(marker, &mut outcome);
         if !outcome.events.is_empty() {
             outcome.gap = Some(Gap { last_index, resumed_index: index });
         }
@@ -257,29 +251,19 @@ impl Resume {
         }
     }
 
-    fn record(&mut self, index: u64, marker: Envelope, outcome: &mut LineOutcome) {
-        self.accept(index, marker, outcome);
-    }
-
-    fn accept(&mut self, index: u64, envelope: Envelope, outcome: &mut LineOutcome) {
-        if self.have_checkpoint
-            && index == self.checkpoint.index
-            && self.checkpoint.seen.contains(&envelope.id)
-        {
+    fn accept(&mut self, envelope: Envelope, outcome: &mut LineOutcome) {
+        if self.have_checkpoint && self.checkpoint.contains(&envelope.id) {
             outcome.already_journaled += 1;
             return;
         }
-        self.advance_to(index);
-        self.have_checkpoint = true;
-        self.checkpoint.seen.insert(envelope.id);
-        outcome.events.push(envelope);
-    }
-
-    fn advance_to(&mut self, index: u64) {
-        if index != self.checkpoint.index {
-            self.checkpoint.index = index;
-            self.checkpoint.seen.clear();
+        // Lines below the checkpoint never get here (`floor`); a refusal would be a bug, and
+        // the event is then treated as stale rather than journaled out of order.
+        if self.checkpoint.advance(envelope.id).is_err() {
+            outcome.stale = true;
+            return;
         }
+        self.have_checkpoint = true;
+        outcome.events.push(envelope);
     }
 
     fn bump(&mut self, digest: u64) -> u32 {
@@ -358,7 +342,7 @@ mod tests {
 
     #[test]
     fn stale_lines_below_the_checkpoint_are_skipped() {
-        let checkpoint = Checkpoint { index: 50, seen: HashSet::new() };
+        let checkpoint = SourceCheckpoint { index: 50, seen: HashSet::new() };
         let mut resume = Resume::new(DEFAULT_SOURCE, Some(checkpoint), StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume.on_line(40, vec![event("Job", "x")]);
@@ -369,7 +353,7 @@ mod tests {
     fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
         let mut resume = Resume::new(
             DEFAULT_SOURCE,
-            Some(Checkpoint { index: 50, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
             StartAt::Oldest,
             true,
         );
@@ -381,8 +365,12 @@ mod tests {
             std::str::from_utf8(&outcome.events[0].raw).expect("utf8"),
             r#"{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":90,"Payload":{"Gap":{"LastIndex":50,"ResumedIndex":90}}}"#
         );
-        let mut named =
-            Resume::new("eu", Some(Checkpoint { index: 50, seen: HashSet::new() }), StartAt::Oldest, true);
+        let mut named = Resume::new(
+            "eu",
+            Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
+            StartAt::Oldest,
+            true,
+        );
         named.on_connect();
         let outcome = named.on_line(90, vec![event("Job", "x")]);
         assert!(
@@ -400,7 +388,7 @@ mod tests {
     fn gap_markers_can_be_turned_off() {
         let mut resume = Resume::new(
             DEFAULT_SOURCE,
-            Some(Checkpoint { index: 5, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
             StartAt::Oldest,
             false,
         );
@@ -431,7 +419,7 @@ mod tests {
     fn oversized_line_leaves_a_marker_once() {
         let mut resume = Resume::new(
             DEFAULT_SOURCE,
-            Some(Checkpoint { index: 5, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
             StartAt::Oldest,
             true,
         );

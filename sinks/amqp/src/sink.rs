@@ -9,7 +9,7 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
-use nomad_relay_sink_api::{Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Template};
+use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Template};
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
@@ -20,7 +20,6 @@ pub struct AmqpSink {
     routing_key: Template,
     connection: Option<Connection>,
     channel: Option<Channel>,
-    health: Health,
 }
 
 fn error(kind: SinkErrorKind, message: impl Into<String>, source: lapin::Error) -> SinkError {
@@ -31,13 +30,7 @@ impl AmqpSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad routing-key template.
     pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, String> {
         let routing_key = Template::parse(&config.routing_key).map_err(|e| e.to_string())?;
-        Ok(AmqpSink {
-            config,
-            routing_key,
-            connection: None,
-            channel: None,
-            health: Health::Unhealthy("not connected yet".into()),
-        })
+        Ok(AmqpSink { config, routing_key, connection: None, channel: None })
     }
 
     fn tls(&self) -> Result<OwnedTLSConfig, SinkError> {
@@ -290,16 +283,8 @@ impl Sink for AmqpSink {
     }
 
     async fn open(&mut self, _saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
-        let result = async {
-            self.connect().await?;
-            self.prepare_topology().await
-        }
-        .await;
-        match &result {
-            Ok(()) => self.health = Health::Healthy,
-            Err(e) => self.health = Health::Unhealthy(e.report()),
-        }
-        result
+        self.connect().await?;
+        self.prepare_topology().await
     }
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
@@ -307,7 +292,6 @@ impl Sink for AmqpSink {
         if !usable {
             warn!("AMQP channel to {} is down; reconnecting", redact(&self.config.uri.0));
             if let Err(error) = self.connect().await {
-                self.health = Health::Unhealthy(error.report());
                 return Outcome::retry_all(batch.len(), &error);
             }
         }
@@ -357,7 +341,6 @@ impl Sink for AmqpSink {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no confirm"))))
             .collect();
-        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
 
@@ -367,9 +350,5 @@ impl Sink for AmqpSink {
         }
         self.channel = None;
         Ok(())
-    }
-
-    fn health(&self) -> Health {
-        self.health.clone()
     }
 }

@@ -65,6 +65,25 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An example event: `Job`/`JobRegistered` for job `example` in namespace `default` at
+    /// index 1, journal position 1, source `default`, with its JSON as Nomad would send it.
+    /// Sinks render it to show what their templates produce; tests change the fields they
+    /// care about with struct update syntax (`Envelope { seq: 7, ..Envelope::example() }`).
+    pub fn example() -> Envelope {
+        Envelope {
+            seq: 1,
+            id: EventId { index: 1, digest: 0, occurrence: 0 },
+            source: "default".into(),
+            topic: "Job".into(),
+            event_type: "JobRegistered".into(),
+            key: "example".into(),
+            namespace: "default".into(),
+            raw: Bytes::from_static(
+                br#"{"Topic":"Job","Type":"JobRegistered","Key":"example","Namespace":"default","FilterKeys":null,"Index":1,"Payload":{"Job":{"ID":"example"}}}"#,
+            ),
+        }
+    }
+
     /// The event's Nomad index.
     pub fn index(&self) -> u64 {
         self.id.index

@@ -13,8 +13,10 @@
 mod envelope;
 mod sink;
 mod template;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod units;
 
 pub use envelope::{Envelope, EventId};
-pub use sink::{DRAIN_EVERY, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission};
+pub use sink::{DRAIN_EVERY, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission};
 pub use template::{TEMPLATE_FIELDS, Template, TemplateError};

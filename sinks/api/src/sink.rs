@@ -1,4 +1,4 @@
-//! The [`Sink`] trait and the types it speaks in: [`Outcome`], [`Guarantee`], [`Health`] and
+//! The [`Sink`] trait and the types it speaks in: [`Outcome`], [`Guarantee`] and
 //! [`SinkError`].
 //!
 //! # The contract
@@ -61,6 +61,13 @@
 //!   still in flight and submits nothing more until all the events left over are final; it
 //!   sends those again with [`Sink::send`], in journal order, as for an unpipelined sink.
 //!   `send` is never called while a batch is in flight.
+//!
+//! # Logging
+//!
+//! The relay runs each sink inside a `sink` span (`sink` = its configured name, `kind` = its
+//! type), so every line a sink logs names the sink without saying so itself. Work a sink
+//! moves off the task (a blocking thread, a client library's callbacks) must carry
+//! `tracing::Span::current()` along and enter it, or its lines lose that name.
 //!
 //! Because the relay re-sends every event past the cursor after a crash, a sink whose
 //! broker cannot tell repeats apart offers at-least-once delivery; a sink that can (JetStream
@@ -137,28 +144,6 @@ impl Outcome {
         let text = error.report();
         (0..count).map(|_| Outcome::Retry(SinkError::new(error.kind, text.clone()))).collect()
     }
-}
-
-impl Health {
-    /// Healthy, unless an outcome is a retry: then unhealthy with the first retry's reason.
-    pub fn from_outcomes(outcomes: &[Outcome]) -> Health {
-        outcomes
-            .iter()
-            .find_map(|outcome| match outcome {
-                Outcome::Retry(error) => Some(Health::Unhealthy(error.report())),
-                _ => None,
-            })
-            .unwrap_or(Health::Healthy)
-    }
-}
-
-/// A sink's own view of whether it can deliver right now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Delivering normally.
-    Healthy,
-    /// Not delivering, with the reason an operator should read.
-    Unhealthy(String),
 }
 
 /// What kind of failure a [`SinkError`] is, so callers can decide without parsing messages.
@@ -260,9 +245,6 @@ pub trait Sink: Send {
 
     /// Pushes out anything buffered and releases what the sink holds, before shutdown.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
-
-    /// The sink's view of its own health.
-    fn health(&self) -> Health;
 
     /// State to keep atomically with the relay's cursor, returned to [`Sink::open`] on the
     /// next start. `None` if the sink keeps none.

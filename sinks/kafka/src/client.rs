@@ -16,21 +16,25 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
-/// Routes librdkafka's log lines and client errors to the relay's log, tagged with the sink.
+/// Routes librdkafka's log lines and client errors to the relay's log, tagged with the
+/// brokers and logged in the span the client was created in (the sink's), although they come
+/// from librdkafka's own threads.
 #[derive(Clone)]
 pub struct LogContext {
     sink: String,
+    span: tracing::Span,
 }
 
 impl LogContext {
-    /// A context for the sink writing to `brokers`.
+    /// A context for the sink writing to `brokers`, in the current span.
     pub fn new(brokers: &str) -> LogContext {
-        LogContext { sink: format!("kafka {brokers}") }
+        LogContext { sink: format!("kafka {brokers}"), span: tracing::Span::current() }
     }
 }
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let _entered = self.span.enter();
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -45,6 +49,7 @@ impl ClientContext for LogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        let _entered = self.span.enter();
         // The tail reader asks for partition EOF events to find each partition's end; they
         // also arrive here, and are not a problem.
         if matches!(error, KafkaError::PartitionEOF(_)) {

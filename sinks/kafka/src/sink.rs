@@ -7,7 +7,7 @@ use crate::partition::partition_for;
 use crate::progress::{FoundRecord, Progress, SavedProgress};
 use crate::tail::{self, headers};
 use nomad_relay_sink_api::{
-    Envelope, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
+    Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
@@ -42,7 +42,6 @@ pub struct KafkaSink {
     /// Whether a batch may be handed over before the previous one is confirmed; turned off
     /// when librdkafka's queue is too small to hold two batches.
     pipelining: bool,
-    health: Health,
 }
 
 /// What `prepare` decided for a batch.
@@ -69,7 +68,6 @@ impl KafkaSink {
             in_flight: Vec::new(),
             submitted: VecDeque::new(),
             pipelining: true,
-            health: Health::Unhealthy("not connected yet".into()),
         })
     }
 
@@ -260,94 +258,22 @@ impl KafkaSink {
             first_seq: batch.first().map_or(0, |e| e.seq),
             outcomes: batch.iter().map(|_| None).collect(),
             pending: VecDeque::new(),
-            topics,
+            topics: Vec::new(),
             failed: false,
             unsent: None,
         };
         for (position, event) in batch.iter().enumerate() {
             let id = event.id.to_string();
-            let topic = &submitted.topics[position];
             if self.progress.is_found(event.seq, &id) {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
                 continue;
             }
-            let key = self.key.render(event);
-            let partitions = self.progress.topic(topic).map_or(1, |t| t.partitions);
-            let mut record = FutureRecord::to(topic)
-                .partition(partition_for(key.as_bytes(), partitions))
-                .payload(&event.raw[..])
-                .headers(self.headers(event, &id));
-            if !key.is_empty() {
-                record = record.key(key.as_str());
-            }
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        submitted.pending.push_back(PendingRecord { position, seq: event.seq, id, delivery });
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        // librdkafka's queue is full: wait for this batch's oldest report, then
-                        // enqueue again.
-                        let Some(waited) = submitted.pending.pop_front() else {
-                            // Full with none of this batch's records in it: with earlier
-                            // batches' records, the queue is set too small for two batches,
-                            // and the sink stops pipelining. This batch waits its turn.
-                            let cause = if self.submitted.is_empty() {
-                                "with none of this batch's records in it"
-                            } else {
-                                self.pipelining = false;
-                                "with the previous batch's records, so the sink no longer hands over a batch before the previous one is confirmed"
-                            };
-                            let reason = format!(
-                                "not sent: librdkafka's queue is full {cause}; raise `librdkafka.\"queue.buffering.max.messages\"` and `queue.buffering.max.kbytes` above two batches (the event at journal position {} waits)",
-                                event.seq
-                            );
-                            warn!("{reason}");
-                            submitted.unsent = Some(reason);
-                            break;
-                        };
-                        let position = waited.position;
-                        match self.await_delivery(waited, &submitted.topics[position]).await {
-                            Report::Done(outcome) => {
-                                submitted.failed |= matches!(outcome, Outcome::Retry(_));
-                                submitted.outcomes[position] = Some(outcome);
-                            }
-                            Report::Late(record) => {
-                                submitted.pending.push_front(record);
-                                submitted.failed = true;
-                            }
-                        }
-                        if submitted.failed {
-                            break;
-                        }
-                        record = returned;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                        submitted.outcomes[position] = Some(Outcome::Rejected(SinkError::new(
-                            SinkErrorKind::Refused,
-                            format!(
-                                "event {id} ({} bytes) is larger than the producer's message.max.bytes; raise `librdkafka.\"message.max.bytes\"` on this sink (and the topic's max.message.bytes) to relay such events",
-                                event.raw.len()
-                            ),
-                        )));
-                        break;
-                    }
-                    Err((error, _)) => {
-                        submitted.failed = true;
-                        submitted.outcomes[position] = Some(Outcome::Retry(SinkError::with_source(
-                            SinkErrorKind::Unavailable,
-                            format!("cannot hand event {id} to the Kafka producer for `{topic}`"),
-                            error,
-                        )));
-                        break;
-                    }
-                }
-            }
+            self.enqueue(&producer, &mut submitted, &topics, position, event, id).await;
             if submitted.failed || submitted.unsent.is_some() {
                 break;
             }
         }
+        submitted.topics = topics;
         if submitted.failed {
             // Nothing more may reach a partition from this producer: later batches are
             // refused until the failure is dealt with.
@@ -357,6 +283,96 @@ impl KafkaSink {
         // The sink keeps its own handle; the last one is dropped off the runtime.
         drop(producer);
         self.submitted.push_back(submitted);
+    }
+
+    /// Hands the record of `event` (the batch's `position`th) to the producer, or records why
+    /// it could not be: refused for good (too large), failed, or waiting behind a full queue.
+    async fn enqueue(
+        &mut self,
+        producer: &FutureProducer<LogContext>,
+        submitted: &mut SubmittedBatch,
+        topics: &[String],
+        position: usize,
+        event: &Envelope,
+        id: String,
+    ) {
+        let topic = &topics[position];
+        let key = self.key.render(event);
+        let partitions = self.progress.topic(topic).map_or(1, |t| t.partitions);
+        let mut record = FutureRecord::to(topic)
+            .partition(partition_for(key.as_bytes(), partitions))
+            .payload(&event.raw[..])
+            .headers(self.headers(event, &id));
+        if !key.is_empty() {
+            record = record.key(key.as_str());
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    submitted.pending.push_back(PendingRecord { position, seq: event.seq, id, delivery });
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    if !self.make_room(submitted, topics, event.seq).await {
+                        return;
+                    }
+                    record = returned;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    submitted.outcomes[position] = Some(Outcome::Rejected(SinkError::new(
+                        SinkErrorKind::Refused,
+                        format!(
+                            "event {id} ({} bytes) is larger than the producer's message.max.bytes; raise `librdkafka.\"message.max.bytes\"` on this sink (and the topic's max.message.bytes) to relay such events",
+                            event.raw.len()
+                        ),
+                    )));
+                    return;
+                }
+                Err((error, _)) => {
+                    submitted.failed = true;
+                    submitted.outcomes[position] = Some(Outcome::Retry(SinkError::with_source(
+                        SinkErrorKind::Unavailable,
+                        format!("cannot hand event {id} to the Kafka producer for `{topic}`"),
+                        error,
+                    )));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// librdkafka's queue is full: waits for this batch's oldest report, so the record of
+    /// journal position `seq` can be enqueued again. False when it cannot: that report
+    /// failed, or the queue is full with none of this batch's records in it (earlier
+    /// batches' records fill it: the queue is set too small for two batches, and the sink
+    /// stops pipelining; this batch waits its turn).
+    async fn make_room(&mut self, submitted: &mut SubmittedBatch, topics: &[String], seq: u64) -> bool {
+        let Some(waited) = submitted.pending.pop_front() else {
+            let cause = if self.submitted.is_empty() {
+                "with none of this batch's records in it"
+            } else {
+                self.pipelining = false;
+                "with the previous batch's records, so the sink no longer hands over a batch before the previous one is confirmed"
+            };
+            let reason = format!(
+                "not sent: librdkafka's queue is full {cause}; raise `librdkafka.\"queue.buffering.max.messages\"` and `queue.buffering.max.kbytes` above two batches (the event at journal position {seq} waits)"
+            );
+            warn!("{reason}");
+            submitted.unsent = Some(reason);
+            return false;
+        };
+        let position = waited.position;
+        match self.await_delivery(waited, &topics[position]).await {
+            Report::Done(outcome) => {
+                submitted.failed |= matches!(outcome, Outcome::Retry(_));
+                submitted.outcomes[position] = Some(outcome);
+            }
+            Report::Late(record) => {
+                submitted.pending.push_front(record);
+                submitted.failed = true;
+            }
+        }
+        !submitted.failed
     }
 
     /// Waits for the delivery reports of the oldest submitted batch and gives one outcome per
@@ -421,7 +437,6 @@ impl KafkaSink {
                 self.discard_producer().await;
             }
         }
-        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
 
@@ -645,7 +660,10 @@ fn find_or_create_topic(
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
 ) -> Result<T, SinkError> {
-    tokio::task::spawn_blocking(work)
+    // The sink's span (the worker's `sink` span) goes with the work, and into the librdkafka
+    // clients created there (see `LogContext`).
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "a Kafka client task failed", e))?
 }
@@ -687,12 +705,10 @@ impl Sink for KafkaSink {
         .await;
         if let Err(error) = result {
             self.discard_producer().await;
-            self.health = Health::Unhealthy(error.report());
             return Err(error);
         }
         // The relay saves the state right after `open`.
         self.progress.layout_saved();
-        self.health = Health::Healthy;
         Ok(())
     }
 
@@ -735,7 +751,6 @@ impl Sink for KafkaSink {
                 {
                     self.discard_producer().await;
                 }
-                self.health = Health::Unhealthy(error.report());
                 Submission::Done(Outcome::retry_all(batch.len(), &error))
             }
         }
@@ -756,10 +771,6 @@ impl Sink for KafkaSink {
             .await?;
         }
         Ok(())
-    }
-
-    fn health(&self) -> Health {
-        self.health.clone()
     }
 
     fn checkpoint_state(&self) -> Option<serde_json::Value> {

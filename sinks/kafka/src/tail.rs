@@ -74,19 +74,56 @@ fn read_topic(
     tails: &mut Tails,
 ) -> Result<(), SinkError> {
     let brokers = config.bootstrap_servers();
-    let timeout = config.request_timeout.0;
+    let bounds = assign(reader, config, topic, partitions, tails)?;
+    let result = read_assigned(reader, config, topic, &bounds, writer, tails);
+    let _ = reader.unassign();
+    result.map_err(|error| match error {
+        ReadError::Kafka(error) => unavailable(topic, &brokers, error),
+        ReadError::Stalled(open) => SinkError::new(
+            SinkErrorKind::Unavailable,
+            format!(
+                "reading the tail of `{topic}` partitions {open:?} at {brokers} made no progress for {:?}",
+                config.request_timeout.0
+            ),
+        ),
+    })
+}
+
+/// Per partition of one topic: the first offset whose records count, and where the read may
+/// stop.
+struct Bounds {
+    counted_from: BTreeMap<i32, i64>,
+    stop_at: BTreeMap<i32, i64>,
+}
+
+/// Why reading assigned partitions stopped short.
+enum ReadError {
+    Kafka(KafkaError),
+    /// These partitions sent nothing for `request_timeout`, even read from their oldest.
+    Stalled(BTreeSet<i32>),
+}
+
+/// Assigns the reader to each partition at its saved offset (or its start, when the topic
+/// was recreated below it), and notes where each read counts from and may stop.
+fn assign(
+    reader: &BaseConsumer<LogContext>,
+    config: &KafkaSinkConfig,
+    topic: &str,
+    partitions: &BTreeMap<i32, i64>,
+    tails: &mut Tails,
+) -> Result<Bounds, SinkError> {
+    let brokers = config.bootstrap_servers();
     let mut assignment = TopicPartitionList::new();
-    // Per partition: the first offset whose records count, and where the read may stop.
-    let mut counted_from: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut stop_at: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut bounds = Bounds { counted_from: BTreeMap::new(), stop_at: BTreeMap::new() };
     for (&partition, &offset) in partitions {
-        let (low, high) = reader.fetch_watermarks(topic, partition, timeout).map_err(|e| {
-            SinkError::with_source(
-                SinkErrorKind::Unavailable,
-                format!("cannot read the offsets of `{topic}` partition {partition} at {brokers}"),
-                e,
-            )
-        })?;
+        let (low, high) =
+            reader.fetch_watermarks(topic, partition, config.request_timeout.0).map_err(|e| {
+                SinkError::with_source(
+                    SinkErrorKind::Unavailable,
+                    format!("cannot read the offsets of `{topic}` partition {partition} at {brokers}"),
+                    e,
+                )
+            })?;
         let start = if offset > high.saturating_add(WATERMARK_SLACK) {
             warn!(
                 "Kafka topic `{topic}` partition {partition} ends at {high}, before the saved offset {offset}: the topic was deleted and created again; reading it from its start"
@@ -95,17 +132,32 @@ fn read_topic(
         } else {
             offset.max(low)
         };
-        counted_from.insert(partition, start);
+        bounds.counted_from.insert(partition, start);
         // Records written after the read began are not this sink's (its own are all known by
         // then); stopping past them keeps a busy shared topic from holding the read forever.
-        stop_at.insert(partition, high.saturating_add(WATERMARK_SLACK));
+        bounds.stop_at.insert(partition, high.saturating_add(WATERMARK_SLACK));
         assignment.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(|e| {
             SinkError::with_source(SinkErrorKind::Other, "cannot build the tail read's assignment", e)
         })?;
         tails.ends.insert((topic.to_owned(), partition), start);
     }
     reader.assign(&assignment).map_err(|e| unavailable(topic, &brokers, e))?;
-    let mut open: BTreeSet<i32> = partitions.keys().copied().collect();
+    Ok(bounds)
+}
+
+/// Reads the assigned partitions to their ends, keeping `writer`'s records. A partition
+/// that neither sends a record nor reports its end within `request_timeout` is read again
+/// from its oldest record, once.
+fn read_assigned(
+    reader: &BaseConsumer<LogContext>,
+    config: &KafkaSinkConfig,
+    topic: &str,
+    bounds: &Bounds,
+    writer: &str,
+    tails: &mut Tails,
+) -> Result<(), ReadError> {
+    let timeout = config.request_timeout.0;
+    let mut open: BTreeSet<i32> = bounds.counted_from.keys().copied().collect();
     let mut silent: BTreeSet<i32> = open.clone();
     let mut read_from_start = false;
     // Quiet partitions answer at once; the deadline only ends a read that stopped making
@@ -113,27 +165,21 @@ fn read_topic(
     let mut deadline = Instant::now() + timeout;
     while !open.is_empty() {
         if Instant::now() > deadline {
-            if !read_from_start && silent == open {
-                read_from_start = true;
-                warn!(
-                    "Kafka at {brokers} sent nothing for `{topic}` partitions {open:?} from the saved offsets; reading them from their oldest record instead"
-                );
-                let mut again = TopicPartitionList::new();
-                for &partition in &open {
-                    let start = Offset::Beginning;
-                    let _ = again.add_partition_offset(topic, partition, start);
-                }
-                reader.assign(&again).map_err(|e| unavailable(topic, &brokers, e))?;
-                deadline = Instant::now() + timeout;
-                continue;
+            if read_from_start || silent != open {
+                return Err(ReadError::Stalled(open));
             }
-            let _ = reader.unassign();
-            return Err(SinkError::new(
-                SinkErrorKind::Unavailable,
-                format!(
-                    "reading the tail of `{topic}` partitions {open:?} at {brokers} made no progress for {timeout:?}"
-                ),
-            ));
+            read_from_start = true;
+            warn!(
+                "Kafka at {} sent nothing for `{topic}` partitions {open:?} from the saved offsets; reading them from their oldest record instead",
+                config.bootstrap_servers()
+            );
+            let mut again = TopicPartitionList::new();
+            for &partition in &open {
+                let _ = again.add_partition_offset(topic, partition, Offset::Beginning);
+            }
+            reader.assign(&again).map_err(ReadError::Kafka)?;
+            deadline = Instant::now() + timeout;
+            continue;
         }
         let Some(polled) = reader.poll(Duration::from_millis(100)) else { continue };
         match polled {
@@ -145,10 +191,10 @@ fn read_topic(
                 }
                 tails.records += 1;
                 silent.remove(&partition);
-                if message.offset() >= stop_at.get(&partition).copied().unwrap_or(i64::MAX) {
+                if message.offset() >= bounds.stop_at.get(&partition).copied().unwrap_or(i64::MAX) {
                     open.remove(&partition);
                 }
-                let saved_start = counted_from.get(&partition).copied().unwrap_or(0);
+                let saved_start = bounds.counted_from.get(&partition).copied().unwrap_or(0);
                 let end = tails.ends.entry((topic.to_owned(), partition)).or_insert(0);
                 *end = (*end).max(message.offset() + 1);
                 // Records before the saved offset were written before the cursor was saved:
@@ -165,13 +211,9 @@ fn read_topic(
                 silent.remove(&partition);
                 open.remove(&partition);
             }
-            Err(error) => {
-                let _ = reader.unassign();
-                return Err(unavailable(topic, &brokers, error));
-            }
+            Err(error) => return Err(ReadError::Kafka(error)),
         }
     }
-    let _ = reader.unassign();
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use nomad_relay_sink_api::{
-    Envelope, EventId, Guarantee, Health, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
+    Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
 use std::collections::VecDeque;
 use tracing::{info, warn};
@@ -20,7 +20,6 @@ pub struct NatsSink {
     jetstream: Option<async_nats::jetstream::Context>,
     /// JetStream batches published whose PubAcks the relay has not asked for yet.
     published: VecDeque<PublishedBatch>,
-    health: Health,
 }
 
 /// A batch published to JetStream, awaiting its PubAcks.
@@ -39,14 +38,7 @@ impl NatsSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad subject template.
     pub fn new(config: NatsSinkConfig) -> Result<NatsSink, String> {
         let subject = Template::parse(&config.subject).map_err(|e| e.to_string())?;
-        Ok(NatsSink {
-            config,
-            subject,
-            client: None,
-            jetstream: None,
-            published: VecDeque::new(),
-            health: Health::Unhealthy("not connected yet".into()),
-        })
+        Ok(NatsSink { config, subject, client: None, jetstream: None, published: VecDeque::new() })
     }
 
     async fn connect(&mut self) -> Result<(), SinkError> {
@@ -113,7 +105,7 @@ impl NatsSink {
     /// publishes to; without a configured stream, asks the server which stream captures them.
     async fn check_stream(&self) -> Result<(), SinkError> {
         let Some(context) = &self.jetstream else { return Ok(()) };
-        let sample = self.subject.render(&sample_event());
+        let sample = self.subject.render(&Envelope::example());
         let config_error = |message: String| SinkError::new(SinkErrorKind::Config, message);
         let Some(name) = &self.config.stream else {
             return match context.stream_by_subject(sample.clone()).await {
@@ -243,7 +235,6 @@ impl NatsSink {
                 })
             })
             .collect();
-        self.health = Health::from_outcomes(&outcomes);
         outcomes
     }
 
@@ -348,22 +339,7 @@ impl NatsSink {
                 }
             }
         }
-        self.health = Health::from_outcomes(&outcomes);
         outcomes
-    }
-}
-
-/// An event to render sample subjects with.
-fn sample_event() -> Envelope {
-    Envelope {
-        seq: 0,
-        id: EventId { index: 1, digest: 0, occurrence: 0 },
-        source: "default".into(),
-        topic: "Job".into(),
-        event_type: "JobRegistered".into(),
-        key: "example".into(),
-        namespace: "default".into(),
-        raw: Bytes::new(),
     }
 }
 
@@ -388,15 +364,14 @@ impl Sink for NatsSink {
 
     async fn open(&mut self, _saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
         if self.client.is_none() {
-            self.connect().await.inspect_err(|e| self.health = Health::Unhealthy(e.report()))?;
+            self.connect().await?;
         }
-        self.check_stream().await.inspect_err(|e| self.health = Health::Unhealthy(e.report()))?;
+        self.check_stream().await?;
         if !self.config.jetstream {
             warn!(
                 "NATS sink in core mode: delivery is at-most-once (events are lost if NATS or the connection fails after the relay hands them over)"
             );
         }
-        self.health = Health::Healthy;
         Ok(())
     }
 
@@ -422,7 +397,6 @@ impl Sink for NatsSink {
         if self.client.is_none()
             && let Err(error) = self.connect().await
         {
-            self.health = Health::Unhealthy(error.report());
             return Submission::Done(Outcome::retry_all(batch.len(), &error));
         }
         if self.config.jetstream {
@@ -444,10 +418,6 @@ impl Sink for NatsSink {
                 .map_err(|e| SinkError::with_source(SinkErrorKind::Unavailable, "cannot flush to NATS", e))?;
         }
         Ok(())
-    }
-
-    fn health(&self) -> Health {
-        self.health.clone()
     }
 }
 

@@ -51,12 +51,11 @@ pub fn event(seq: u64, index: u64, key: &str) -> Envelope {
     Envelope {
         seq,
         id: EventId { index, digest: xx(key), occurrence: 0 },
-        source: "default".into(),
         topic: "Allocation".into(),
         event_type: "AllocationUpdated".into(),
         key: key.into(),
-        namespace: "default".into(),
         raw: Bytes::from(raw),
+        ..Envelope::example()
     }
 }
 

@@ -181,11 +181,11 @@ impl Telemetry {
             "Failed delivery attempts (and failed opens), by kind of failure.",
             |out| {
                 for (sink, stats) in &self.sinks {
-                    for (position, (_, kind)) in FAILURE_KINDS.iter().enumerate() {
+                    for (position, kind) in FAILURE_KINDS.iter().enumerate() {
                         sample(
                             out,
                             name,
-                            &[("sink", sink), ("kind", kind)],
+                            &[("sink", sink), ("kind", kind.name())],
                             stats.failures[position].load(Ordering::Relaxed),
                         );
                     }

@@ -175,14 +175,15 @@ impl Running {
         Ok(running)
     }
 
-    /// Starts one source per `[nomad]` table, each resuming from its checkpoint.
+    /// Starts one source per `[nomad]` table, each resuming from its checkpoint; none starts
+    /// unless every one could be built.
     fn start_sources(
         &mut self,
         config: &Config,
         recovered: &mut Recovered,
         events: EventSender,
     ) -> Result<Vec<(String, Arc<SourceStats>)>, RelayError> {
-        let mut all_stats = Vec::new();
+        let mut sources = Vec::new();
         for nomad in &config.nomad {
             let checkpoint = recovered.checkpoints.remove(&nomad.name);
             let stats = Arc::new(SourceStats::default());
@@ -194,9 +195,12 @@ impl Running {
             let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
             let source = Source::new(nomad.clone(), resume, events.clone(), stats.clone())
                 .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
-            all_stats.push((nomad.name.clone(), stats));
-            let (name, token, failure) =
-                (nomad.name.clone(), self.source_shutdown.clone(), self.failure.clone());
+            sources.push((nomad.name.clone(), stats, source));
+        }
+        let mut all_stats = Vec::new();
+        for (name, stats, source) in sources {
+            all_stats.push((name.clone(), stats));
+            let (token, failure) = (self.source_shutdown.clone(), self.failure.clone());
             self.tracker.spawn(async move {
                 // Spawned on its own so that a panic is seen here rather than leaving a relay
                 // that looks alive but reads nothing.

@@ -55,26 +55,26 @@ pub struct SinkStats {
     pub failures: [AtomicU64; FAILURE_KINDS.len()],
 }
 
-/// The kinds of sink failure, as the `kind` label of the failure counter shows them.
-pub const FAILURE_KINDS: [(SinkErrorKind, &str); 5] = [
-    (SinkErrorKind::Unavailable, "unavailable"),
-    (SinkErrorKind::Refused, "refused"),
-    (SinkErrorKind::Io, "io"),
-    (SinkErrorKind::Config, "config"),
-    (SinkErrorKind::Other, "other"),
+/// The kinds of sink failure, in the order the failure counter keeps them.
+pub const FAILURE_KINDS: [SinkErrorKind; 5] = [
+    SinkErrorKind::Unavailable,
+    SinkErrorKind::Refused,
+    SinkErrorKind::Io,
+    SinkErrorKind::Config,
+    SinkErrorKind::Other,
 ];
 
 impl SinkStats {
     /// Records a failed attempt: counted by kind, and the sink unhealthy for `reason`.
     pub fn failed(&self, kind: SinkErrorKind, reason: String) {
-        if let Some(position) = FAILURE_KINDS.iter().position(|(k, _)| *k == kind) {
+        if let Some(position) = FAILURE_KINDS.iter().position(|k| *k == kind) {
             self.failures[position].fetch_add(1, Ordering::Relaxed);
         }
         self.set_unhealthy(reason);
     }
 
     /// Marks the sink unhealthy for `reason`.
-    pub fn set_unhealthy(&self, reason: String) {
+    fn set_unhealthy(&self, reason: String) {
         self.healthy.store(false, Ordering::Relaxed);
         *self.last_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
     }

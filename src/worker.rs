@@ -10,12 +10,12 @@
 //! cursor.
 //!
 //! Every batch goes the one way the sink contract describes: it is submitted, and stays in
-//! the pipeline until confirmed. A sink that does not pipeline (depth 1) settles each batch
-//! in `submit` (the contract's default sends it whole), so its pipeline never holds more than
-//! a batch without events for it. A sink that pipelines is handed the next batch while
-//! earlier ones still await their confirmations, up to its depth; after any failure the
-//! worker confirms everything in flight, then delivers the leftovers in journal order,
-//! unpipelined, before it submits anything new.
+//! the pipeline (with the batches that had no events for this sink) until confirmed. A sink
+//! that does not pipeline has one batch in flight at most, confirmed before the next is read
+//! (most settle it in `submit` itself: the contract's default sends it whole). A sink that
+//! pipelines is handed the next batch while earlier ones still await their confirmations, up
+//! to its depth; after any failure the worker confirms everything in flight, then delivers
+//! the leftovers in journal order, unpipelined, before it submits anything new.
 //!
 //! The worker's log lines, and those of the sink it drives, carry the `sink` span the relay
 //! runs it in.
@@ -121,7 +121,8 @@ struct Submitted {
     with_sink: bool,
 }
 
-/// The batches handed to the sink and not yet final, oldest first.
+/// The batches read and not yet final, oldest first: those handed to the sink, and those
+/// with no events for it, which wait for the batches before them.
 #[derive(Default)]
 struct Pipeline {
     batches: VecDeque<Submitted>,
@@ -257,7 +258,11 @@ impl<S: Sink> SinkWorker<S> {
         while let Err(error) = self.sink.open(self.cursor.sink_state.clone()).await {
             self.stats.failed(error.kind, format!("cannot open: {}", error.report()));
             let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
-            warn!(kind = ?error.kind, "cannot open sink: {}; retrying in {delay:.1?}", error.report());
+            warn!(
+                error_kind = error.kind.name(),
+                "cannot open sink: {}; retrying in {delay:.1?}",
+                error.report()
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(delay) => {}
@@ -361,9 +366,9 @@ impl<S: Sink> SinkWorker<S> {
     }
 
     /// Hands `batch` to the sink. A batch in flight joins the pipeline; a batch the sink
-    /// settled at once (every batch of an unpipelined sink; a deferred or failed one of a
-    /// pipelined sink) is delivered to the end, after everything in flight, and the cursor
-    /// saved past it.
+    /// settled at once (in `submit` itself, as unpipelined sinks do, or deferred or failed
+    /// before it was sent) is delivered to the end, after everything in flight, and the
+    /// cursor saved past it.
     async fn submit(
         &mut self,
         batch: Batch,
@@ -387,6 +392,7 @@ impl<S: Sink> SinkWorker<S> {
                 let Batch { events, last_seq, last_index } = batch;
                 let mut attempt = Attempt::default();
                 self.confirm_all(pipeline, &mut attempt).await;
+                self.show_pipeline(pipeline);
                 attempt.merge(self.judge(events, outcomes));
                 self.deliver(attempt, shutdown).await?;
                 self.cursor.pass_batch(last_seq, last_index)?;
@@ -472,7 +478,7 @@ impl<S: Sink> SinkWorker<S> {
                         topic = %event.topic,
                         r#type = %event.event_type,
                         key = %event.key,
-                        kind = ?error.kind,
+                        error_kind = error.kind.name(),
                         "the destination refused this event for good; it is counted as rejected and skipped: {}",
                         error.report()
                     );
@@ -556,7 +562,11 @@ impl<S: Sink> SinkWorker<S> {
     ) -> Result<(), Interrupted> {
         add(&self.stats.retried, pending as u64);
         self.stats.failed(reason.kind, reason.report());
-        warn!(kind = ?reason.kind, "{pending} events not delivered: {}; retrying in {delay:.1?}", reason.report());
+        warn!(
+            error_kind = reason.kind.name(),
+            "{pending} events not delivered: {}; retrying in {delay:.1?}",
+            reason.report()
+        );
         tokio::select! {
             _ = shutdown.cancelled() => Err(Interrupted::Shutdown { first_pending }),
             _ = tokio::time::sleep(delay) => Ok(()),

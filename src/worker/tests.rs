@@ -205,6 +205,23 @@ async fn a_failure_in_the_pipeline_confirms_everything_in_flight_then_resends_in
 }
 
 #[tokio::test]
+async fn a_batch_settled_at_submit_waits_for_the_batches_in_flight_before_it() {
+    let journal = journal(8).await;
+    let (sink, script) = ScriptedSink::new(2);
+    // Batch 1 goes in flight; batch 2 is deferred at once (as the Kafka sink defers a batch
+    // for a new topic): batch 1 is confirmed first, and the cursor saved past it, with the
+    // state after it, before batch 2 is sent again.
+    script.then_on_submit([Answer::InFlight, Answer::Defer]);
+    run_to_end(journal.worker(sink, 4, None), 8).await;
+    assert_eq!(
+        script.calls(),
+        [call(Submit, 1..=4), call(Submit, 5..=8), call(Confirm, 1..=4), call(Sent, 5..=8)]
+    );
+    assert_eq!(script.delivered(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(journal.saved(), (9, 8));
+}
+
+#[tokio::test]
 async fn the_pipeline_runs_empty_at_least_every_drain_every_batches() {
     let journal = journal(60).await;
     let (sink, script) = ScriptedSink::new(2);
@@ -254,12 +271,15 @@ async fn shutdown_during_a_retry_saves_the_cursor_at_the_first_undelivered_event
 async fn the_saved_cursor_never_moves_backwards() {
     let journal = journal(40).await;
     let (sink, script) = ScriptedSink::new(2);
+    // Batches of 3, two deep: batch 2 (events 4-6) defers one event and fails another while
+    // batch 3 (7-9) is in flight and fails; the five left over (4, 6, 7, 8, 9) are deferred
+    // once more, then three of them fail again.
     script.then([
         Answer::Deliver,
         Answer::Each(vec![Kind::Deferred, Kind::Delivered, Kind::Retry]),
         Answer::Fail,
         Answer::Defer,
-        Answer::Each(vec![Kind::Retry, Kind::Delivered, Kind::Delivered]),
+        Answer::Each(vec![Kind::Retry, Kind::Delivered, Kind::Retry, Kind::Delivered, Kind::Retry]),
     ]);
     let path = cursor::cursor_path(&journal.data_dir(), "test");
     let watching = Arc::new(AtomicBool::new(true));
@@ -273,6 +293,7 @@ async fn the_saved_cursor_never_moves_backwards() {
                 {
                     seen.push(cursor.next_seq());
                 }
+                std::thread::sleep(Duration::from_micros(200));
             }
             seen
         }

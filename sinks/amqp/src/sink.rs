@@ -337,11 +337,10 @@ impl Sink for AmqpSink {
             // Confirms can no longer be trusted on this channel: start afresh next time.
             self.channel = None;
         }
-        let outcomes: Vec<Outcome> = outcomes
+        outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no confirm"))))
-            .collect();
-        outcomes
+            .collect()
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

@@ -5,9 +5,10 @@
 //!
 //! The relay owns ordering, durability of its input and the cursor; a sink owns the broker.
 //! The relay calls [`Sink::open`] once with the state the sink asked to keep at the last
-//! checkpoint, then calls [`Sink::send`] with batches of envelopes in journal order, never
-//! concurrently. For every envelope of a batch, `send` returns exactly one [`Outcome`], in the
-//! same order:
+//! checkpoint, then hands it batches of envelopes in journal order, never concurrently: with
+//! [`Sink::submit`] (whose default sends the batch whole with [`Sink::send`]), and with
+//! `send` for what it sends again. For every envelope of a batch, the sink gives exactly one
+//! [`Outcome`], in the same order:
 //!
 //! - [`Outcome::Delivered`]: the broker has confirmed the event as durably as the sink's
 //!   [`Guarantee`] says (a Kafka delivery report with `acks=all`, a JetStream PubAck, an AMQP
@@ -50,7 +51,8 @@
 //!
 //! - `submit` either returns [`Submission::InFlight`] (the batch is with the broker client;
 //!   its outcomes come from `confirm`) or [`Submission::Done`] with one outcome per event
-//!   (the sink decided without waiting for the broker: deferred, or failed before sending).
+//!   (settled in `submit` itself: the default's whole send, a deferral, a failure before
+//!   sending).
 //! - The cursor moves only past batches whose events are all delivered or rejected, and
 //!   [`Sink::checkpoint_state`] is saved with it while later batches are still in flight: the
 //!   state must therefore be valid for a cursor at the first event of any batch not yet
@@ -87,8 +89,8 @@ pub const DRAIN_EVERY: usize = 8;
 pub enum Submission {
     /// The batch is with the broker client; [`Sink::confirm`] gives its outcomes.
     InFlight,
-    /// Decided without the broker (deferred, or failed before it was sent): one outcome per
-    /// event, in order. [`Sink::confirm`] is not called for this batch.
+    /// Settled in `submit` itself (sent whole and confirmed, deferred, or failed before it was
+    /// sent): one outcome per event, in order. [`Sink::confirm`] is not called for this batch.
     Done(Vec<Outcome>),
 }
 
@@ -161,6 +163,19 @@ pub enum SinkErrorKind {
     Other,
 }
 
+impl SinkErrorKind {
+    /// The kind in lower case, as logs and metric labels show it (`unavailable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkErrorKind::Unavailable => "unavailable",
+            SinkErrorKind::Refused => "refused",
+            SinkErrorKind::Io => "io",
+            SinkErrorKind::Config => "config",
+            SinkErrorKind::Other => "other",
+        }
+    }
+}
+
 /// An error from a sink: a kind to match on, a message for the operator, and the cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -219,13 +234,13 @@ pub trait Sink: Send {
     fn send(&mut self, batch: &[Envelope]) -> impl Future<Output = Vec<Outcome>> + Send;
 
     /// How many batches may be submitted and awaiting their outcomes at once. With the
-    /// default, 1, the relay only ever calls [`Sink::send`].
+    /// default, 1, the next batch is read only once the last one is final.
     fn pipeline_depth(&self) -> usize {
         1
     }
 
-    /// Hands a batch to the broker without waiting for its confirmations (only called when
-    /// [`Sink::pipeline_depth`] is above 1). The default sends it whole.
+    /// Hands a batch to the broker, without waiting for its confirmations if the sink
+    /// pipelines. The default sends it whole.
     fn submit(&mut self, batch: &[Envelope]) -> impl Future<Output = Submission> + Send {
         async move { Submission::Done(self.send(batch).await) }
     }

@@ -2,11 +2,18 @@
 //! without a broker. Enabled by the `test-util` feature.
 //!
 //! Each call that returns outcomes ([`Sink::send`], [`Sink::confirm`]) takes the next
-//! [`Answer`] from the script (delivering everything once the script is empty), and every
-//! call is recorded as a [`Call`] with the journal positions of its events, so a test can
-//! check what the driver sent, in what order, and what it did after each answer. The
-//! checkpoint state it reports counts the events it has delivered, so a test can see which
-//! state was saved with which cursor.
+//! [`Answer`] from the script (delivering everything once the script is empty); a pipelined
+//! sink's [`Sink::submit`] takes the next answer of its own script, if any, to settle the
+//! batch at once (`Submission::Done`), and otherwise keeps it in flight. Every call is
+//! recorded as a [`Call`] with the journal positions of its events, so a test can check what
+//! the driver sent, in what order, and what it did after each answer. The checkpoint state
+//! it reports counts the events it has delivered, so a test can see which state was saved
+//! with which cursor.
+//!
+//! A driver that breaks the contract (a `send` while batches are in flight, a `confirm` of
+//! another batch than the oldest) and a script that does not fit its batch (an
+//! [`Answer::Each`] of another length) panic, so a test cannot pass by the sink quietly
+//! recovering from them.
 
 use crate::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission};
 use std::collections::VecDeque;
@@ -27,6 +34,8 @@ pub enum Answer {
     Count(usize),
     /// Never answers (a broker that hangs), until the future is dropped.
     Hang,
+    /// For `submit` only: the batch stays in flight, as without a submit answer.
+    InFlight,
 }
 
 /// One outcome, for [`Answer::Each`].
@@ -68,6 +77,7 @@ pub struct Call {
 #[derive(Clone, Default)]
 pub struct Script {
     answers: Arc<Mutex<VecDeque<Answer>>>,
+    submit_answers: Arc<Mutex<VecDeque<Answer>>>,
     calls: Arc<Mutex<Vec<Call>>>,
     delivered: Arc<Mutex<Vec<u64>>>,
 }
@@ -76,6 +86,13 @@ impl Script {
     /// Adds answers, in the order they are to be given.
     pub fn then(&self, answers: impl IntoIterator<Item = Answer>) -> &Script {
         lock(&self.answers).extend(answers);
+        self
+    }
+
+    /// Adds answers for `submit` calls of a pipelined sink: each settles one submitted
+    /// batch at once instead of keeping it in flight.
+    pub fn then_on_submit(&self, answers: impl IntoIterator<Item = Answer>) -> &Script {
+        lock(&self.submit_answers).extend(answers);
         self
     }
 
@@ -112,13 +129,26 @@ impl ScriptedSink {
 
     async fn answer(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         let answer = lock(&self.script.answers).pop_front().unwrap_or(Answer::Deliver);
+        self.apply(answer, batch).await
+    }
+
+    async fn apply(&mut self, answer: Answer, batch: &[Envelope]) -> Vec<Outcome> {
         let kinds = match answer {
             Answer::Deliver => vec![Kind::Delivered; batch.len()],
             Answer::Fail => vec![Kind::Retry; batch.len()],
             Answer::Defer => vec![Kind::Deferred; batch.len()],
-            Answer::Each(kinds) => kinds,
+            Answer::Each(kinds) => {
+                assert_eq!(
+                    kinds.len(),
+                    batch.len(),
+                    "the script answers {kinds:?} for a batch of {}",
+                    batch.len()
+                );
+                kinds
+            }
             Answer::Count(count) => vec![Kind::Delivered; count],
             Answer::Hang => std::future::pending().await,
+            Answer::InFlight => panic!("Answer::InFlight answers a submit, not a send or confirm"),
         };
         let outcomes: Vec<Outcome> = kinds.iter().map(|kind| outcome(*kind)).collect();
         if outcomes.len() == batch.len() {
@@ -158,6 +188,7 @@ impl Sink for ScriptedSink {
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         self.record(Method::Send, batch);
+        assert!(self.in_flight.is_empty(), "send while {} batches are in flight", self.in_flight.len());
         self.answer(batch).await
     }
 
@@ -170,6 +201,10 @@ impl Sink for ScriptedSink {
             return Submission::Done(self.send(batch).await);
         }
         self.record(Method::Submit, batch);
+        let settled = lock(&self.script.submit_answers).pop_front();
+        if let Some(answer) = settled.filter(|a| !matches!(a, Answer::InFlight)) {
+            return Submission::Done(self.apply(answer, batch).await);
+        }
         self.in_flight.push_back(batch.iter().map(|e| e.seq).collect());
         Submission::InFlight
     }
@@ -178,13 +213,7 @@ impl Sink for ScriptedSink {
         self.record(Method::Confirm, batch);
         let oldest = self.in_flight.pop_front();
         let given: Vec<u64> = batch.iter().map(|e| e.seq).collect();
-        if oldest.as_ref() != Some(&given) {
-            let error = SinkError::new(
-                SinkErrorKind::Other,
-                format!("confirm of {given:?}, but the oldest batch in flight is {oldest:?}"),
-            );
-            return Outcome::retry_all(batch.len(), &error);
-        }
+        assert_eq!(oldest.as_ref(), Some(&given), "confirm of another batch than the oldest in flight");
         self.answer(batch).await
     }
 

@@ -227,15 +227,14 @@ impl NatsSink {
         while let Some((position, subject, ack)) = awaiting.pop_front() {
             outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
         }
-        let outcomes: Vec<Outcome> = outcomes
+        outcomes
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
                     Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no acknowledgement"))
                 })
             })
-            .collect();
-        outcomes
+            .collect()
     }
 
     async fn acknowledged(&self, event: &Envelope, subject: &str, ack: PublishAckFuture) -> Outcome {

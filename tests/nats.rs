@@ -325,3 +325,69 @@ async fn mutual_tls_to_nats() {
     assert!(relay.terminate().success());
     assert_eq!(message.payload, job(3, "web").events[0].to_json(3).as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_oldest_sink_behind_a_full_journal_skips_what_was_dropped_and_nobody_else_notices() {
+    let scratch = Scratch::new();
+    let mut server = OwnedServer::start(scratch.dir.path(), None);
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let (prefix, stream) = (unique("drop"), unique("DROP"));
+    let port = free_port();
+    let sink =
+        nats_sink(&server.url(), &prefix, &stream, "when_full = \"drop_oldest\"\nack_timeout = \"1s\"");
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[journal]\nmax_bytes = \"4MiB\"\nsegment_bytes = \"1MiB\"\n{sink}"
+    );
+    let config = scratch.config(&emulator.url(), "", &extra);
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(1_500.0),
+        total_events: Some(15_000),
+        seed: 33,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    eventually("some events in NATS", WAIT, || scratch.cursor_next("nats").filter(|n| *n > 500)).await;
+    let outage = relay.mark();
+    server.stop();
+    // NATS stays away until the full journal has dropped records the JetStream sink had not
+    // delivered (the file sink, `block`, keeps up and holds nothing back), and more after
+    // them, so the sink's reader is inside removed segments when NATS is back.
+    let dropping = "has not delivered";
+    let log = relay.wait_for_log_after(outage, dropping, Duration::from_secs(60)).await;
+    assert!(log.contains("sink `nats` (when_full = \"drop_oldest\")"), "{log}");
+    eventually("more segments dropped", Duration::from_secs(60), || {
+        (relay.log_since(outage).matches(dropping).count() >= 3).then_some(())
+    })
+    .await;
+    server.resume();
+    let dropped = "nomad_relay_sink_dropped_events_total{sink=\"nats\"}";
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("the JetStream sink past every event", Duration::from_secs(120), || {
+        assert!(relay.is_running(), "the relay exited: {}", relay.log());
+        scratch.cursor_next("nats").filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    eventually("every event in the file", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= expected.len()).then_some(())
+    })
+    .await;
+    assert!(relay.is_running(), "the relay kept running: {}", relay.log());
+    let dropped = support::endpoint::metric(port, dropped).unwrap();
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
+    // The stream holds every event but the dropped ones, each once, in order.
+    let stored = read_stream(&server.url(), &stream).await;
+    let position: HashMap<&str, usize> =
+        expected.iter().enumerate().map(|(n, line)| (line.as_str(), n)).collect();
+    let order: Vec<usize> = stored
+        .iter()
+        .map(|m| *position.get(m.payload.as_str()).unwrap_or_else(|| panic!("never sent: {}", m.payload)))
+        .collect();
+    assert_eq!(order.len() + dropped as usize, expected.len(), "stored plus dropped is everything");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order, nothing twice");
+    let log = relay.log();
+    assert!(log.contains("were removed from the full journal before this sink delivered them"), "{log}");
+    assert!(!log.contains("the worker of sink"), "no worker failed: {log}");
+}

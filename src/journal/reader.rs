@@ -61,9 +61,13 @@ impl JournalReader {
         let mut retried = false;
         while self.next_seq <= head && events.len() < max_events && bytes < max_bytes {
             if self.open.is_none()
-                && let Some(skipped) = self.position()?
+                && let Some(to) = self.position()?
             {
+                // Records next_seq..to were removed: said on a read of its own, so the events
+                // before the hole and the hole are never reported as one.
                 if events.is_empty() {
+                    let skipped = Read::Skipped { from: self.next_seq, to };
+                    self.next_seq = to;
                     return Ok(skipped);
                 }
                 break;
@@ -73,19 +77,12 @@ impl JournalReader {
             match open.reader.read_exact(&mut head_bytes) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    // This segment is finished; the next record starts the next segment.
+                    // This segment is finished; the next record starts the next segment,
+                    // which `position` finds, or reports removed by retention (a
+                    // `drop_oldest` sink's reader can be inside a segment retention already
+                    // removed: it reads on through its open file), or finds missing between
+                    // kept ones, which is damage.
                     self.open = None;
-                    let next = super::segment_path(&self.dir, self.next_seq);
-                    if !next.exists() {
-                        return Err(JournalError::Damaged {
-                            path: next,
-                            offset: 0,
-                            reason: format!(
-                                "record {} is missing: its segment does not exist",
-                                self.next_seq
-                            ),
-                        });
-                    }
                     continue;
                 }
                 Err(e) => return Err(io_error(&open.segment.path)(e)),
@@ -124,17 +121,14 @@ impl JournalReader {
         Ok(Read::Events(events))
     }
 
-    /// Opens the segment holding `next_seq` and seeks to it. Returns `Some(Skipped)` when the
-    /// record was removed by retention.
-    fn position(&mut self) -> Result<Option<Read>, JournalError> {
+    /// Opens the segment holding `next_seq` and seeks to it. Returns the oldest record kept
+    /// when `next_seq` was removed by retention (the reader does not move: the caller says
+    /// so first).
+    fn position(&mut self) -> Result<Option<u64>, JournalError> {
         let segments = list_segments(&self.dir)?;
         let Some(segment) = segments.iter().rev().find(|s| s.first_seq <= self.next_seq).cloned() else {
             return match segments.first() {
-                Some(oldest) => {
-                    let skipped = Read::Skipped { from: self.next_seq, to: oldest.first_seq };
-                    self.next_seq = oldest.first_seq;
-                    Ok(Some(skipped))
-                }
+                Some(oldest) => Ok(Some(oldest.first_seq)),
                 None => Err(JournalError::Damaged {
                     path: self.dir.clone(),
                     offset: 0,
@@ -149,13 +143,21 @@ impl JournalReader {
             Err(e) => return Err(io_error(&segment.path)(e)),
         };
         let mut reader = BufReader::with_capacity(256 << 10, file);
+        // A segment ends where the next one starts: a record past its end is not in it.
         match seek_to(&mut reader, &segment, self.next_seq)? {
-            Some(offset) => self.open = Some(Open { segment, reader, offset }),
-            None => {
+            Some(offset) if offset < segment.len => self.open = Some(Open { segment, reader, offset }),
+            _ => {
+                let reason = match segments.iter().find(|s| s.first_seq > self.next_seq) {
+                    Some(next) => format!(
+                        "record {} is missing: this segment ends before it and the next one starts at {}",
+                        self.next_seq, next.first_seq
+                    ),
+                    None => format!("record {} should be in this segment but it ends before", self.next_seq),
+                };
                 return Err(JournalError::Damaged {
                     path: segment.path.clone(),
                     offset: segment.len,
-                    reason: format!("record {} should be in this segment but it ends before", self.next_seq),
+                    reason,
                 });
             }
         }

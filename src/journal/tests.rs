@@ -266,3 +266,63 @@ async fn retention_never_takes_a_quiet_sources_checkpoint_with_it() {
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["us"].index, 299);
 }
+
+#[tokio::test]
+async fn a_reader_whose_segments_retention_removed_under_it_skips_to_the_oldest_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(4096, 1 << 30), Arc::default());
+    let mut head = 0;
+    for index in 1..=60u64 {
+        head = journal.write(vec![event(index, "a", 300)]).await;
+    }
+    journal.stop();
+    let segments = list_segments(dir.path()).expect("list");
+    assert!(segments.len() > 4, "small segments roll");
+    // A `drop_oldest` sink's reader is inside the first segment when retention removes it
+    // and the next one (the reader keeps the first open, and reads it to its end).
+    let mut reader = JournalReader::new(dir.path().to_owned(), 1);
+    let first = match reader.read(head, 2, 1 << 20).expect("read") {
+        Read::Events(events) => events,
+        Read::Skipped { .. } => panic!("nothing removed yet"),
+    };
+    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    fs::remove_file(&segments[0].path).expect("remove");
+    fs::remove_file(&segments[1].path).expect("remove");
+    let mut seqs = Vec::new();
+    let skipped = loop {
+        match reader.read(head, 100, 1 << 20).expect("no error: the records were removed, not damaged") {
+            Read::Events(events) => seqs.extend(events.iter().map(|e| e.seq)),
+            Read::Skipped { from, to } => break (from, to),
+        }
+    };
+    assert_eq!(seqs, (3..segments[1].first_seq).collect::<Vec<_>>(), "the open segment is read to its end");
+    assert_eq!(skipped, (segments[1].first_seq, segments[2].first_seq));
+    match reader.read(head, 1, 1 << 20).expect("read") {
+        Read::Events(events) => assert_eq!(events[0].seq, segments[2].first_seq),
+        Read::Skipped { from, to } => panic!("skipped again {from}..{to}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_segment_between_two_kept_ones_is_damage_not_a_skip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(4096, 1 << 30), Arc::default());
+    let mut head = 0;
+    for index in 1..=60u64 {
+        head = journal.write(vec![event(index, "a", 300)]).await;
+    }
+    journal.stop();
+    let segments = list_segments(dir.path()).expect("list");
+    fs::remove_file(&segments[1].path).expect("remove");
+    let mut reader = JournalReader::new(dir.path().to_owned(), 1);
+    let error = loop {
+        match reader.read(head, 100, 1 << 20) {
+            Ok(Read::Events(_)) => {}
+            Ok(Read::Skipped { from, to }) => {
+                panic!("records {from}..{to} skipped: retention never leaves a hole")
+            }
+            Err(error) => break error.to_string(),
+        }
+    };
+    assert!(error.contains(&format!("record {}", segments[1].first_seq)), "{error}");
+}

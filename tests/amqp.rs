@@ -265,3 +265,41 @@ async fn declared_topology_with_a_quorum_queue() {
     assert_eq!(received[0].body, job(3, "web").events[0].to_json(3));
     assert!(quorum && !classic, "the declared queue is a quorum queue (quorum {quorum}, classic {classic})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_rabbitmq_is_noticed_within_confirm_timeout_and_nothing_is_lost() {
+    let _ = shared_uri();
+    let name = unique("hang");
+    let topology = Topology::declare(&name, Some("#"), &[]).await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    emulator
+        .generator(GeneratorConfig {
+            rate: None,
+            total_events: Some(6_000),
+            seed: 43,
+            ..GeneratorConfig::default()
+        })
+        .run()
+        .await;
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let scratch = Scratch::new();
+    let uri = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let port = free_port();
+    let sink = amqp_sink(&uri, &topology.exchange, "confirm_timeout = \"2s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let mut relay = Relay::start(&config);
+    let took = time_until_a_hang_is_noticed(port, "rabbit", 200.0, || proxy.freeze()).await;
+    assert!(took < Duration::from_secs(6), "a hung RabbitMQ was noticed after {took:?} (confirm_timeout 2s)");
+    proxy.thaw();
+    eventually("everything delivered after the hang", Duration::from_secs(120), || {
+        scratch.cursor_next("rabbit").filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    let received = drain(&topology.queue, expected.len(), Duration::from_secs(3)).await;
+    assert!(relay.terminate().success());
+    topology.cleanup().await;
+    let bodies: HashSet<&str> = received.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(expected.iter().filter(|line| !bodies.contains(line.as_str())).count(), 0, "nothing lost");
+}

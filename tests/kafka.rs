@@ -215,3 +215,35 @@ async fn a_reserved_librdkafka_setting_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`sinks.kafka.librdkafka.\"enable.idempotence\"` cannot be set"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_kafka_is_noticed_within_delivery_timeout_and_nothing_is_lost_or_repeated() {
+    let scratch = Scratch::new();
+    let broker = OwnedTansu::start(scratch.dir.path()).await;
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    emulator
+        .generator(GeneratorConfig {
+            rate: None,
+            total_events: Some(8_000),
+            seed: 44,
+            ..GeneratorConfig::default()
+        })
+        .run()
+        .await;
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let prefix = unique("hang");
+    let port = free_port();
+    let sink = kafka_sink(&broker.brokers(), &prefix, "delivery_timeout = \"2s\"\nrequest_timeout = \"2s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let mut relay = Relay::start(&config);
+    let took = time_until_a_hang_is_noticed(port, "kafka", 200.0, || broker.proxy.freeze()).await;
+    assert!(took < Duration::from_secs(6), "a hung Kafka was noticed after {took:?} (delivery_timeout 2s)");
+    broker.proxy.thaw();
+    eventually("everything delivered after the hang", Duration::from_secs(120), || {
+        scratch.cursor_next("kafka").filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_exactly_once_in_key_order(&broker.brokers(), &prefix, &expected);
+}

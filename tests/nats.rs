@@ -391,3 +391,38 @@ async fn a_drop_oldest_sink_behind_a_full_journal_skips_what_was_dropped_and_nob
     assert!(log.contains("were removed from the full journal before this sink delivered them"), "{log}");
     assert!(!log.contains("the worker of sink"), "no worker failed: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_jetstream_is_noticed_within_ack_timeout_and_nothing_is_lost_or_repeated() {
+    let scratch = Scratch::new();
+    let server = OwnedServer::start(scratch.dir.path(), None);
+    let proxy = support::proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap()).await;
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    emulator
+        .generator(GeneratorConfig {
+            rate: None,
+            total_events: Some(8_000),
+            seed: 34,
+            ..GeneratorConfig::default()
+        })
+        .run()
+        .await;
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let (prefix, stream) = (unique("hang"), unique("HANG"));
+    let port = free_port();
+    let url = format!("nats://{}", proxy.addr);
+    let sink = nats_sink(&url, &prefix, &stream, "ack_timeout = \"2s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let mut relay = Relay::start(&config);
+    let took = time_until_a_hang_is_noticed(port, "nats", 200.0, || proxy.freeze()).await;
+    assert!(took < Duration::from_secs(6), "a hung JetStream was noticed after {took:?} (ack_timeout 2s)");
+    proxy.thaw();
+    eventually("everything delivered after the hang", Duration::from_secs(120), || {
+        scratch.cursor_next("nats").filter(|n| *n as usize > expected.len())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let stored = read_stream(&server.url(), &stream).await;
+    assert_exactly_once_in_subject_order(&stored, &expected, &expected_ids(&emulator.published()), &prefix);
+}

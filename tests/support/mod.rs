@@ -423,3 +423,23 @@ pub fn expected_ids(published: &[Batch]) -> Vec<(String, String)> {
     }
     ids
 }
+
+/// Freezes a sink's broker (`freeze`) at the moment the sink has at least `at_least` events
+/// handed over and unconfirmed, and returns how long the relay took to report the sink
+/// unhealthy: one deadline for the whole batch bounds it by the sink's timeout, where a
+/// timeout per message awaited in turn would multiply it by the events in flight.
+pub async fn time_until_a_hang_is_noticed(
+    port: u16,
+    sink: &str,
+    at_least: f64,
+    freeze: impl FnOnce(),
+) -> Duration {
+    let series = format!("nomad_relay_sink_in_flight_events{{sink=\"{sink}\"}}");
+    let in_flight =
+        endpoint::wait_for_metric(port, &series, Duration::from_secs(60), move |n| n >= at_least).await;
+    assert!(in_flight.is_some(), "sink `{sink}` never had {at_least} events in flight");
+    freeze();
+    let frozen_at = Instant::now();
+    endpoint::wait_until_unhealthy(port, sink, Duration::from_secs(120)).await;
+    frozen_at.elapsed()
+}

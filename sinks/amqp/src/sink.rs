@@ -12,6 +12,7 @@ use lapin::{Confirmation, PublisherConfirm};
 use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Template};
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// The RabbitMQ sink.
@@ -204,9 +205,10 @@ impl AmqpSink {
         event: &Envelope,
         routing_key: &str,
         confirm: PublisherConfirm,
+        due: Instant,
     ) -> (Outcome, bool) {
         let exchange = &self.config.exchange;
-        match tokio::time::timeout(self.config.confirm_timeout.0, confirm).await {
+        match tokio::time::timeout_at(due, confirm).await {
             Err(_) => (
                 Outcome::Retry(SinkError::new(
                     SinkErrorKind::Unavailable,
@@ -302,12 +304,17 @@ impl Sink for AmqpSink {
             );
         };
         let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-        let mut in_flight: VecDeque<(usize, String, PublisherConfirm)> = VecDeque::new();
+        let mut in_flight: VecDeque<(usize, String, PublisherConfirm, Instant)> = VecDeque::new();
         let mut healthy = true;
         for (position, event) in batch.iter().enumerate() {
             let routing_key = self.routing_key.render(event);
             match Self::publish(&channel, &self.config.exchange, &routing_key, event, None).await {
-                Ok(confirm) => in_flight.push_back((position, routing_key, confirm)),
+                // Each confirm is due `confirm_timeout` after its publish, so confirms waited
+                // for in turn do not add their timeouts up.
+                Ok(confirm) => {
+                    let due = Instant::now() + self.config.confirm_timeout.0;
+                    in_flight.push_back((position, routing_key, confirm, due))
+                }
                 Err(e) => {
                     // The channel is gone: this and every later event of the batch are retried.
                     healthy = false;
@@ -321,15 +328,15 @@ impl Sink for AmqpSink {
                 }
             }
             while in_flight.len() >= self.config.max_in_flight {
-                if let Some((position, key, confirm)) = in_flight.pop_front() {
-                    let (outcome, ok) = self.confirmed(&batch[position], &key, confirm).await;
+                if let Some((position, key, confirm, due)) = in_flight.pop_front() {
+                    let (outcome, ok) = self.confirmed(&batch[position], &key, confirm, due).await;
                     healthy &= ok;
                     outcomes[position] = Some(outcome);
                 }
             }
         }
-        while let Some((position, key, confirm)) = in_flight.pop_front() {
-            let (outcome, ok) = self.confirmed(&batch[position], &key, confirm).await;
+        while let Some((position, key, confirm, due)) = in_flight.pop_front() {
+            let (outcome, ok) = self.confirmed(&batch[position], &key, confirm, due).await;
             healthy &= ok;
             outcomes[position] = Some(outcome);
         }

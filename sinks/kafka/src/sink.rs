@@ -17,6 +17,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, 
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Batches the sink may have handed to the producer before the oldest is confirmed: one
@@ -309,7 +310,14 @@ impl KafkaSink {
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    submitted.pending.push_back(PendingRecord { position, seq: event.seq, id, delivery });
+                    let due = Instant::now() + self.config.delivery_timeout.0;
+                    submitted.pending.push_back(PendingRecord {
+                        position,
+                        seq: event.seq,
+                        id,
+                        delivery,
+                        due,
+                    });
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -494,9 +502,8 @@ impl KafkaSink {
     }
 
     async fn await_delivery(&mut self, record: PendingRecord, topic: &str) -> Report {
-        let timeout = self.config.delivery_timeout.0;
         let mut record = record;
-        let outcome = match tokio::time::timeout(timeout, &mut record.delivery).await {
+        let outcome = match tokio::time::timeout_at(record.due, &mut record.delivery).await {
             Ok(Ok(Ok(delivered))) => {
                 self.progress.delivered(topic, delivered.partition, delivered.offset);
                 Outcome::Delivered
@@ -549,6 +556,9 @@ struct PendingRecord {
     /// Its event's id.
     id: String,
     delivery: DeliveryFuture,
+    /// When its report is due: `delivery_timeout` after it was handed over (one deadline per
+    /// record from its hand-over, so reports waited for in turn do not add their timeouts up).
+    due: Instant,
 }
 
 /// A record whose delivery report had not come when its batch returned.

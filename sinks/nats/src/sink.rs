@@ -10,6 +10,7 @@ use nomad_relay_sink_api::{
     Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
 use std::collections::VecDeque;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// The NATS sink.
@@ -27,8 +28,10 @@ struct PublishedBatch {
     /// Per event, the outcome known so far.
     outcomes: Vec<Option<Outcome>>,
     /// Per message published and not yet acknowledged: its event's position, its subject,
-    /// and the PubAck to come.
-    awaiting: VecDeque<(usize, String, PublishAckFuture)>,
+    /// the PubAck to come, and when it is due (`ack_timeout` after the publish: one deadline
+    /// per message from its publish, so messages waited for in turn do not add their
+    /// timeouts up).
+    awaiting: VecDeque<(usize, String, PublishAckFuture, Instant)>,
 }
 
 /// JetStream batches the sink may have published before the oldest is acknowledged.
@@ -195,16 +198,19 @@ impl NatsSink {
                 .headers(Self::headers(event))
                 .message_id(event.id.to_string());
             match context.send_publish(subject.clone(), message).await {
-                Ok(ack) => submitted.awaiting.push_back((position, subject, ack)),
+                Ok(ack) => {
+                    let due = Instant::now() + self.config.ack_timeout.0;
+                    submitted.awaiting.push_back((position, subject, ack, due))
+                }
                 Err(e) => {
                     submitted.outcomes[position] =
                         Some(self.failed(event, &subject, e.kind(), e.to_string()).await)
                 }
             }
             while submitted.awaiting.len() >= self.config.max_in_flight {
-                if let Some((position, subject, ack)) = submitted.awaiting.pop_front() {
+                if let Some((position, subject, ack, due)) = submitted.awaiting.pop_front() {
                     submitted.outcomes[position] =
-                        Some(self.acknowledged(&batch[position], &subject, ack).await);
+                        Some(self.acknowledged(&batch[position], &subject, ack, due).await);
                 }
             }
         }
@@ -224,8 +230,8 @@ impl NatsSink {
             );
             return Outcome::retry_all(batch.len(), &error);
         };
-        while let Some((position, subject, ack)) = awaiting.pop_front() {
-            outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack).await);
+        while let Some((position, subject, ack, due)) = awaiting.pop_front() {
+            outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack, due).await);
         }
         outcomes
             .into_iter()
@@ -237,8 +243,23 @@ impl NatsSink {
             .collect()
     }
 
-    async fn acknowledged(&self, event: &Envelope, subject: &str, ack: PublishAckFuture) -> Outcome {
-        match ack.await {
+    async fn acknowledged(
+        &self,
+        event: &Envelope,
+        subject: &str,
+        ack: PublishAckFuture,
+        due: Instant,
+    ) -> Outcome {
+        let Ok(acked) = tokio::time::timeout_at(due, ack).await else {
+            return Outcome::Retry(SinkError::new(
+                SinkErrorKind::Unavailable,
+                format!(
+                    "JetStream did not acknowledge {subject} within ack_timeout ({:?})",
+                    self.config.ack_timeout.0
+                ),
+            ));
+        };
+        match acked {
             // The stream already stored this Nats-Msg-Id inside its duplicate window.
             Ok(ack) if ack.duplicate => Outcome::Duplicate,
             Ok(_) => Outcome::Delivered,

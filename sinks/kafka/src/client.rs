@@ -85,6 +85,10 @@ pub fn reader(config: &KafkaSinkConfig) -> Result<BaseConsumer<LogContext>, Sink
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
+        // The sink's own records must be seen wherever they are: a consumer reading only
+        // committed records stops at another producer's open transaction, and the sink would
+        // write again what is already after it.
+        .set("isolation.level", "read_uncommitted")
         // A fetch at a partition's end otherwise waits 500 ms for new records, once per
         // partition read, which made a restart's tail check take seconds.
         .set("fetch.wait.max.ms", "10")

@@ -119,9 +119,7 @@ impl KafkaSink {
             let reader = client::reader(&config)?;
             let mut layouts = BTreeMap::new();
             for (name, _) in &known {
-                let layout =
-                    client::describe_topic(reader.client(), name, config.request_timeout.0, &brokers)?;
-                layouts.insert(name.clone(), layout);
+                layouts.insert(name.clone(), describe_known_topic(reader.client(), name, &config, &brokers)?);
             }
             drop(reader);
             let from: BTreeMap<String, BTreeMap<i32, i64>> = saved
@@ -665,6 +663,30 @@ fn find_or_create_topic(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Describes a topic the sink has written to; `None` only when it is really gone: a
+/// broker's metadata can call a topic unknown for a moment (one that has not caught up after
+/// a leader change), and forgetting a topic drops its saved offsets and the records found in
+/// it, so an absent topic is looked up again, [`GONE_LOOKUPS`] times over about two seconds.
+fn describe_known_topic<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    name: &str,
+    config: &KafkaSinkConfig,
+    brokers: &str,
+) -> Result<Option<client::TopicLayout>, SinkError> {
+    for lookup in 1..=GONE_LOOKUPS {
+        if let Some(layout) = client::describe_topic(client, name, config.request_timeout.0, brokers)? {
+            return Ok(Some(layout));
+        }
+        if lookup < GONE_LOOKUPS {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    Ok(None)
+}
+
+/// Metadata lookups that must all miss a known topic before it counts as gone.
+const GONE_LOOKUPS: u32 = 5;
 
 /// Runs blocking librdkafka work off the async runtime.
 async fn blocking<T: Send + 'static>(

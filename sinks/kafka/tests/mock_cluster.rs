@@ -98,3 +98,30 @@ async fn records_still_in_flight_at_the_timeout_are_waited_for_not_sent_again() 
     deliver_with_retries(&mut sink, &batch, 10).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=15);
 }
+
+#[tokio::test]
+async fn a_topic_briefly_unknown_to_the_metadata_is_not_forgotten() {
+    let topic = unique("mock-unknown");
+    let (mock, brokers) = cluster(&topic, 2);
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &events(1, 10)).await;
+    let saved = sink.checkpoint_state();
+    // The next batch is written, and the relay dies before its cursor moves.
+    let batch = events(11, 10);
+    assert!(sink.send(&batch).await.iter().all(|o| matches!(o, Outcome::Delivered)));
+    drop(sink);
+    // On the restart the brokers' metadata says, for a moment, that the topic is unknown (as
+    // a broker that has not caught up after a leader change can).
+    mock.topic_error(&topic, RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).expect("error");
+    let mut restarted = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
+    let clearing = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        mock.topic_error(&topic, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).expect("clear");
+    };
+    let (opened, ()) = tokio::join!(restarted.open(saved), clearing);
+    opened.expect("open");
+    let outcomes = restarted.send(&batch).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Duplicate)), "{outcomes:?}");
+    assert_exactly_once(&read_all(&brokers, &topic), 1..=20);
+}

@@ -236,3 +236,40 @@ async fn compressed_batches_are_written_and_read_back() {
     assert!(restarted.send(&events(31, 10)).await.iter().all(Outcome::is_delivered));
     assert_exactly_once(&read_all(&brokers, &topic), 1..=40);
 }
+
+#[tokio::test]
+async fn the_tail_read_sees_the_sinks_records_behind_another_producers_open_transaction() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let brokers = tansu();
+    let topic = unique("kafka-open-txn");
+    let mut sink = KafkaSink::new(config(&brokers, &topic, 1)).expect("sink");
+    sink.open(None).await.expect("open");
+    let batch = events(1, 10);
+    // The first send defers (the new topic's offsets are saved first): that is the state a
+    // crash returns to.
+    assert!(sink.send(&batch).await.iter().all(|o| matches!(o, Outcome::Deferred)));
+    let saved = sink.checkpoint_state();
+    // Another producer opens a transaction on the same partition and leaves it open.
+    let other: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("transactional.id", unique("other-producer"))
+        .create()
+        .expect("transactional producer");
+    other.init_transactions(Duration::from_secs(10)).expect("init transactions");
+    other.begin_transaction().expect("begin");
+    other.send(BaseRecord::to(&topic).partition(0).payload("uncommitted").key("x")).expect("send");
+    other.flush(Duration::from_secs(10)).expect("flush");
+    // The sink's records land after it; the relay dies before its cursor moves.
+    assert!(sink.send(&batch).await.iter().all(|o| matches!(o, Outcome::Delivered)));
+    drop(sink);
+    // A consumer reading only committed records stops at the open transaction and cannot see
+    // them: the restarted sink must read past it, or it writes them a second time.
+    let mut restarted = KafkaSink::new(config(&brokers, &topic, 1)).expect("sink");
+    restarted.open(saved).await.expect("open");
+    let outcomes = restarted.send(&batch).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Duplicate)), "{outcomes:?}");
+    let records: Vec<_> =
+        read_all(&brokers, &topic).into_iter().filter(|r| r.value != "uncommitted").collect();
+    assert_exactly_once(&records, 1..=10);
+    drop(other);
+}

@@ -120,6 +120,8 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Record> {
         .set("group.id", unique("test-reader"))
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
+        // Everything the topic holds, also behind another producer's open transaction.
+        .set("isolation.level", "read_uncommitted")
         .create()
         .expect("consumer");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");

@@ -90,10 +90,14 @@ impl JournalWriter {
     /// Writes batches from `batches` until every sender is gone.
     pub fn run(mut self, mut batches: mpsc::Receiver<Handoff>) {
         let mut encoded = Vec::with_capacity(1 << 20);
+        // A group is written whole, also into a journal of one segment: it is no larger than a
+        // segment, so the journal keeps within `max_bytes` plus a segment.
+        let group_bytes =
+            GROUP_BYTES.min(usize::try_from(self.config.segment_bytes.0).unwrap_or(GROUP_BYTES));
         while let Some(first) = batches.blocking_recv() {
             let mut size: usize = first.events.iter().map(|e| e.raw.len()).sum();
             let mut group = vec![first];
-            while size < GROUP_BYTES {
+            while size < group_bytes {
                 match batches.try_recv() {
                     Ok(batch) => {
                         size += batch.events.iter().map(|e| e.raw.len()).sum::<usize>();
@@ -102,7 +106,6 @@ impl JournalWriter {
                     Err(_) => break,
                 }
             }
-            self.wait_for_room(size as u64);
             encoded.clear();
             let mut seq = self.next_seq;
             let mut written = Vec::with_capacity(group.iter().map(|h| h.events.len()).sum());
@@ -115,7 +118,13 @@ impl JournalWriter {
                     Err(e) => error!("journal: dropping event {}: {e}", event.id),
                 }
             }
-            if written.is_empty() || !self.append(&encoded) {
+            if written.is_empty() {
+                continue;
+            }
+            // Room for the records as written (headers and identity fields included), so the
+            // journal stays within `max_bytes`.
+            self.wait_for_room(encoded.len() as u64);
+            if !self.append(&encoded) {
                 continue;
             }
             for event in written {

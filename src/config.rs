@@ -354,6 +354,10 @@ pub struct JournalConfig {
     pub max_age: HumanDuration,
     /// Size at which a journal segment file is closed and a new one started.
     pub segment_bytes: ByteSize,
+    /// Most bytes of received events (their JSON) held in memory on their way to the journal
+    /// (a single line larger than that still passes, alone). While it is full the relay reads
+    /// no more from Nomad.
+    pub buffer_bytes: ByteSize,
 }
 
 impl Default for JournalConfig {
@@ -362,6 +366,7 @@ impl Default for JournalConfig {
             max_bytes: ByteSize(2 << 30),
             max_age: HumanDuration(Duration::from_secs(24 * 3600)),
             segment_bytes: ByteSize(64 << 20),
+            buffer_bytes: ByteSize(64 << 20),
         }
     }
 }
@@ -371,6 +376,11 @@ impl JournalConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.segment_bytes.0 < 4096 {
             return Err(ConfigError("`journal.segment_bytes`: must be at least 4KiB".into()));
+        }
+        if self.buffer_bytes.0 < 1 << 20 || self.buffer_bytes.0 > u64::from(u32::MAX) {
+            return Err(ConfigError(
+                "`journal.buffer_bytes`: must be between 1MiB and 4GiB (default 64MiB)".into(),
+            ));
         }
         if self.max_bytes.0 < self.segment_bytes.0.saturating_mul(2) {
             return Err(ConfigError(format!(
@@ -405,6 +415,9 @@ pub struct CommonSinkConfig {
     pub retry_min_delay: HumanDuration,
     /// Longest delay between re-sends (retries never stop).
     pub retry_max_delay: HumanDuration,
+    /// Most bytes of events (their JSON) in one batch, besides `batch_size` events; a single
+    /// larger event still goes, alone.
+    pub batch_bytes: ByteSize,
 }
 
 impl Default for CommonSinkConfig {
@@ -414,6 +427,7 @@ impl Default for CommonSinkConfig {
             batch_size: 1000,
             retry_min_delay: HumanDuration(Duration::from_millis(200)),
             retry_max_delay: HumanDuration(Duration::from_secs(30)),
+            batch_bytes: ByteSize(16 << 20),
         }
     }
 }
@@ -429,6 +443,11 @@ impl CommonSinkConfig {
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
         if self.batch_size == 0 {
             return Err(ConfigError(format!("`sinks.{name}.batch_size`: must be at least 1")));
+        }
+        if self.batch_bytes.0 < 64 << 10 {
+            return Err(ConfigError(format!(
+                "`sinks.{name}.batch_bytes`: must be at least 64KiB (default 16MiB)"
+            )));
         }
         Ok(())
     }
@@ -726,7 +745,7 @@ mod tests {
     fn the_common_sink_keys_are_the_structs_fields() {
         assert_eq!(
             CommonSinkConfig::keys(),
-            ["when_full", "batch_size", "retry_min_delay", "retry_max_delay"]
+            ["when_full", "batch_size", "retry_min_delay", "retry_max_delay", "batch_bytes"]
         );
         // A common key is taken out of the sink's table before its kind's own settings are
         // read, so `deny_unknown_fields` there does not refuse it.

@@ -15,7 +15,10 @@ use tracing_subscriber::EnvFilter;
 /// jemalloc rather than glibc's malloc. Events are allocated on one thread and freed on
 /// another (source, journal writer, blocking readers, sink tasks); glibc keeps such memory in
 /// per-thread arenas it rarely gives back, so a relay holding a backlog kept growing with
-/// only a few megabytes in use (see BENCHMARKS.md, "A sink down for 10 minutes").
+/// only a few megabytes in use (see BENCHMARKS.md, "A sink down for 10 minutes"). Building
+/// without the default `jemalloc` feature uses the system allocator, which heap profilers
+/// such as heaptrack can follow.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -25,9 +25,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// Bytes of received events that may wait for the journal writer.
-const HANDOFF_BYTES: u32 = 64 << 20;
-
 /// Why the relay could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -143,7 +140,8 @@ impl Running {
             stopping.clone(),
         )?;
         // Bounded in lines and bytes; the writer takes every waiting line in one write.
-        let (events_tx, events_rx) = handoff(256, HANDOFF_BYTES);
+        let buffer_bytes = u32::try_from(config.journal.buffer_bytes.0).unwrap_or(u32::MAX);
+        let (events_tx, events_rx) = handoff(256, buffer_bytes);
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(events_rx))

@@ -39,9 +39,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Bytes read from the journal per batch, at most (besides `batch_size` events).
-const BATCH_BYTES: usize = 16 << 20;
-
 /// Everything a worker needs.
 pub struct SinkWorker<S: Sink = AnySink> {
     /// The sink's name.
@@ -213,14 +210,14 @@ impl Reader {
     }
 
     /// Up to `max_events` records up to `head`, read off the async runtime.
-    async fn read(&mut self, head: u64, max_events: usize) -> Result<Read, JournalError> {
+    async fn read(&mut self, head: u64, max_events: usize, max_bytes: usize) -> Result<Read, JournalError> {
         let failed =
             |e: String| JournalError::Io { path: self.dir.clone(), source: std::io::Error::other(e) };
         let Some(mut reader) = self.reader.take() else {
             return Err(failed("the journal reader was lost to an earlier failure".into()));
         };
         let (reader, read) = tokio::task::spawn_blocking(move || {
-            let read = reader.read(head, max_events, BATCH_BYTES);
+            let read = reader.read(head, max_events, max_bytes);
             (reader, read)
         })
         .await
@@ -331,7 +328,8 @@ impl<S: Sink> SinkWorker<S> {
             return Ok(None);
         }
         let head = *self.head.borrow();
-        Ok(Some(reader.read(head, self.settings.batch_size).await?))
+        let max_bytes = usize::try_from(self.settings.batch_bytes.0).unwrap_or(usize::MAX);
+        Ok(Some(reader.read(head, self.settings.batch_size, max_bytes).await?))
     }
 
     /// The events of a read that go to this sink, with where the read ends; `None` for an

@@ -38,6 +38,7 @@ fn config(segment: u64, max: u64) -> JournalConfig {
         max_bytes: ByteSize(max),
         max_age: HumanDuration(Duration::from_secs(3600)),
         segment_bytes: ByteSize(segment),
+        ..JournalConfig::default()
     }
 }
 

@@ -30,12 +30,14 @@ pub struct FileSink {
     file: Option<Arc<File>>,
     /// Length of the file after the last delivered batch.
     length: u64,
+    /// The lines of a batch, kept from batch to batch so its memory is not allocated anew.
+    buffer: Vec<u8>,
 }
 
 impl FileSink {
     /// A sink writing to `path` (opened by [`Sink::open`]).
     pub fn new(path: PathBuf) -> Self {
-        FileSink { path, file: None, length: 0 }
+        FileSink { path, file: None, length: 0, buffer: Vec::new() }
     }
 
     fn io_error(&self, what: &str, error: std::io::Error) -> SinkError {
@@ -104,22 +106,27 @@ impl Sink for FileSink {
         let Some(file) = self.file.clone() else {
             return retry_all(SinkError::new(SinkErrorKind::Io, "file not open"));
         };
-        let mut buffer = Vec::with_capacity(batch.iter().map(|e| e.raw.len() + 1).sum());
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
         for event in batch {
             buffer.extend_from_slice(&event.raw);
             buffer.push(b'\n');
         }
         let length = self.length;
         let written = buffer.len() as u64;
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let result = tokio::task::spawn_blocking(move || -> (std::io::Result<()>, Vec<u8>) {
             let result = (&*file).write_all(&buffer).and_then(|()| file.sync_data());
             if result.is_err() {
                 // Leave no partial batch behind: the whole batch is sent again.
                 let _ = file.set_len(length);
             }
-            result
+            (result, buffer)
         })
-        .await;
+        .await
+        .map(|(result, buffer)| {
+            self.buffer = buffer;
+            result
+        });
         match result {
             Ok(Ok(())) => {
                 self.length += written;

@@ -29,7 +29,11 @@ pub enum Piece {
 /// Incremental NDJSON line splitter with a line-length limit.
 #[derive(Debug)]
 pub struct LineSplitter {
-    buffer: BytesMut,
+    /// The line in progress, as slices of the chunks it arrived in (copied once, at exactly
+    /// its length, when it is complete: no buffer grows by doubling for a multi-MB line).
+    parts: Vec<Bytes>,
+    /// Bytes in `parts`.
+    pending: usize,
     max_line: usize,
     /// Set while discarding an over-long line: its length so far and its prefix.
     discarding: Option<(u64, Bytes)>,
@@ -38,7 +42,7 @@ pub struct LineSplitter {
 impl LineSplitter {
     /// A splitter that accepts lines of up to `max_line` bytes.
     pub fn new(max_line: usize) -> Self {
-        LineSplitter { buffer: BytesMut::new(), max_line, discarding: None }
+        LineSplitter { parts: Vec::new(), pending: 0, max_line, discarding: None }
     }
 
     /// Feeds one received chunk and appends every finished piece to `out`. A line that lies
@@ -66,28 +70,28 @@ impl LineSplitter {
             }
             match memchr(rest) {
                 Some(newline) => {
-                    let line_len = self.buffer.len() + newline;
+                    let line_len = self.pending + newline;
                     if line_len > self.max_line {
                         let length = line_len as u64;
                         let prefix = self.prefix_with(&rest[..newline]);
-                        self.buffer.clear();
+                        self.clear();
                         out.push(Piece::Oversized { length, prefix });
-                    } else if self.buffer.is_empty() {
+                    } else if self.parts.is_empty() {
                         out.push(Piece::Line(chunk.slice(at..at + newline)));
                     } else {
-                        self.buffer.extend_from_slice(&rest[..newline]);
-                        out.push(Piece::Line(self.buffer.split().freeze()));
+                        out.push(Piece::Line(self.assemble(&rest[..newline])));
                     }
                     at += newline + 1;
                 }
                 None => {
-                    if self.buffer.len() + rest.len() > self.max_line {
+                    if self.pending + rest.len() > self.max_line {
                         let prefix = self.prefix_with(rest);
-                        let length = (self.buffer.len() + rest.len()) as u64;
-                        self.buffer.clear();
+                        let length = (self.pending + rest.len()) as u64;
+                        self.clear();
                         self.discarding = Some((length, prefix));
                     } else {
-                        self.buffer.extend_from_slice(rest);
+                        self.pending += rest.len();
+                        self.parts.push(chunk.slice(at..));
                     }
                     return;
                 }
@@ -95,9 +99,28 @@ impl LineSplitter {
         }
     }
 
+    /// The line in progress followed by `last`, in one buffer of exactly its length.
+    fn assemble(&mut self, last: &[u8]) -> Bytes {
+        let mut line = BytesMut::with_capacity(self.pending + last.len());
+        for part in self.parts.drain(..) {
+            line.extend_from_slice(&part);
+        }
+        line.extend_from_slice(last);
+        self.pending = 0;
+        line.freeze()
+    }
+
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.pending = 0;
+    }
+
     fn prefix_with(&self, more: &[u8]) -> Bytes {
         let mut prefix = Vec::with_capacity(OVERSIZED_PREFIX);
-        prefix.extend_from_slice(&self.buffer[..self.buffer.len().min(OVERSIZED_PREFIX)]);
+        for part in &self.parts {
+            let wanted = OVERSIZED_PREFIX - prefix.len();
+            prefix.extend_from_slice(&part[..part.len().min(wanted)]);
+        }
         let wanted = OVERSIZED_PREFIX - prefix.len();
         prefix.extend_from_slice(&more[..more.len().min(wanted)]);
         Bytes::from(prefix)
@@ -107,12 +130,12 @@ impl LineSplitter {
     /// legacy Nomad appends its error text here) and resets the splitter.
     pub fn finish(&mut self) -> Bytes {
         self.discarding = None;
-        self.buffer.split().freeze()
+        self.assemble(&[])
     }
 
     /// Bytes held for the line in progress.
     pub fn pending(&self) -> usize {
-        self.buffer.len()
+        self.pending
     }
 }
 

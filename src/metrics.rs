@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub sinks: Vec<(String, Arc<SinkStats>)>,
     /// The journal directory (its size is read on each scrape).
     pub journal_dir: PathBuf,
+    /// The journal writer's counters.
+    pub journal: Arc<crate::journal::writer::JournalStats>,
     /// The journal's durable head (last record written).
     pub head: watch::Receiver<u64>,
     /// Set once shutdown has begun: the relay is no longer ready.
@@ -219,6 +221,26 @@ impl Telemetry {
         metric(&mut out, name, "gauge", "Bytes of journal segments on disk.", |out| {
             sample(out, name, &[], bytes);
         });
+        let name = "nomad_relay_journal_write_errors_total";
+        metric(
+            &mut out,
+            name,
+            "counter",
+            "Journal writes that failed (a full disk, an I/O error) and were retried.",
+            |out| {
+                sample(out, name, &[], self.journal.write_errors.load(Ordering::Relaxed));
+            },
+        );
+        let name = "nomad_relay_journal_blocked";
+        metric(
+            &mut out,
+            name,
+            "gauge",
+            "1 while the journal takes no events: full of undelivered ones, or writes failing.",
+            |out| {
+                sample(out, name, &[], u64::from(self.journal.blocked.load(Ordering::Relaxed)));
+            },
+        );
         let name = "nomad_relay_journal_entries";
         metric(&mut out, name, "gauge", "Records the journal holds (after retention).", |out| {
             sample(out, name, &[], oldest.map_or(0, |oldest| (head + 1).saturating_sub(oldest)));
@@ -284,6 +306,7 @@ mod tests {
             sources: vec![("default".into(), source)],
             sinks: vec![("out \"1\"".into(), sink.clone())],
             journal_dir: PathBuf::from("/nonexistent"),
+            journal: Arc::default(),
             head,
             stopping: Arc::default(),
         };

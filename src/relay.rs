@@ -139,6 +139,7 @@ impl Running {
             board.clone(),
             stopping.clone(),
         )?;
+        let journal_stats = writer.stats();
         // Bounded in lines and bytes; the writer takes every waiting line in one write.
         let buffer_bytes = u32::try_from(config.journal.buffer_bytes.0).unwrap_or(u32::MAX);
         let (events_tx, events_rx) = handoff(256, buffer_bytes);
@@ -165,6 +166,7 @@ impl Running {
                 sources: source_stats,
                 sinks: sink_stats,
                 journal_dir,
+                journal: journal_stats,
                 head: head_rx,
                 stopping: running.stopping.clone(),
             });

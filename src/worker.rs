@@ -238,7 +238,11 @@ impl<S: Sink> SinkWorker<S> {
             Ok(()) => {}
             Err(Interrupted::Shutdown { first_pending }) => {
                 self.cursor.advance_to(first_pending)?;
-                self.save_cursor().await?;
+                if let Err(error) = self.try_save_cursor().await {
+                    warn!(
+                        "cannot save the cursor at shutdown: {error}; the last saved one stands, and what follows it is delivered again after the restart"
+                    );
+                }
             }
             Err(Interrupted::Failed(error)) => return Err(error),
         }
@@ -250,7 +254,7 @@ impl<S: Sink> SinkWorker<S> {
     /// the state it opened with: a sink without a saved cursor (new, or never confirmed a
     /// batch) could otherwise not undo a batch written just before a crash (the file sink
     /// cuts back to this length).
-    async fn open(&mut self, shutdown: &CancellationToken) -> Result<bool, JournalError> {
+    async fn open(&mut self, shutdown: &CancellationToken) -> Result<bool, WorkerError> {
         let mut delays = self.backoff();
         while let Err(error) = self.sink.open(self.cursor.sink_state.clone()).await {
             self.stats.failed(error.kind, format!("cannot open: {}", error.report()));
@@ -265,7 +269,11 @@ impl<S: Sink> SinkWorker<S> {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        self.save_cursor().await?;
+        match self.save_cursor(shutdown).await {
+            Ok(()) => {}
+            Err(Interrupted::Shutdown { .. }) => return Ok(false),
+            Err(Interrupted::Failed(error)) => return Err(error),
+        }
         self.stats.healthy.store(true, Ordering::Relaxed);
         let depth = self.sink.pipeline_depth().max(1);
         info!(guarantee = %self.sink.guarantee(), next = self.cursor.next_seq(), pipeline_depth = depth, "sink ready");
@@ -360,7 +368,7 @@ impl<S: Sink> SinkWorker<S> {
             to - from
         );
         self.cursor.advance_to(to)?;
-        Ok(self.save_cursor().await?)
+        self.save_cursor(shutdown).await
     }
 
     /// Hands `batch` to the sink. A batch in flight joins the pipeline; a batch the sink
@@ -394,7 +402,7 @@ impl<S: Sink> SinkWorker<S> {
                 attempt.merge(self.judge(events, outcomes));
                 self.deliver(attempt, shutdown).await?;
                 self.cursor.pass_batch(last_seq, last_index)?;
-                Ok(self.save_cursor().await?)
+                self.save_cursor(shutdown).await
             }
         }
     }
@@ -415,7 +423,7 @@ impl<S: Sink> SinkWorker<S> {
         }
         self.cursor.pass_batch(last.0, last.1)?;
         self.show_pipeline(pipeline);
-        Ok(self.save_cursor().await?)
+        self.save_cursor(shutdown).await
     }
 
     /// Confirms every batch left in the pipeline, adding their leftovers to `attempt`; gives
@@ -509,7 +517,7 @@ impl<S: Sink> SinkWorker<S> {
         let mut deferred_before = false;
         loop {
             if attempt.deferred {
-                self.save_for_deferred(&attempt).await?;
+                self.save_for_deferred(&attempt, shutdown).await?;
                 if deferred_before && attempt.reason.is_none() {
                     // The contract says a sink defers once per change; one that keeps deferring
                     // is retried with a back-off rather than spun on.
@@ -541,11 +549,15 @@ impl<S: Sink> SinkWorker<S> {
     /// Saves the cursor at the first event still pending, with the sink's new state, as a
     /// deferral asks (everything before that event is final, so the cursor and the sink's
     /// state stay in step, as a shutdown in mid-batch leaves them).
-    async fn save_for_deferred(&mut self, attempt: &Attempt) -> Result<(), WorkerError> {
+    async fn save_for_deferred(
+        &mut self,
+        attempt: &Attempt,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
         if let Some(first) = attempt.retry.first() {
             self.cursor.advance_to(first.seq)?;
         }
-        Ok(self.save_cursor().await?)
+        self.save_cursor(shutdown).await
     }
 
     /// Records a failed attempt and waits `delay` before the next one; shutdown during the
@@ -580,7 +592,39 @@ impl<S: Sink> SinkWorker<S> {
             .build()
     }
 
-    async fn save_cursor(&mut self) -> Result<(), JournalError> {
+    /// Saves the cursor with the sink's state. A save that fails (a full disk, say) is tried
+    /// again after a back-off, with the sink reported unhealthy, until it succeeds: the last
+    /// saved cursor stays valid meanwhile (a crash re-delivers from it), and retention keeps
+    /// everything after it (the board moves only with a saved cursor). Shutdown ends the
+    /// attempts.
+    async fn save_cursor(&mut self, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let mut delays = self.backoff();
+        let mut failed = false;
+        loop {
+            let error = match self.try_save_cursor().await {
+                Ok(()) if failed => {
+                    info!("the cursor is saved again");
+                    self.stats.healthy.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            failed = true;
+            let delay = delays.next().unwrap_or(self.settings.retry_max_delay.0);
+            self.stats.failed(SinkErrorKind::Io, format!("cannot save its cursor: {error}"));
+            error!(
+                "cannot save the cursor: {error}; this sink waits until it can (the last saved cursor still holds); free space in {}. Retrying in {delay:.1?}",
+                self.data_dir.display()
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Interrupted::Shutdown { first_pending: self.cursor.next_seq() }),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn try_save_cursor(&mut self) -> Result<(), JournalError> {
         self.cursor.sink_state = self.sink.checkpoint_state();
         let cursor = self.cursor.clone();
         let data_dir = self.data_dir.clone();

@@ -323,3 +323,35 @@ async fn a_fast_catch_up_of_multi_megabyte_lines_fits_in_the_jobs_memory() {
     // (jemalloc's defaults, before .cargo/config.toml set one arena) took it to 112-126.
     assert!(mib < 100.0, "the catch-up peaked at {mib:.0} MiB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_frees_what_every_sink_has_passed_and_the_relay_goes_on() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    // The data directory on a 24 MiB filesystem, the file sink's output elsewhere; the
+    // default 64 MiB segment is larger than the whole disk.
+    let disk = SmallDisk::mount(&scratch.path("data"), 24);
+    let port = free_port();
+    let config = scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(3_000.0),
+        total_events: Some(24_000),
+        seed: 10,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    let mut relay = Relay::start(&config);
+    relay.wait_for_log("No space left on device", Duration::from_secs(60)).await;
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    eventually("every event in the file", Duration::from_secs(120), || {
+        assert!(relay.is_running(), "the relay exited: {}", relay.log());
+        (scratch.lines("events.ndjson").len() >= expected.len()).then_some(())
+    })
+    .await;
+    let errors = metric(port, "nomad_relay_journal_write_errors_total").unwrap();
+    assert!(relay.terminate().success(), "{}", relay.log());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
+    assert!(errors > 0.0, "the full disk is counted");
+    drop(disk);
+}

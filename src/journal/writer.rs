@@ -21,13 +21,28 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 /// Most bytes grouped into one write.
 const GROUP_BYTES: usize = 8 << 20;
+
+/// Bytes kept in `RESERVE` beside the segments: given back when the disk is full, so that
+/// the saved checkpoints and the sinks' cursors can still be written while the journal makes
+/// room.
+const RESERVE_BYTES: usize = 1 << 20;
+
+/// What the writer reports about itself (the metrics endpoint reads it).
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Writes that failed (a full disk, an I/O error) and were retried.
+    pub write_errors: AtomicU64,
+    /// True while the writer cannot take events: the journal is full of undelivered events,
+    /// or writes fail.
+    pub blocked: AtomicBool,
+}
 
 /// The journal writer (run with [`JournalWriter::run`] on a dedicated thread).
 pub struct JournalWriter {
@@ -43,6 +58,9 @@ pub struct JournalWriter {
     full: bool,
     /// Every source's checkpoint as of the durable head, saved before segments are removed.
     checkpoints: HashMap<String, SourceCheckpoint>,
+    stats: Arc<JournalStats>,
+    /// When the reserve was last found missing and not yet written again.
+    reserve_missing_since: Option<std::time::Instant>,
 }
 
 impl JournalWriter {
@@ -82,9 +100,16 @@ impl JournalWriter {
                 stopping,
                 full: false,
                 checkpoints,
+                stats: Arc::default(),
+                reserve_missing_since: Some(std::time::Instant::now() - Duration::from_secs(60)),
             },
             head_rx,
         ))
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> Arc<JournalStats> {
+        self.stats.clone()
     }
 
     /// Writes batches from `batches` until every sender is gone.
@@ -127,6 +152,7 @@ impl JournalWriter {
             if !self.append(&encoded) {
                 continue;
             }
+            self.keep_reserve();
             for event in written {
                 let checkpoint = self.checkpoints.entry(event.source.clone()).or_default();
                 if let Err(backwards) = checkpoint.advance(event.id) {
@@ -157,12 +183,15 @@ impl JournalWriter {
                     segment.len += bytes.len() as u64;
                     segment.modified = SystemTime::now();
                     self.total_bytes += bytes.len() as u64;
+                    self.stats.blocked.store(self.full, Ordering::Relaxed);
                     return true;
                 }
                 Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.blocked.store(true, Ordering::Relaxed);
                     error!(
                         segment = %segment.path.display(),
-                        "journal: cannot write {} bytes: {e}. The relay is not reading Nomad until this succeeds; free disk space in {} or fix its permissions. Retrying in {delay:?}.",
+                        "journal: cannot write {} bytes: {e}. The relay is not reading Nomad until this succeeds; it frees what every sink has delivered, but if that is not enough, free disk space in {} or fix its permissions. Retrying in {delay:?}.",
                         bytes.len(),
                         self.dir.display()
                     );
@@ -176,29 +205,59 @@ impl JournalWriter {
             if self.stopping.load(Ordering::Relaxed) {
                 return false;
             }
-            // Delivered segments may be what filled the disk.
-            self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
+            self.make_space();
             self.board.wait_moved(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
+    /// After a failed write: delivered segments may be what filled the disk. The reserve is
+    /// given back (so the saved checkpoints and cursors can be written), the active segment
+    /// is closed if it holds records (a segment in use cannot be removed, and with the
+    /// default segment size it can be the whole journal), and every segment all sinks have
+    /// passed is removed.
+    fn make_space(&mut self) {
+        if self.reserve_missing_since.is_none() {
+            let reserve = self.dir.join("RESERVE");
+            match fs::remove_file(&reserve) {
+                Ok(()) => {
+                    warn!("journal: gave back the {} KiB kept in reserve to make room", RESERVE_BYTES >> 10)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => error!("journal: cannot remove {}: {e}", reserve.display()),
+            }
+            self.reserve_missing_since = Some(std::time::Instant::now());
+        }
+        if self.segments.back().is_some_and(|s| s.len > 0) {
+            self.try_roll();
+        }
+        self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
+    }
+
+    /// Writes the reserve again when it is missing (at most once a second while that fails).
+    fn keep_reserve(&mut self) {
+        let Some(since) = self.reserve_missing_since else { return };
+        if since.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let reserve = self.dir.join("RESERVE");
+        let written = File::create(&reserve)
+            .and_then(|mut file| file.write_all(&[0; RESERVE_BYTES]).and_then(|()| file.sync_all()));
+        match written {
+            Ok(()) => self.reserve_missing_since = None,
+            Err(_) => {
+                let _ = fs::remove_file(&reserve);
+                self.reserve_missing_since = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Starts a new segment, retrying until it can.
     fn roll(&mut self) {
         let mut delay = Duration::from_millis(100);
         loop {
-            match create_segment(&self.dir, self.next_seq) {
-                Ok(segment) => match OpenOptions::new().append(true).open(&segment.path) {
-                    Ok(file) => {
-                        if let Err(e) = self.active.sync_all() {
-                            warn!("journal: sync before roll failed: {e}");
-                        }
-                        self.active = file;
-                        self.segments.push_back(segment);
-                        return;
-                    }
-                    Err(e) => error!("journal: cannot open new segment {}: {e}", segment.path.display()),
-                },
-                Err(e) => error!("journal: cannot start a new segment: {e}; retrying in {delay:?}"),
+            if self.try_roll() {
+                return;
             }
             if self.stopping.load(Ordering::Relaxed) {
                 // The active segment stays in use; it simply grows past `segment_bytes`.
@@ -207,6 +266,30 @@ impl JournalWriter {
             self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts a new segment at the next record; false, logged, when it cannot.
+    fn try_roll(&mut self) -> bool {
+        match create_segment(&self.dir, self.next_seq) {
+            Ok(segment) => match OpenOptions::new().append(true).open(&segment.path) {
+                Ok(file) => {
+                    if let Err(e) = self.active.sync_all() {
+                        warn!("journal: sync before roll failed: {e}");
+                    }
+                    self.active = file;
+                    self.segments.push_back(segment);
+                    true
+                }
+                Err(e) => {
+                    error!("journal: cannot open new segment {}: {e}", segment.path.display());
+                    false
+                }
+            },
+            Err(e) => {
+                error!("journal: cannot start a new segment: {e}");
+                false
+            }
         }
     }
 
@@ -227,6 +310,7 @@ impl JournalWriter {
             }
             if !self.full {
                 self.full = true;
+                self.stats.blocked.store(true, Ordering::Relaxed);
                 let oldest_end = self.segments.get(1).map(|s| s.first_seq).unwrap_or(self.next_seq);
                 let behind: Vec<String> = self
                     .board
@@ -245,6 +329,7 @@ impl JournalWriter {
         }
         if self.full {
             self.full = false;
+            self.stats.blocked.store(false, Ordering::Relaxed);
             info!("journal has room again; reading from Nomad resumes");
         }
     }

@@ -7,6 +7,7 @@ use crate::config::HumanDuration;
 use crate::journal::handoff::handoff;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{Recovery, recover};
+use crate::stats::FAILURE_KINDS;
 use nomad_relay_sink_api::EventId;
 use nomad_relay_sink_api::testing::{Answer, Call, Kind, Method, ScriptedSink};
 use std::sync::atomic::AtomicBool;
@@ -307,4 +308,36 @@ async fn the_saved_cursor_never_moves_backwards() {
     delivered.sort_unstable();
     delivered.dedup();
     assert_eq!(delivered, (1..=40).collect::<Vec<_>>(), "every event delivered");
+}
+
+#[tokio::test]
+async fn a_cursor_that_cannot_be_saved_holds_the_sink_back_until_it_can_not_the_relay() {
+    let journal = journal(8).await;
+    // `cursors` is a file, so no cursor can be written (as on a full disk).
+    let blocked = journal.data_dir().join("cursors");
+    std::fs::write(&blocked, b"in the way").expect("write");
+    let (sink, script) = ScriptedSink::new(1);
+    let worker = journal.worker(sink, 4, None);
+    let stats = worker.stats.clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stats.failures[FAILURE_KINDS.iter().position(|k| *k == SinkErrorKind::Io).expect("io")]
+        .load(Ordering::Relaxed)
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "no failed save counted");
+        assert!(!running.is_finished(), "the worker stopped on a failed cursor save");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(!stats.healthy.load(Ordering::Relaxed), "unhealthy while its cursor cannot be saved");
+    assert!(script.calls().is_empty(), "nothing delivered past a cursor that could not be saved");
+    std::fs::remove_file(&blocked).expect("remove");
+    while stats.cursor.load(Ordering::Relaxed) <= 8 {
+        assert!(std::time::Instant::now() < deadline, "the cursor never got saved");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("task").expect("worker");
+    assert_eq!(journal.saved(), (9, 8));
 }

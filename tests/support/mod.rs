@@ -454,3 +454,32 @@ pub async fn time_until_a_hang_is_noticed(
     endpoint::wait_until_unhealthy(port, sink, Duration::from_secs(120)).await;
     frozen_at.elapsed()
 }
+
+/// A small filesystem of the test's own: a tmpfs of `mib` MiB mounted at `path` (the tests
+/// run as root, as CI does), unmounted when dropped.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, mib: u32) -> SmallDisk {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("the mount command");
+        assert!(
+            status.success(),
+            "cannot mount a {mib} MiB tmpfs at {} (the tests need root)",
+            path.display()
+        );
+        SmallDisk { path: path.to_owned() }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

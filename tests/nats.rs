@@ -426,3 +426,47 @@ async fn a_hung_jetstream_is_noticed_within_ack_timeout_and_nothing_is_lost_or_r
     let stored = read_stream(&server.url(), &stream).await;
     assert_exactly_once_in_subject_order(&stored, &expected, &expected_ids(&emulator.published()), &prefix);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_streams_max_msg_size_is_rejected_and_the_rest_go_on() {
+    let url = shared_url();
+    let (prefix, stream) = (unique("maxmsg"), unique("MAXMSG"));
+    let client = async_nats::connect(&url).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            max_message_size: 4096,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "small"));
+    emulator.publish(Batch { index: 4, events: vec![job_event("large", "JobRegistered", 6_000)] });
+    emulator.publish(job(5, "after"));
+    let scratch = Scratch::new();
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Topic}}}}\"\nstream = \"{stream}\"\nretry_min_delay = \"20ms\"\nretry_max_delay = \"200ms\"\n"
+    );
+    let config = scratch.config(&emulator.url(), "", &sink);
+    let mut relay = Relay::start(&config);
+    eventually("all three events passed", WAIT, || scratch.cursor_next("nats").filter(|next| *next > 3))
+        .await;
+    assert!(relay.terminate().success());
+    let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
+    let keys: Vec<String> = stored
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(&m.payload).unwrap()["Key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(keys, ["small", "after"]);
+    let log = relay.log();
+    assert!(
+        log.contains("refused this event for good") && log.contains("max_msg_size (JetStream error 10054"),
+        "{log}"
+    );
+}

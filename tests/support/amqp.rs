@@ -151,3 +151,37 @@ pub async fn drain(queue: &str, count: usize, quiet: Duration) -> Vec<Received> 
         });
     }
 }
+
+/// RabbitMQ's `max_message_size` set to `bytes` for as long as this lives (restored on drop).
+/// It is node-wide, so only a limit far above the other tests' messages (a few KB) is set, and
+/// it applies to channels opened while it holds.
+pub struct MaxMessageSize {
+    previous: String,
+}
+
+impl MaxMessageSize {
+    pub fn set(bytes: u64) -> MaxMessageSize {
+        let previous = rabbitmqctl_eval("{ok, V} = application:get_env(rabbit, max_message_size), V.");
+        rabbitmqctl_eval(&format!("application:set_env(rabbit, max_message_size, {bytes})."));
+        MaxMessageSize { previous }
+    }
+}
+
+impl Drop for MaxMessageSize {
+    fn drop(&mut self) {
+        rabbitmqctl_eval(&format!("application:set_env(rabbit, max_message_size, {}).", self.previous));
+    }
+}
+
+fn rabbitmqctl_eval(expression: &str) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["eval", expression])
+        .output()
+        .expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl eval {expression}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}

@@ -21,6 +21,10 @@ pub struct AmqpSink {
     routing_key: Template,
     connection: Option<Connection>,
     channel: Option<Channel>,
+    /// The broker's largest message, once it has refused a larger one (RabbitMQ's
+    /// `max_message_size` is not announced; an over-size publish closes the channel with
+    /// 406 PRECONDITION_FAILED, "message size N is larger than configured max size M").
+    max_message: Option<usize>,
 }
 
 fn error(kind: SinkErrorKind, message: impl Into<String>, source: lapin::Error) -> SinkError {
@@ -31,7 +35,7 @@ impl AmqpSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad routing-key template.
     pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, String> {
         let routing_key = Template::parse(&config.routing_key).map_err(|e| e.to_string())?;
-        Ok(AmqpSink { config, routing_key, connection: None, channel: None })
+        Ok(AmqpSink { config, routing_key, connection: None, channel: None, max_message: None })
     }
 
     fn tls(&self) -> Result<OwnedTLSConfig, SinkError> {
@@ -279,6 +283,49 @@ impl AmqpSink {
     }
 }
 
+impl AmqpSink {
+    /// When the broker closed the channel over a message larger than its limit, learns the
+    /// limit and rejects the batch's events over it (the others, published on a channel that
+    /// was closed under them, are sent again).
+    fn reject_too_large(&mut self, batch: &[Envelope], outcomes: &mut [Outcome]) {
+        let refused = outcomes.iter().find_map(|outcome| match outcome {
+            Outcome::Retry(error) => max_message_size(&error.report()),
+            _ => None,
+        });
+        let Some(max) = refused else { return };
+        warn!(
+            "RabbitMQ refuses messages over {max} bytes (its max_message_size); larger events are rejected"
+        );
+        self.max_message = Some(max);
+        for (event, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+            if event.raw.len() > max {
+                *outcome = self.too_large(event, max);
+            }
+        }
+    }
+
+    fn too_large(&self, event: &Envelope, max: usize) -> Outcome {
+        Outcome::Rejected(SinkError::new(
+            SinkErrorKind::Refused,
+            format!(
+                "event {} ({} bytes) is larger than RabbitMQ's max_message_size ({max} bytes); raise max_message_size in rabbitmq.conf to relay such events",
+                event.id,
+                event.raw.len()
+            ),
+        ))
+    }
+}
+
+/// RabbitMQ's permanent refusals of a publish, from its `rabbit_channel` error texts: the
+/// channel closes with 406 PRECONDITION_FAILED "message size N is larger than configured max
+/// size M" when a message exceeds `max_message_size`. Every other failure (a nack from a
+/// full queue, a closed connection, a missing exchange) is retried or dead-lettered as
+/// configured. Returns M.
+fn max_message_size(text: &str) -> Option<usize> {
+    let (_, after) = text.split_once("larger than configured max size ")?;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 impl Sink for AmqpSink {
     fn guarantee(&self) -> Guarantee {
         Guarantee::AtLeastOnce
@@ -293,7 +340,11 @@ impl Sink for AmqpSink {
         let usable = self.channel.as_ref().is_some_and(|c| c.status().connected());
         if !usable {
             warn!("AMQP channel to {} is down; reconnecting", redact(&self.config.uri.0));
+            // A broker that came back may have lost what `declare` declared: declare it again.
             if let Err(error) = self.connect().await {
+                return Outcome::retry_all(batch.len(), &error);
+            }
+            if let Err(error) = self.prepare_topology().await {
                 return Outcome::retry_all(batch.len(), &error);
             }
         }
@@ -307,6 +358,10 @@ impl Sink for AmqpSink {
         let mut in_flight: VecDeque<(usize, String, PublisherConfirm, Instant)> = VecDeque::new();
         let mut healthy = true;
         for (position, event) in batch.iter().enumerate() {
+            if let Some(max) = self.max_message.filter(|max| event.raw.len() > *max) {
+                outcomes[position] = Some(self.too_large(event, max));
+                continue;
+            }
             let routing_key = self.routing_key.render(event);
             match Self::publish(&channel, &self.config.exchange, &routing_key, event, None).await {
                 // Each confirm is due `confirm_timeout` after its publish, so confirms waited
@@ -344,10 +399,12 @@ impl Sink for AmqpSink {
             // Confirms can no longer be trusted on this channel: start afresh next time.
             self.channel = None;
         }
-        outcomes
+        let mut outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no confirm"))))
-            .collect()
+            .collect();
+        self.reject_too_large(batch, &mut outcomes);
+        outcomes
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
@@ -356,5 +413,17 @@ impl Sink for AmqpSink {
         }
         self.channel = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_max_message_size_is_read_from_rabbitmqs_refusal() {
+        let text = "the AMQP connection failed before the confirm: protocol error: AMQP soft error: PRECONDITION_FAILED - message size 100296 is larger than configured max size 65536";
+        assert_eq!(max_message_size(text), Some(65536));
+        assert_eq!(max_message_size("refused by RabbitMQ (nack)"), None);
     }
 }

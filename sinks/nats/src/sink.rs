@@ -263,7 +263,13 @@ impl NatsSink {
             // The stream already stored this Nats-Msg-Id inside its duplicate window.
             Ok(ack) if ack.duplicate => Outcome::Duplicate,
             Ok(_) => Outcome::Delivered,
-            Err(e) => self.failed(event, subject, e.kind(), e.to_string()).await,
+            Err(e) => match permanent_refusal(&e) {
+                Some(why) => {
+                    let reason = format!("event {} ({} bytes): {why}", event.id, event.raw.len());
+                    self.reject(event, reason).await
+                }
+                None => self.failed(event, subject, e.kind(), e.to_string()).await,
+            },
         }
     }
 
@@ -361,6 +367,23 @@ impl NatsSink {
         }
         outcomes
     }
+}
+
+/// JetStream's answers that a message will never be stored as it is, by error code (from
+/// nats-server's `server/errors.json`), with what to do. Every other answer is retried: a
+/// stream that is full with `discard: new` (10077, "maximum messages exceeded" and the like)
+/// takes messages again once it has room, and a sealed stream (10109) is the operator's to
+/// unseal, not a reason to drop events.
+const PERMANENT_REFUSALS: &[(u64, &str)] = &[(
+    10054,
+    "larger than the stream's max_msg_size (JetStream error 10054, message size exceeds maximum allowed); raise the stream's max_msg_size to store such events",
+)];
+
+/// Why JetStream will never take the message `error` answered, if it says so.
+fn permanent_refusal(error: &async_nats::jetstream::context::PublishError) -> Option<&'static str> {
+    let refused = std::error::Error::source(error)?.downcast_ref::<async_nats::jetstream::Error>()?;
+    let code = refused.error_code().0;
+    PERMANENT_REFUSALS.iter().find(|(known, _)| *known == code).map(|(_, why)| *why)
 }
 
 /// NATS subject matching: `*` matches one token, `>` the rest.

@@ -355,3 +355,60 @@ async fn a_full_disk_frees_what_every_sink_has_passed_and_the_relay_goes_on() {
     assert!(errors > 0.0, "the full disk is counted");
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointing_the_file_sink_at_another_file_never_cuts_that_file() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let first = published(&emulator, 50, 21).await;
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("the first events", WAIT, || {
+        (scratch.lines("events.ndjson").len() == first.len()).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    // The operator points the sink at another, longer file of their own.
+    let other = scratch.path("other.ndjson");
+    let theirs: Vec<String> = (0..2_000).map(|n| format!("their line {n}")).collect();
+    std::fs::write(&other, theirs.join("\n") + "\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(&scratch.path("events.ndjson").display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let all = published(&emulator, 30, 22).await;
+    let mut relay = Relay::start(&config);
+    let want: Vec<String> = theirs.iter().cloned().chain(all[first.len()..].iter().cloned()).collect();
+    eventually("the new events after their lines", WAIT, || {
+        (read_lines(&other).len() >= want.len()).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&read_lines(&other), &want);
+    assert!(relay.log().contains("not the file the last checkpoint was taken of"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_rotation_is_followed_and_nothing_is_lost_or_repeated() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let first = published(&emulator, 40, 23).await;
+    let mut relay = Relay::start(&config);
+    eventually("the first events", WAIT, || {
+        (scratch.lines("events.ndjson").len() == first.len()).then_some(())
+    })
+    .await;
+    // logrotate's default: rename the file away; the next event goes to a new file.
+    std::fs::rename(scratch.path("events.ndjson"), scratch.path("events.ndjson.1")).unwrap();
+    let all = published(&emulator, 40, 24).await;
+    eventually("the rest in a new file", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= all.len() - first.len()).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson.1"), &first);
+    assert_lines_equal(&scratch.lines("events.ndjson"), &all[first.len()..]);
+}

@@ -1,17 +1,24 @@
 //! The file sink: one event per line, exactly as Nomad sent it, exactly once across crashes.
 //!
 //! Each batch is appended with one write and one `fsync` before it is reported delivered.
-//! The file's length after that write is the sink's checkpoint state, saved with the relay's
-//! cursor. On start the file is cut back to that length: lines written after the last saved
-//! cursor are removed, and the relay sends those events again, so no line is ever repeated
-//! or lost. If the file is shorter than the checkpoint (someone rotated or truncated it), the
-//! sink appends to what is there and says so.
+//! The file's identity (device and inode) and its length after that write are the sink's
+//! checkpoint state, saved with the relay's cursor. On start, the same file is cut back to
+//! that length: lines written after the last saved cursor are removed, and the relay sends
+//! those events again, so no line is ever repeated or lost.
+//!
+//! Another file at `path` (the path was pointed elsewhere, or the file was rotated by a
+//! rename) is never cut: the sink appends to it and says so. Before each batch the sink checks
+//! that `path` is still the file it writes to: after a rename rotation it opens the new file,
+//! and a file truncated under it (copy-truncate rotation) is taken at its new length. What a
+//! rotation can cost is in the README's guarantee table: a batch delivered after the last
+//! saved cursor, then a crash, appears in the rotated file and again in the new one.
 
 use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind};
 use serde::Deserialize;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -24,10 +31,54 @@ pub struct FileSinkConfig {
     pub path: PathBuf,
 }
 
+/// Which file: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+}
+
+impl Identity {
+    fn of(metadata: &std::fs::Metadata) -> Identity {
+        Identity { device: metadata.dev(), inode: metadata.ino() }
+    }
+}
+
+/// The state saved with the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    length: u64,
+    /// `None` in state saved before the identity was kept.
+    identity: Option<Identity>,
+}
+
+impl Checkpoint {
+    fn read(state: &serde_json::Value) -> Option<Checkpoint> {
+        let length = state.get("length")?.as_u64()?;
+        let identity =
+            match (state.get("device").and_then(|v| v.as_u64()), state.get("inode").and_then(|v| v.as_u64()))
+            {
+                (Some(device), Some(inode)) => Some(Identity { device, inode }),
+                _ => None,
+            };
+        Some(Checkpoint { length, identity })
+    }
+}
+
+/// What opening the file found.
+struct Opened {
+    file: File,
+    identity: Identity,
+    found: u64,
+    length: u64,
+}
+
 /// The file sink.
 pub struct FileSink {
     path: PathBuf,
     file: Option<Arc<File>>,
+    /// The open file's identity.
+    identity: Option<Identity>,
     /// Length of the file after the last delivered batch.
     length: u64,
     /// The lines of a batch, kept from batch to batch so its memory is not allocated anew.
@@ -37,7 +88,7 @@ pub struct FileSink {
 impl FileSink {
     /// A sink writing to `path` (opened by [`Sink::open`]).
     pub fn new(path: PathBuf) -> Self {
-        FileSink { path, file: None, length: 0, buffer: Vec::new() }
+        FileSink { path, file: None, identity: None, length: 0, buffer: Vec::new() }
     }
 
     fn io_error(&self, what: &str, error: std::io::Error) -> SinkError {
@@ -53,6 +104,78 @@ impl FileSink {
             error,
         )
     }
+
+    /// Opens (or creates) the file at `path`; cuts it back to the checkpoint's length only
+    /// when it is the file the checkpoint was taken of.
+    async fn open_file(&mut self, checkpoint: Option<Checkpoint>) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let metadata = file.metadata()?;
+            let (identity, found) = (Identity::of(&metadata), metadata.len());
+            let same = checkpoint.is_some_and(|c| c.identity.is_none_or(|saved| saved == identity));
+            let length = match checkpoint {
+                Some(checkpoint) if same && found > checkpoint.length => {
+                    file.set_len(checkpoint.length)?;
+                    file.sync_all()?;
+                    checkpoint.length
+                }
+                _ => found,
+            };
+            Ok(Opened { file, identity, found, length })
+        })
+        .await
+        .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "file sink task failed", e))?;
+        let Opened { file, identity, found, length } = opened.map_err(|e| self.io_error("open", e))?;
+        let path = self.path.display();
+        match checkpoint {
+            Some(checkpoint) if checkpoint.identity.is_some_and(|saved| saved != identity) => warn!(
+                %path,
+                "file sink: this is not the file the last checkpoint was taken of (it was rotated, replaced, or `path` now names another file); appending to it and cutting nothing back. A batch written after the last checkpoint may be in the old file and come again here"
+            ),
+            Some(checkpoint) if found > checkpoint.length => info!(
+                %path,
+                "file sink: removed {} bytes written after the last checkpoint; those events are sent again",
+                found - checkpoint.length
+            ),
+            Some(checkpoint) if found < checkpoint.length => warn!(
+                %path,
+                "file sink: the file is shorter ({found} bytes) than at the last checkpoint ({} bytes); it was truncated, appending to it as it is",
+                checkpoint.length
+            ),
+            _ => {}
+        }
+        self.file = Some(Arc::new(file));
+        self.identity = Some(identity);
+        self.length = length;
+        Ok(())
+    }
+
+    /// Before a batch: the file at `path` must still be the one open. A new file there (a
+    /// rename rotation) is to be opened (true); a file shorter than what was written
+    /// (copy-truncate) is taken at its length.
+    async fn follow_rotation(&mut self) -> bool {
+        let path = self.path.clone();
+        let now = tokio::task::spawn_blocking(move || std::fs::metadata(&path).ok()).await.ok().flatten();
+        match now {
+            Some(metadata) if Some(Identity::of(&metadata)) != self.identity => {
+                info!(path = %self.path.display(), "file sink: the file was rotated (a new file is at the path); writing to the new one");
+                self.file = None;
+                true
+            }
+            None => {
+                info!(path = %self.path.display(), "file sink: the file was moved away; creating it again");
+                self.file = None;
+                true
+            }
+            Some(metadata) if metadata.len() < self.length => {
+                info!(path = %self.path.display(), "file sink: the file was truncated (copy-truncate rotation); appending from its new end");
+                self.length = metadata.len();
+                false
+            }
+            Some(_) => false,
+        }
+    }
 }
 
 impl Sink for FileSink {
@@ -61,45 +184,19 @@ impl Sink for FileSink {
     }
 
     async fn open(&mut self, saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
-        let checkpoint = saved_state.as_ref().and_then(|state| state.get("length")).and_then(|v| v.as_u64());
-        let path = self.path.clone();
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<(File, u64, u64)> {
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            let found = file.metadata()?.len();
-            let length = match checkpoint {
-                Some(checkpoint) if found > checkpoint => {
-                    file.set_len(checkpoint)?;
-                    file.sync_all()?;
-                    checkpoint
-                }
-                _ => found,
-            };
-            Ok((file, found, length))
-        })
-        .await
-        .map_err(|e| SinkError::with_source(SinkErrorKind::Other, "file sink task failed", e))?;
-        let (file, found, length) = opened.map_err(|e| self.io_error("open", e))?;
-        match checkpoint {
-            Some(checkpoint) if found > checkpoint => info!(
-                path = %self.path.display(),
-                "file sink: removed {} bytes written after the last checkpoint; those events are sent again",
-                found - checkpoint
-            ),
-            Some(checkpoint) if found < checkpoint => warn!(
-                path = %self.path.display(),
-                "file sink: the file is shorter ({found} bytes) than at the last checkpoint ({checkpoint} bytes); it was truncated or rotated, appending to it as it is"
-            ),
-            _ => {}
-        }
-        self.file = Some(Arc::new(file));
-        self.length = length;
-        Ok(())
+        self.open_file(saved_state.as_ref().and_then(Checkpoint::read)).await
     }
 
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         let retry_all = |error: SinkError| Outcome::retry_all(batch.len(), &error);
+        // Reopened after a failed write, the same file is cut back to what was delivered (a
+        // partial write is never left); a file rotated in its place is appended to.
+        let mut reopen = Some(Checkpoint { length: self.length, identity: self.identity });
+        if self.file.is_some() && self.follow_rotation().await {
+            reopen = None;
+        }
         if self.file.is_none()
-            && let Err(error) = self.open(Some(json!({ "length": self.length }))).await
+            && let Err(error) = self.open_file(reopen).await
         {
             return retry_all(error);
         }
@@ -146,6 +243,11 @@ impl Sink for FileSink {
     }
 
     fn checkpoint_state(&self) -> Option<serde_json::Value> {
-        Some(json!({ "length": self.length }))
+        Some(match self.identity {
+            Some(Identity { device, inode }) => {
+                json!({ "length": self.length, "device": device, "inode": inode })
+            }
+            None => json!({ "length": self.length }),
+        })
     }
 }

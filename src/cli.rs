@@ -67,6 +67,11 @@ pub enum Command {
         /// give it when several sources are configured.
         #[arg(long)]
         source: Option<String>,
+        /// Publish again on purpose: the events get ids of their own for this replay, so
+        /// brokers that drop repeats by id (JetStream, the Kafka sink's read-back) store them
+        /// again. Without it, events already at the destination are counted, not stored twice.
+        #[arg(long)]
+        republish: bool,
     },
     /// Start a built-in emulated Nomad cluster and relay its events, to see the relay work
     /// without a Nomad cluster: to stdout, or to the sinks of a given configuration.

@@ -140,6 +140,8 @@ pub struct ReplayRange {
     pub to_index: Option<u64>,
     /// Only this source's events; `None` for every source.
     pub source: Option<String>,
+    /// Give the events ids of this replay's own, so that brokers store them again.
+    pub republish: bool,
 }
 
 impl ReplayRange {
@@ -191,6 +193,10 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     let router = Router::new(config.routes.clone());
     let mut reader = Some(JournalReader::new(dir.clone(), recovered.oldest));
     let (mut replayed, mut skipped_rejected, mut already_present) = (0u64, 0u64, 0u64);
+    // A republish's ids: each event's digest XORed with one number drawn for this replay, the
+    // same for every event of it, so the new ids are as distinct from each other as the
+    // originals, and from them.
+    let republish = range.republish.then(rand::random::<u64>);
     let mut first_index = None;
     let mut last_index = 0;
     loop {
@@ -207,8 +213,13 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
             Read::Events(events) => events,
             Read::Skipped { .. } => continue,
         };
-        let chosen: Vec<_> =
+        let mut chosen: Vec<_> =
             batch.into_iter().filter(|e| range.contains(e) && router.routes_to(sink_name, e)).collect();
+        if let Some(nonce) = republish {
+            for event in &mut chosen {
+                event.id.digest ^= nonce;
+            }
+        }
         if chosen.is_empty() {
             continue;
         }
@@ -256,6 +267,11 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     let mut summary = format!("replayed {replayed} events to sink `{sink_name}`");
     if let Some(first) = first_index {
         summary.push_str(&format!(" (Nomad indexes {first}..={last_index})"));
+    }
+    if let Some(nonce) = republish {
+        summary.push_str(&format!(
+            "; published again with ids of this replay's own (each event's digest XORed with {nonce:016x})"
+        ));
     }
     if already_present > 0 {
         summary.push_str(&format!(

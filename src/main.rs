@@ -71,9 +71,9 @@ async fn dispatch(command: Command) -> ExitCode {
             Ok(config) => commands::tail(config, index, shutdown_on_signal()).await.map(|()| None),
             Err(code) => return code,
         },
-        Command::Replay { config, sink, from_index, to_index, source } => match load(&config) {
+        Command::Replay { config, sink, from_index, to_index, source, republish } => match load(&config) {
             Ok(config) => {
-                let range = commands::ReplayRange { from_index, to_index, source };
+                let range = commands::ReplayRange { from_index, to_index, source, republish };
                 commands::replay(config, &sink, range).await.map(Some)
             }
             Err(code) => return code,

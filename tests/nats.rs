@@ -470,3 +470,46 @@ async fn an_event_over_the_streams_max_msg_size_is_rejected_and_the_rest_go_on()
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_says_what_jetstream_already_had_and_republish_stores_it_again() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for index in 3..8 {
+        emulator.publish(job(index, &format!("job-{index}")));
+    }
+    let scratch = Scratch::new();
+    let (prefix, stream) = (unique("replay"), unique("REPLAY"));
+    let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
+    let mut relay = Relay::start(&config);
+    eventually("five events in NATS", WAIT, || scratch.cursor_next("nats").filter(|n| *n > 5)).await;
+    assert!(relay.terminate().success());
+    // The stream is purged; JetStream still remembers the message ids for its window.
+    let context = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    context.get_stream(&stream).await.unwrap().purge().await.unwrap();
+    let replay = |extra: &[&str]| {
+        let mut args =
+            vec!["replay", "--config", config.to_str().unwrap(), "--sink", "nats", "--from-index", "3"];
+        args.extend_from_slice(extra);
+        let output = relay_command(&args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let plain = replay(&[]);
+    assert!(
+        plain.contains("replayed 0 events") && plain.contains("5 were already at the destination"),
+        "{plain}"
+    );
+    assert_eq!(read_stream(&url, &stream).await.len(), 0, "nothing stored twice");
+    let again = replay(&["--republish"]);
+    assert!(
+        again.contains("replayed 5 events")
+            && again.contains("published again with ids of this replay's own"),
+        "{again}"
+    );
+    let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
+    assert_eq!(stored.len(), 5);
+    let originals = expected_ids(&emulator.published());
+    assert!(stored.iter().all(|m| originals.iter().all(|(_, id)| *id != m.msg_id)), "new ids");
+}

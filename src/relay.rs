@@ -43,8 +43,8 @@ pub struct DataDirLock {
 
 /// Creates `data_dir` and takes its lock, so two relays never share one journal.
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, RelayError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| RelayError::Other(format!("cannot create data_dir {}: {e}", data_dir.display())))?;
+    crate::state_file::create_dir_durably(data_dir)
+        .map_err(|e| RelayError::Other(format!("cannot create data_dir: {e}")))?;
     let path = data_dir.join("LOCK");
     let file = File::create(&path)
         .map_err(|e| RelayError::Other(format!("cannot create {}: {e}", path.display())))?;

@@ -52,7 +52,7 @@ pub fn save<T: StateFile>(path: &Path, value: &T) -> Result<(), StateFileError> 
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let temp = dir.join(format!(".{name}.tmp"));
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    create_dir_durably(dir)?;
     let text = serde_json::to_vec(value).map_err(|e| io_error(&temp)(io::Error::other(e)))?;
     let mut file = File::create(&temp).map_err(io_error(&temp))?;
     file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
@@ -87,6 +87,29 @@ pub fn load<T: StateFile>(path: &Path) -> Result<Option<T>, StateFileError> {
         .map_err(|e| damaged(format!("not a {} ({e}){}", T::WHAT, T::IF_DAMAGED)))
 }
 
+/// Creates `dir` and any missing parents, each made durable in its own parent (a directory
+/// created but not yet in its parent's entries on disk can vanish in a power loss, with the
+/// files written in it), blocking.
+pub fn create_dir_durably(dir: &Path) -> Result<(), StateFileError> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(path) = next.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        next = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(path)(e)),
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (new or renamed files) durable (blocking).
 pub fn sync_dir(dir: &Path) -> Result<(), StateFileError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
@@ -119,6 +142,15 @@ mod tests {
         let names: Vec<_> =
             fs::read_dir(dir.path().join("deep")).expect("dir").map(|e| e.expect("e").file_name()).collect();
         assert_eq!(names, ["example.json"], "no temporary file remains");
+    }
+
+    #[test]
+    fn missing_directories_are_created_from_the_top() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a/b/c");
+        create_dir_durably(&deep).expect("create");
+        assert!(deep.is_dir());
+        create_dir_durably(&deep).expect("already there is fine");
     }
 
     #[test]

@@ -232,6 +232,9 @@ pub enum Recovery {
 /// of the last time retention removed a segment.
 pub fn recover(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
+    if recovery == Recovery::Repair {
+        remove_stray_segments(&mut segments)?;
+    }
     let saved = checkpoint::load(dir)?;
     let Some(last) = segments.last().cloned() else {
         let checkpoints = saved.map(|saved| saved.checkpoints).unwrap_or_default();
@@ -290,6 +293,35 @@ pub fn recover(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<Rec
         checkpoints.entry(name).or_default().merge(saved);
     }
     Ok(Recovered { head, oldest, checkpoints, segments })
+}
+
+/// Removes empty segments that are not the journal's end: a roll that created its file and
+/// then failed leaves one, while the writer went on in the segment before it (so its records
+/// are there). Read as the end of the journal, such a file would have the writer number
+/// records again from its start. The newest segment stays when it is empty and starts right
+/// after the one before: that is an ordinary fresh segment.
+fn remove_stray_segments(segments: &mut Vec<Segment>) -> Result<(), JournalError> {
+    let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
+    let last = segments.len().saturating_sub(1);
+    for (position, segment) in std::mem::take(segments).into_iter().enumerate() {
+        let stray = segment.len == 0
+            && (position < last || kept.last().is_some_and(|before| ends_after(before, segment.first_seq)));
+        if stray {
+            warn!(segment = %segment.path.display(), "journal: removing an empty segment a failed roll left behind");
+            fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+            continue;
+        }
+        kept.push(segment);
+    }
+    *segments = kept;
+    Ok(())
+}
+
+/// Whether `segment` holds a record at `seq` or later (its last record is at least `seq`).
+fn ends_after(segment: &Segment, seq: u64) -> bool {
+    let Ok(file) = File::open(&segment.path) else { return false };
+    let mut reader = BufReader::new(file);
+    matches!(seek_to(&mut reader, segment, seq), Ok(Some(offset)) if offset < segment.len)
 }
 
 /// Seeks `reader` to the record with sequence `seq` in `segment`, returning its offset, or

@@ -126,7 +126,10 @@ impl JournalReader {
     /// so first).
     fn position(&mut self) -> Result<Option<u64>, JournalError> {
         let segments = list_segments(&self.dir)?;
-        let Some(segment) = segments.iter().rev().find(|s| s.first_seq <= self.next_seq).cloned() else {
+        // An empty segment before the end holds nothing (a failed roll's leftover).
+        let last = segments.last().map(|s| s.first_seq);
+        let holds = |s: &&Segment| s.first_seq <= self.next_seq && (s.len > 0 || Some(s.first_seq) == last);
+        let Some(segment) = segments.iter().rev().find(holds).cloned() else {
             return match segments.first() {
                 Some(oldest) => Ok(Some(oldest.first_seq)),
                 None => Err(JournalError::Damaged {

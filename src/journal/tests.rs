@@ -327,3 +327,30 @@ async fn a_missing_segment_between_two_kept_ones_is_damage_not_a_skip() {
     };
     assert!(error.contains(&format!("record {}", segments[1].first_seq)), "{error}");
 }
+
+#[tokio::test]
+async fn an_empty_segment_left_by_a_failed_roll_is_neither_read_nor_written_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    let mut head = 0;
+    for index in 1..=20u64 {
+        head = journal.write(vec![event(index, "a", 100)]).await;
+    }
+    journal.stop();
+    // A roll at record 11 created its file and then failed; the writer went on in the old
+    // segment, so records 11..=20 are there and `11.seg` is empty.
+    File::create(segment_path(dir.path(), 11)).expect("stray segment");
+    let recovered = recover(dir.path(), Recovery::Repair, &sources()).expect("recover");
+    assert_eq!(recovered.head, 20, "the head is the last record written, not the stray file's start");
+    assert_eq!(
+        read_all(dir.path(), 1, head).len(),
+        20,
+        "records 11..=20 are read from the segment that holds them"
+    );
+    // A writer opened on it continues at 21, never writing 11 again.
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    assert_eq!(journal.write(vec![event(21, "a", 100)]).await, 21);
+    journal.stop();
+    let events = read_all(dir.path(), 1, 21);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+}

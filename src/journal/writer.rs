@@ -74,7 +74,7 @@ impl JournalWriter {
         stopping: Arc<AtomicBool>,
     ) -> Result<(JournalWriter, watch::Receiver<u64>), JournalError> {
         let (segments, head, checkpoints) = recovered;
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        crate::state_file::create_dir_durably(dir)?;
         let mut segments: VecDeque<Segment> = segments.into();
         if segments.is_empty() {
             segments.push_back(create_segment(dir, head + 1)?);
@@ -283,6 +283,8 @@ impl JournalWriter {
                 }
                 Err(e) => {
                     error!("journal: cannot open new segment {}: {e}", segment.path.display());
+                    // Leave no empty segment behind while records go on in the current one.
+                    let _ = fs::remove_file(&segment.path);
                     false
                 }
             },

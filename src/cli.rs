@@ -93,6 +93,24 @@ pub enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Inspect the journal.
+    Journal {
+        /// What to do with the journal.
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+/// `journal` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Read every record the journal holds and list the damaged ones (exit status 1 if any);
+    /// changes nothing, and can run beside a running relay.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "NOMAD_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `checkpoint` subcommands.

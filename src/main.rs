@@ -3,7 +3,7 @@
 //! a configuration error.
 
 use clap::Parser;
-use nomad_relay::cli::{CheckpointAction, Cli, Command, LogFormat};
+use nomad_relay::cli::{CheckpointAction, Cli, Command, JournalAction, LogFormat};
 use nomad_relay::config::{Config, LoadFrom};
 use nomad_relay::{commands, relay};
 use std::io::IsTerminal;
@@ -94,6 +94,20 @@ async fn dispatch(command: Command) -> ExitCode {
                 Err(code) => return code,
             }
         }
+        Command::Journal { action: JournalAction::Check { config } } => match load(&config) {
+            Ok(config) => {
+                let checked = tokio::task::spawn_blocking(move || commands::journal_check(&config)).await;
+                match checked {
+                    Ok(Ok((report, damaged))) => {
+                        println!("{report}");
+                        return if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS };
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(relay::RelayError::Other(format!("journal check failed: {e}"))),
+                }
+            }
+            Err(code) => return code,
+        },
         Command::Checkpoint { action: CheckpointAction::Show { config } } => match load(&config) {
             Ok(config) => tokio::task::spawn_blocking(move || commands::checkpoint_show(&config))
                 .await

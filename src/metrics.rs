@@ -115,7 +115,7 @@ impl Telemetry {
                 }
             });
         }
-        let sink_gauges: [Reading<SinkStats>; 9] = [
+        let sink_gauges: [Reading<SinkStats>; 10] = [
             (
                 "nomad_relay_sink_delivered_events_total",
                 "counter",
@@ -145,6 +145,12 @@ impl Telemetry {
                 "counter",
                 "Events removed from a full journal before this sink had them (when_full = drop_oldest).",
                 |s| s.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_damaged_records_total",
+                "counter",
+                "Journal records this sink could not read (damaged on disk; quarantined and replaced by a GapDetected marker).",
+                |s| s.damaged.load(Ordering::Relaxed),
             ),
             (
                 "nomad_relay_sink_in_flight_events",

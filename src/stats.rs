@@ -39,6 +39,8 @@ pub struct SinkStats {
     pub rejected: AtomicU64,
     /// Events dropped from the journal before this sink got them (`when_full = "drop_oldest"`).
     pub dropped: AtomicU64,
+    /// Journal records this sink could not read (damaged on disk, quarantined).
+    pub damaged: AtomicU64,
     /// Journal sequence of the next event to deliver.
     pub cursor: AtomicU64,
     /// Nomad index of the last event passed.

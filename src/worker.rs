@@ -27,9 +27,12 @@ use crate::journal::board::{CursorBoard, Slot};
 use crate::journal::reader::{JournalReader, Read};
 use crate::routing::Router;
 use crate::sinks::AnySink;
+use crate::source::resume::{GAP_TYPE, RELAY_TOPIC, gap_marker};
 use crate::stats::{SinkStats, add};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use nomad_relay_sink_api::{DRAIN_EVERY, Envelope, Outcome, Sink, SinkError, SinkErrorKind, Submission};
+use nomad_relay_sink_api::{
+    DRAIN_EVERY, Envelope, EventId, Outcome, Sink, SinkError, SinkErrorKind, Submission,
+};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -296,6 +299,9 @@ impl<S: Sink> SinkWorker<S> {
             let Some(read) = self.next_read(&mut reader, shutdown).await? else { return Ok(()) };
             match read {
                 Read::Skipped { from, to } => self.skip(from, to, pipeline, shutdown).await?,
+                Read::Damaged { from, to, reason, quarantined } => {
+                    self.step_over_damage(from, to, &reason, quarantined, pipeline, shutdown).await?
+                }
                 Read::Events(events) => {
                     let Some(batch) = self.route(events) else { continue };
                     self.submit(batch, pipeline, shutdown).await?;
@@ -367,6 +373,42 @@ impl<S: Sink> SinkWorker<S> {
             "{} events (journal records {from}..{to}) were removed from the full journal before this sink delivered them (when_full = \"drop_oldest\")",
             to - from
         );
+        self.cursor.advance_to(to)?;
+        self.save_cursor(shutdown).await
+    }
+
+    /// Moves past journal records that cannot be read (quarantined by the reader), once
+    /// everything before them is final, after delivering a `GapDetected` marker in their place
+    /// so the sink's consumers see the loss.
+    async fn step_over_damage(
+        &mut self,
+        from: u64,
+        to: u64,
+        reason: &str,
+        quarantined: Option<PathBuf>,
+        pipeline: &mut Pipeline,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        while !pipeline.is_empty() {
+            self.confirm_oldest(pipeline, shutdown).await?;
+        }
+        add(&self.stats.damaged, to - from);
+        let kept = quarantined.map_or_else(
+            || "they could not be copied aside".to_owned(),
+            |p| format!("their bytes are in {}", p.display()),
+        );
+        error!(
+            damaged = to - from,
+            "{reason}; the events are lost to this sink and a GapDetected marker goes in their place ({kept}; `nomad-relay journal check` lists every damaged record)"
+        );
+        let index = self.cursor.position.last_index;
+        let digest = crate::source::resume::digest("journal", RELAY_TOPIC, GAP_TYPE, "", &from.to_string());
+        let payload =
+            serde_json::json!({ "Gap": { "LastIndex": index, "ResumedIndex": index, "Reason": reason } });
+        let mut marker =
+            gap_marker("journal", EventId { index, digest, occurrence: 0 }, &payload.to_string());
+        marker.seq = from;
+        self.deliver(Attempt { retry: vec![marker], ..Attempt::default() }, shutdown).await?;
         self.cursor.advance_to(to)?;
         self.save_cursor(shutdown).await
     }

@@ -412,3 +412,48 @@ async fn a_rename_rotation_is_followed_and_nothing_is_lost_or_repeated() {
     assert_lines_equal(&scratch.lines("events.ndjson.1"), &first);
     assert_lines_equal(&scratch.lines("events.ndjson"), &all[first.len()..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_record_becomes_a_gap_marker_not_a_crash_loop() {
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    for index in 1..=10u64 {
+        emulator.publish(job(index, &format!("job-{index}")));
+    }
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    eventually("ten events", WAIT, || (scratch.lines("events.ndjson").len() == 10).then_some(())).await;
+    assert!(relay.terminate().success());
+    // A byte of record 5 goes bad on disk; a new sink reads the journal from its start.
+    let segment = std::fs::read_dir(scratch.path("data/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let needle = b"job-5\"";
+    let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+    bytes[at + 2] ^= 0x20;
+    std::fs::write(&segment, bytes).unwrap();
+    let check = relay_command(&["journal", "check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(report.contains("damaged: journal record 5"), "{report}");
+    let late = scratch.path("late.ndjson");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[sinks.late]\ntype = \"file\"\npath = \"{}\"\n", late.display()),
+    )
+    .unwrap();
+    let mut relay = Relay::start(&config);
+    eventually("the late sink past the journal", WAIT, || scratch.cursor_next("late").filter(|n| *n > 10))
+        .await;
+    assert!(relay.is_running());
+    assert!(relay.terminate().success());
+    let lines = read_lines(&late);
+    assert_eq!(lines.len(), 10, "nine events and a marker: {lines:?}");
+    assert_eq!(index_and_type(&lines[4]), (4, "GapDetected".to_owned()), "the marker where record 5 was");
+    assert!(lines[4].contains("journal record 5") && lines[4].contains("fails its checksum"), "{}", lines[4]);
+    assert!(relay.log().contains("quarantine"), "{}", relay.log());
+}

@@ -170,12 +170,19 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         }
         body.resize(len, 0);
         reader.read_exact(&mut body).map_err(io_error(&segment.path))?;
-        if crc32fast::hash(&body) != crc {
-            scan.stopped = Some("a record whose checksum does not match".into());
-            break;
-        }
-        let Some((seq, id, source)) = peek(&body) else {
-            scan.stopped = Some("a record too short for its fields".into());
+        let peeked = if crc32fast::hash(&body) == crc { peek(&body) } else { None };
+        let Some((seq, id, source)) = peeked else {
+            let next = scan.valid_len + (HEADER_LEN + len) as u64;
+            if record_follows(&segment.path, next, expected_seq + 1)? {
+                // Damaged in place, with whole records after it: not a write a crash cut
+                // short. It stays (readers quarantine it and report a gap); the scan goes on.
+                warn!(segment = %segment.path.display(), "journal: record {expected_seq} at byte {} fails its checksum; `nomad-relay journal check` lists damaged records", scan.valid_len);
+                expected_seq += 1;
+                scan.valid_len = next;
+                scan.last_seq = Some(expected_seq - 1);
+                continue;
+            }
+            scan.stopped = Some("a record whose checksum does not match, at the end of the segment".into());
             break;
         };
         if seq != expected_seq {
@@ -198,6 +205,23 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         }
     }
     Ok(scan)
+}
+
+/// Whether a whole, valid record with sequence `seq` starts at byte `offset` of `path`.
+fn record_follows(path: &Path, offset: u64, seq: u64) -> Result<bool, JournalError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut head = [0u8; HEADER_LEN];
+    if file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut head).is_err() {
+        return Ok(false);
+    }
+    let (len, crc) = header(&head);
+    if offset + (HEADER_LEN + len) as u64 > file_len {
+        return Ok(false);
+    }
+    let mut body = vec![0u8; len];
+    file.read_exact(&mut body).map_err(io_error(path))?;
+    Ok(crc32fast::hash(&body) == crc && peek(&body).is_some_and(|(found, _, _)| found == seq))
 }
 
 /// What recovery found.

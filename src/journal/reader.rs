@@ -28,6 +28,18 @@ pub enum Read {
         /// First sequence still kept.
         to: u64,
     },
+    /// Records `from..to` cannot be read (a record fails its checksum); their bytes were
+    /// copied to `quarantined` (when that could be written) and the reader goes on after them.
+    Damaged {
+        /// First damaged sequence.
+        from: u64,
+        /// First sequence after the damage.
+        to: u64,
+        /// What is wrong, and where.
+        reason: String,
+        /// Where the damaged bytes were copied.
+        quarantined: Option<PathBuf>,
+    },
 }
 
 struct Open {
@@ -41,12 +53,19 @@ pub struct JournalReader {
     dir: PathBuf,
     next_seq: u64,
     open: Option<Open>,
+    /// Whether damaged records are copied to the journal's `quarantine` directory.
+    quarantine: bool,
 }
 
 impl JournalReader {
     /// A reader whose first record will be `next_seq`.
     pub fn new(dir: PathBuf, next_seq: u64) -> Self {
-        JournalReader { dir, next_seq: next_seq.max(1), open: None }
+        JournalReader { dir, next_seq: next_seq.max(1), open: None, quarantine: true }
+    }
+
+    /// A reader that changes nothing: damaged records are reported, not copied aside.
+    pub fn inspecting(dir: PathBuf, next_seq: u64) -> Self {
+        JournalReader { quarantine: false, ..JournalReader::new(dir, next_seq) }
     }
 
     /// The sequence of the next record this reader returns.
@@ -110,15 +129,69 @@ impl JournalReader {
                     open.reader.seek(SeekFrom::Start(open.offset)).map_err(io_error(&open.segment.path))?;
                 }
                 _ => {
-                    return Err(JournalError::Damaged {
-                        path: open.segment.path.clone(),
-                        offset: open.offset,
-                        reason: format!("record {} does not decode or fails its checksum", self.next_seq),
-                    });
+                    open.reader.seek(SeekFrom::Start(open.offset)).map_err(io_error(&open.segment.path))?;
+                    // The events before the damage first, then the damage on a read of its own.
+                    if events.is_empty() {
+                        return self.quarantine(head);
+                    }
+                    break;
                 }
             }
         }
         Ok(Read::Events(events))
+    }
+
+    /// The record at the reader's position fails its checksum (or does not decode): copies
+    /// the damaged bytes aside and moves past them. When the record's length is readable, that
+    /// is one record; otherwise the rest of the segment, up to the next segment (or past
+    /// `head`, when this is the last one).
+    fn quarantine(&mut self, head: u64) -> Result<Read, JournalError> {
+        let Some(open) = self.open.take() else { return Ok(Read::Events(Vec::new())) };
+        let Open { segment, mut reader, offset } = open;
+        let file_len = reader.get_ref().metadata().map_err(io_error(&segment.path))?.len();
+        let mut head_bytes = [0u8; HEADER_LEN];
+        let length = match reader.read_exact(&mut head_bytes) {
+            Ok(()) => {
+                Some(header(&head_bytes).0 as u64 + HEADER_LEN as u64).filter(|n| offset + n <= file_len)
+            }
+            Err(_) => None,
+        };
+        let from = self.next_seq;
+        let (to, end) = match length {
+            Some(length) => (from + 1, offset + length),
+            None => {
+                let next = list_segments(&self.dir)?.into_iter().find(|s| s.first_seq > segment.first_seq);
+                (next.map_or(head + 1, |n| n.first_seq).max(from + 1), file_len)
+            }
+        };
+        let quarantined = if self.quarantine { self.copy_aside(&segment, offset, end).ok() } else { None };
+        let name = segment.path.display();
+        let reason = match to - from {
+            1 => format!("journal record {from} in {name} at byte {offset} fails its checksum"),
+            n => format!(
+                "journal records {from}..{to} ({n}) in {name} from byte {offset} cannot be read: the length of the first is damaged"
+            ),
+        };
+        if length.is_some() {
+            reader.seek(SeekFrom::Start(end)).map_err(io_error(&segment.path))?;
+            self.open = Some(Open { segment, reader, offset: end });
+        }
+        self.next_seq = to;
+        Ok(Read::Damaged { from, to, reason, quarantined })
+    }
+
+    /// Copies bytes `start..end` of `segment` to the journal's `quarantine` directory.
+    fn copy_aside(&self, segment: &Segment, start: u64, end: u64) -> std::io::Result<PathBuf> {
+        let dir = self.dir.join("quarantine");
+        std::fs::create_dir_all(&dir)?;
+        let stem = segment.path.file_stem().and_then(|n| n.to_str()).unwrap_or("segment");
+        let path = dir.join(format!("{stem}-at-{start}.bin"));
+        let mut file = File::open(&segment.path)?;
+        file.seek(SeekFrom::Start(start))?;
+        let mut out = File::create(&path)?;
+        std::io::copy(&mut file.take(end.saturating_sub(start)), &mut out)?;
+        out.sync_all()?;
+        Ok(path)
     }
 
     /// Opens the segment holding `next_seq` and seeks to it. Returns the oldest record kept

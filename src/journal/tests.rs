@@ -92,6 +92,7 @@ fn read_all(dir: &Path, from: u64, head: u64) -> Vec<Envelope> {
             Read::Events(batch) if batch.is_empty() => return events,
             Read::Events(batch) => events.extend(batch),
             Read::Skipped { from, to } => panic!("unexpected skip {from}..{to}"),
+            Read::Damaged { reason, .. } => panic!("unexpected damage: {reason}"),
         }
     }
 }
@@ -202,6 +203,7 @@ async fn retention_keeps_what_a_blocking_sink_needs_and_skips_a_dropping_one() {
     match reader.read(head, 100, 1 << 20).expect("read") {
         Read::Skipped { from, to } => assert_eq!((from, to), (1, oldest)),
         Read::Events(_) => panic!("the dropping sink's oldest events are gone"),
+        Read::Damaged { reason, .. } => panic!("unexpected damage: {reason}"),
     }
     assert!(
         matches!(reader.read(head, 100, 1 << 20).expect("read"), Read::Events(events) if events[0].seq == oldest)
@@ -284,7 +286,7 @@ async fn a_reader_whose_segments_retention_removed_under_it_skips_to_the_oldest_
     let mut reader = JournalReader::new(dir.path().to_owned(), 1);
     let first = match reader.read(head, 2, 1 << 20).expect("read") {
         Read::Events(events) => events,
-        Read::Skipped { .. } => panic!("nothing removed yet"),
+        other => panic!("nothing removed yet: {other:?}"),
     };
     assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
     fs::remove_file(&segments[0].path).expect("remove");
@@ -294,13 +296,14 @@ async fn a_reader_whose_segments_retention_removed_under_it_skips_to_the_oldest_
         match reader.read(head, 100, 1 << 20).expect("no error: the records were removed, not damaged") {
             Read::Events(events) => seqs.extend(events.iter().map(|e| e.seq)),
             Read::Skipped { from, to } => break (from, to),
+            Read::Damaged { reason, .. } => panic!("unexpected damage: {reason}"),
         }
     };
     assert_eq!(seqs, (3..segments[1].first_seq).collect::<Vec<_>>(), "the open segment is read to its end");
     assert_eq!(skipped, (segments[1].first_seq, segments[2].first_seq));
     match reader.read(head, 1, 1 << 20).expect("read") {
         Read::Events(events) => assert_eq!(events[0].seq, segments[2].first_seq),
-        Read::Skipped { from, to } => panic!("skipped again {from}..{to}"),
+        other => panic!("not the next events: {other:?}"),
     }
 }
 
@@ -322,6 +325,7 @@ async fn a_missing_segment_between_two_kept_ones_is_damage_not_a_skip() {
             Ok(Read::Skipped { from, to }) => {
                 panic!("records {from}..{to} skipped: retention never leaves a hole")
             }
+            Ok(Read::Damaged { reason, .. }) => panic!("a missing segment is not a damaged record: {reason}"),
             Err(error) => break error.to_string(),
         }
     };
@@ -353,4 +357,46 @@ async fn an_empty_segment_left_by_a_failed_roll_is_neither_read_nor_written_over
     journal.stop();
     let events = read_all(dir.path(), 1, 21);
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+}
+
+/// Flips a byte in the body of record `seq` of the journal's first segment.
+fn damage_record(dir: &Path, seq: u64) {
+    let segment = list_segments(dir).expect("list").into_iter().next().expect("a segment");
+    let mut bytes = fs::read(&segment.path).expect("read");
+    let mut offset = 0usize;
+    for _ in segment.first_seq..seq {
+        let (len, _) = record::header(bytes[offset..offset + record::HEADER_LEN].try_into().expect("header"));
+        offset += record::HEADER_LEN + len;
+    }
+    bytes[offset + record::HEADER_LEN + 40] ^= 0xff;
+    fs::write(&segment.path, bytes).expect("write");
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_quarantined_and_reading_goes_on_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    let mut head = 0;
+    for index in 1..=10u64 {
+        head = journal.write(vec![event(index, "a", 200)]).await;
+    }
+    journal.stop();
+    damage_record(dir.path(), 5);
+    let mut reader = JournalReader::new(dir.path().to_owned(), 1);
+    let mut seen = Vec::new();
+    let mut damage = None;
+    loop {
+        match reader.read(head, 100, 1 << 20).expect("no error: damage is reported, not fatal") {
+            Read::Events(events) if events.is_empty() => break,
+            Read::Events(events) => seen.extend(events.iter().map(|e| e.seq)),
+            Read::Damaged { from, to, reason, quarantined } => damage = Some((from, to, reason, quarantined)),
+            Read::Skipped { from, to } => panic!("skipped {from}..{to}"),
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 6, 7, 8, 9, 10]);
+    let (from, to, reason, quarantined) = damage.expect("the damage is reported");
+    assert_eq!((from, to), (5, 6));
+    assert!(reason.contains("journal record 5") && reason.contains("fails its checksum"), "{reason}");
+    let quarantined = quarantined.expect("copied aside");
+    assert!(fs::metadata(&quarantined).expect("quarantine file").len() > 200);
 }

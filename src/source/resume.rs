@@ -55,6 +55,25 @@ pub struct LineOutcome {
     pub repeated_in_line: usize,
 }
 
+/// A `NomadRelay`/`GapDetected` event with id `id` and `payload` (`{"Gap":{...}}`), shaped
+/// like Nomad's own events, so every sink and consumer handles it as one.
+pub fn gap_marker(source: &str, id: EventId, payload: &str) -> Envelope {
+    let index = id.index;
+    let raw = format!(
+        "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{GAP_TYPE}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
+    );
+    Envelope {
+        seq: 0,
+        id,
+        source: source.to_owned(),
+        topic: RELAY_TOPIC.to_owned(),
+        event_type: GAP_TYPE.to_owned(),
+        key: String::new(),
+        namespace: String::new(),
+        raw: Bytes::from(raw),
+    }
+}
+
 /// Resume and de-duplication state for one Nomad source.
 #[derive(Debug)]
 pub struct Resume {
@@ -236,19 +255,7 @@ impl Resume {
     fn marker(&mut self, index: u64, payload: &str) -> Envelope {
         let digest = digest(&self.source, RELAY_TOPIC, GAP_TYPE, "", "");
         let occurrence = self.bump(digest);
-        let raw = format!(
-            "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{GAP_TYPE}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
-        );
-        Envelope {
-            seq: 0,
-            id: EventId { index, digest, occurrence },
-            source: self.source.clone(),
-            topic: RELAY_TOPIC.to_owned(),
-            event_type: GAP_TYPE.to_owned(),
-            key: String::new(),
-            namespace: String::new(),
-            raw: Bytes::from(raw),
-        }
+        gap_marker(&self.source, EventId { index, digest, occurrence }, payload)
     }
 
     fn accept(&mut self, envelope: Envelope, outcome: &mut LineOutcome) {

@@ -115,6 +115,55 @@ async fn jetstream_exactly_once_across_sigkills() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_after_the_duplicate_window_send_nothing_the_stream_already_holds() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    let (prefix, stream) = (unique("window"), unique("WINDOW"));
+    let port = free_port();
+    // JetStream forgets a message id 1 s after storing it; the relay stays down 2 s after each
+    // kill, so every event it had in flight is forgotten by the time it is sent again.
+    let sink = nats_sink(&url, &prefix, &stream, "duplicate_window = \"1s\"");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let generator = GeneratorConfig {
+        rate: Some(2_000.0),
+        total_events: Some(32_000),
+        seed: 33,
+        ..GeneratorConfig::default()
+    };
+    let kills = deliver_through_sigkills_down_for(
+        &scratch,
+        &config,
+        port,
+        &emulator,
+        generator,
+        "nats",
+        Duration::from_secs(2),
+    )
+    .await;
+    let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
+    // The restarts read the stream and found events they had sent before the kill: the fault
+    // landed where the window matters, and the sink, not JetStream, kept them single.
+    let log = kills.relay.log();
+    let found: usize = log
+        .lines()
+        .filter_map(|line| {
+            line.split(" messages, ").nth(1)?.split(" of them the relay's").next()?.parse::<usize>().ok()
+        })
+        .sum();
+    assert!(found > 0, "no restart found events the stream already held after {} kills", kills.total);
+    assert!(log.contains(RE_SENT), "the events found were counted as already at the destination");
+    assert_exactly_once_in_subject_order(
+        &stored,
+        &kills.expected,
+        &expected_ids(&emulator.published()),
+        &prefix,
+    );
+}
+
 /// What the worker logs when the destination already held events it sent again.
 const RE_SENT: &str = "events sent again were already at the destination";
 

@@ -377,6 +377,20 @@ pub async fn deliver_through_sigkills(
     generator: nomad_emulator::GeneratorConfig,
     sink: &str,
 ) -> Kills {
+    deliver_through_sigkills_down_for(scratch, config, port, emulator, generator, sink, Duration::ZERO).await
+}
+
+/// [`deliver_through_sigkills`], with the relay left down for `down_for` after each kill (a
+/// broker's memory of what it was sent can run out meanwhile).
+pub async fn deliver_through_sigkills_down_for(
+    scratch: &Scratch,
+    config: &Path,
+    port: u16,
+    emulator: &Emulator,
+    generator: nomad_emulator::GeneratorConfig,
+    sink: &str,
+    down_for: Duration,
+) -> Kills {
     let publishing = tokio::spawn(emulator.generator(generator).run());
     let in_flight_series = format!("nomad_relay_sink_in_flight_events{{sink=\"{sink}\"}}");
     let mut relay = Relay::start(config);
@@ -394,6 +408,7 @@ pub async fn deliver_through_sigkills(
         relay.kill();
         total += 1;
         in_flight += usize::from(landed);
+        tokio::time::sleep(down_for).await;
         relay = Relay::start(config);
     }
     publishing.await.unwrap();

@@ -43,8 +43,8 @@ pub struct NatsSinkConfig {
     /// Subjects of the stream when the relay creates it (default: the subject template with
     /// each field replaced by `*`).
     pub subjects: Vec<String>,
-    /// Duplicate window of a stream the relay creates: how long after a crash re-sent events
-    /// are still recognised.
+    /// Duplicate window of a stream the relay creates: how long JetStream recognises a re-sent
+    /// message id by itself. The sink reads the real window of whatever stream it uses.
     pub duplicate_window: HumanDuration,
     /// Storage of a stream the relay creates.
     pub storage: StorageKind,

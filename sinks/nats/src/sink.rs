@@ -2,8 +2,10 @@
 //! outcome per PubAck, and core NATS publishing.
 
 use crate::config::{NatsSinkConfig, OnReject, StorageKind};
+use crate::window::{DuplicateWindow, SOURCE_HEADER};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::Stream;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use nomad_relay_sink_api::{
@@ -19,6 +21,10 @@ pub struct NatsSink {
     subject: Template,
     client: Option<Client>,
     jetstream: Option<async_nats::jetstream::Context>,
+    /// The stream that captures the sink's subjects, once checked.
+    stream: Option<Stream>,
+    /// The stream's duplicate window, and what the sink knows of its sends against it.
+    window: DuplicateWindow,
     /// JetStream batches published whose PubAcks the relay has not asked for yet.
     published: VecDeque<PublishedBatch>,
 }
@@ -41,7 +47,16 @@ impl NatsSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad subject template.
     pub fn new(config: NatsSinkConfig) -> Result<NatsSink, String> {
         let subject = Template::parse(&config.subject).map_err(|e| e.to_string())?;
-        Ok(NatsSink { config, subject, client: None, jetstream: None, published: VecDeque::new() })
+        let window = DuplicateWindow::new(config.duplicate_window.0, config.ack_timeout.0);
+        Ok(NatsSink {
+            config,
+            subject,
+            client: None,
+            jetstream: None,
+            stream: None,
+            window,
+            published: VecDeque::new(),
+        })
     }
 
     async fn connect(&mut self) -> Result<(), SinkError> {
@@ -105,23 +120,22 @@ impl NatsSink {
     }
 
     /// Checks (or creates) the configured stream and that it captures the subjects this sink
-    /// publishes to; without a configured stream, asks the server which stream captures them.
-    async fn check_stream(&self) -> Result<(), SinkError> {
+    /// publishes to (without a configured stream, asks the server which stream captures
+    /// them), and reads its duplicate window.
+    async fn check_stream(&mut self) -> Result<(), SinkError> {
         let Some(context) = &self.jetstream else { return Ok(()) };
         let sample = self.subject.render(&Envelope::example());
         let config_error = |message: String| SinkError::new(SinkErrorKind::Config, message);
-        let Some(name) = &self.config.stream else {
-            return match context.stream_by_subject(sample.clone()).await {
-                Ok(stream) => {
-                    info!("JetStream stream `{stream}` captures subject {sample}");
-                    Ok(())
-                }
-                Err(e) => Err(config_error(format!(
+        let name = match &self.config.stream {
+            Some(name) => name.clone(),
+            None => context.stream_by_subject(sample.clone()).await.map_err(|e| {
+                config_error(format!(
                     "no JetStream stream captures subject {sample} ({e}); create one, or set `stream` and `create_stream = true` on this sink"
-                ))),
-            };
+                ))
+            })?,
         };
-        let mut stream = if self.config.create_stream {
+        let name = &name;
+        let mut stream = if self.config.stream.is_some() && self.config.create_stream {
             let stream_config = async_nats::jetstream::stream::Config {
                 name: name.clone(),
                 subjects: self.config.stream_subjects(),
@@ -160,13 +174,22 @@ impl NatsSink {
                 "JetStream stream `{name}` captures {subjects:?}, but this sink publishes to subjects like {sample}; add them to the stream or change `subject`"
             )));
         }
-        if info.config.duplicate_window < std::time::Duration::from_secs(60) {
-            warn!(
-                "JetStream stream `{name}` has a duplicate window of {:?}: events re-sent after a longer outage are stored twice",
-                info.config.duplicate_window
-            );
-        }
+        let window = info.config.duplicate_window;
+        info!(
+            "JetStream stream `{name}` captures subject {sample} and keeps message ids for {window:?} (its duplicate_window): an event sent again within that time is dropped by JetStream; after longer, the sink first reads what the stream holds"
+        );
+        self.window = DuplicateWindow::new(window, self.config.ack_timeout.0);
+        self.stream = Some(stream);
         Ok(())
+    }
+
+    /// Before events are sent again: if they may have been stored longer ago than the
+    /// stream's duplicate window, reads which of them it holds.
+    async fn check_window(&mut self) -> Result<(), SinkError> {
+        match &mut self.stream {
+            Some(stream) if self.window.may_have_passed() => self.window.check(stream).await,
+            _ => Ok(()),
+        }
     }
 
     fn headers(event: &Envelope) -> HeaderMap {
@@ -177,6 +200,7 @@ impl NatsSink {
         headers.insert("Nomad-Type", event.event_type.as_str());
         headers.insert("Nomad-Namespace", event.namespace.as_str());
         headers.insert("Nomad-Key", event.key.as_str());
+        headers.insert(SOURCE_HEADER, event.source.as_str());
         headers
     }
 
@@ -189,9 +213,17 @@ impl NatsSink {
                 &SinkError::new(SinkErrorKind::Unavailable, "not connected to NATS"),
             ));
         };
+        if self.window.defer_until_saved() {
+            return Submission::Done(batch.iter().map(|_| Outcome::Deferred).collect());
+        }
         let mut submitted =
             PublishedBatch { outcomes: batch.iter().map(|_| None).collect(), awaiting: VecDeque::new() };
         for (position, event) in batch.iter().enumerate() {
+            if self.window.already_stored(event) {
+                submitted.outcomes[position] = Some(Outcome::Duplicate);
+                continue;
+            }
+            self.window.publishing();
             let subject = self.subject.render(event);
             let message = PublishMessage::build()
                 .payload(event.raw.clone())
@@ -233,18 +265,22 @@ impl NatsSink {
         while let Some((position, subject, ack, due)) = awaiting.pop_front() {
             outcomes[position] = Some(self.acknowledged(&batch[position], &subject, ack, due).await);
         }
-        outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
                     Outcome::Retry(SinkError::new(SinkErrorKind::Other, "no acknowledgement"))
                 })
             })
-            .collect()
+            .collect();
+        if self.published.is_empty() && outcomes.iter().all(|o| !matches!(o, Outcome::Retry(_))) {
+            self.window.all_confirmed();
+        }
+        outcomes
     }
 
     async fn acknowledged(
-        &self,
+        &mut self,
         event: &Envelope,
         subject: &str,
         ack: PublishAckFuture,
@@ -259,6 +295,9 @@ impl NatsSink {
                 ),
             ));
         };
+        if let Ok(ack) = &acked {
+            self.window.acknowledged(ack.sequence);
+        }
         match acked {
             // The stream already stored this Nats-Msg-Id inside its duplicate window.
             Ok(ack) if ack.duplicate => Outcome::Duplicate,
@@ -405,11 +444,16 @@ impl Sink for NatsSink {
         if self.config.jetstream { Guarantee::ExactlyOnce } else { Guarantee::AtMostOnce }
     }
 
-    async fn open(&mut self, _saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
+    async fn open(&mut self, saved_state: Option<serde_json::Value>) -> Result<(), SinkError> {
         if self.client.is_none() {
             self.connect().await?;
         }
         self.check_stream().await?;
+        self.window.restore(saved_state.as_ref());
+        if let Some(stream) = &self.stream {
+            self.window.opened_at(stream.cached_info().state.last_sequence);
+        }
+        self.check_window().await?;
         if !self.config.jetstream {
             warn!(
                 "NATS sink in core mode: delivery is at-most-once (events are lost if NATS or the connection fails after the relay hands them over)"
@@ -424,6 +468,9 @@ impl Sink for NatsSink {
                 SinkErrorKind::Other,
                 "the NATS sink was sent a batch while others were in flight (a bug in the relay)",
             );
+            return Outcome::retry_all(batch.len(), &error);
+        }
+        if let Err(error) = self.check_window().await {
             return Outcome::retry_all(batch.len(), &error);
         }
         match self.submit(batch).await {
@@ -451,6 +498,10 @@ impl Sink for NatsSink {
 
     async fn confirm(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         self.confirm_jetstream(batch).await
+    }
+
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        self.config.jetstream.then(|| self.window.checkpoint_state())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

@@ -6,7 +6,7 @@ use crate::journal::{
     self, Recovery,
     reader::{JournalReader, Read},
 };
-use crate::relay::{RelayError, journal_dir, lock_data_dir};
+use crate::relay::{RelayError, journal_dir, lock_data_dir, source_name, source_names};
 use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::source::Source;
@@ -50,7 +50,7 @@ pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToke
     let mut tasks = Vec::new();
     for nomad in config.nomad {
         let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
-        let resume = Resume::new(&nomad.name, None, start, true);
+        let resume = Resume::new(&source_name(&nomad), None, start, true);
         let name = nomad.name.clone();
         let source = Source::new(nomad, resume, tx.clone(), Arc::new(SourceStats::default()))
             .map_err(|e| RelayError::Other(format!("Nomad source `{name}`: {e}")))?;
@@ -82,10 +82,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| RelayError::Other(format!("blocking task failed: {e}")))?
-}
-
-fn source_names(config: &Config) -> Vec<String> {
-    config.nomad.iter().map(|n| n.name.clone()).collect()
 }
 
 /// `journal check`: reads every record the journal holds and lists the damaged ones, without

@@ -161,9 +161,14 @@ impl<'de> Deserialize<'de> for StartAt {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NomadConfig {
-    /// The source's name, part of every event id and shown in logs: required with several
-    /// `[[nomad]]` tables, `default` with one.
+    /// The source's name, shown in logs, metrics, gap markers and the `Source` template field:
+    /// required with several `[[nomad]]` tables, `default` with one. Renaming it changes
+    /// none of the event ids.
     pub name: String,
+    /// What the source's event ids are made from, besides the event itself (raft indexes
+    /// belong to one cluster, so two clusters need different scopes): `default` unless set;
+    /// several `[[nomad]]` tables each need their own. Changing it changes every id.
+    pub id_scope: Option<String>,
     /// One address or several, tried in turn (`http://` or `https://`).
     pub address: OneOrMany<String>,
     /// ACL token sent as `X-Nomad-Token`.
@@ -202,6 +207,7 @@ impl Default for NomadConfig {
     fn default() -> Self {
         NomadConfig {
             name: DEFAULT_SOURCE.to_owned(),
+            id_scope: None,
             address: OneOrMany::One("http://127.0.0.1:4646".to_owned()),
             token: None,
             token_file: None,
@@ -222,6 +228,11 @@ impl Default for NomadConfig {
 }
 
 impl NomadConfig {
+    /// The id scope in effect: `id_scope`, or `default`.
+    pub fn id_scope(&self) -> &str {
+        self.id_scope.as_deref().unwrap_or(DEFAULT_SOURCE)
+    }
+
     /// Checks this source's settings; errors name keys under `key` (`nomad`, `nomad[1]`).
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
@@ -229,6 +240,9 @@ impl NomadConfig {
             || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
             return fail(format!("`{key}.name`: `{}` must be letters, digits, `-`, `_` or `.`", self.name));
+        }
+        if self.id_scope.as_deref() == Some("") {
+            return fail(format!("`{key}.id_scope`: must not be empty; leave it out for `default`"));
         }
         let addresses = self.address.to_vec();
         if addresses.is_empty() {
@@ -643,12 +657,21 @@ impl Config {
             return Err(ConfigError("`nomad`: give at least one [nomad] table".into()));
         }
         let mut names = BTreeSet::new();
+        let mut scopes = BTreeMap::new();
         for (position, nomad) in self.nomad.iter().enumerate() {
             let key = if self.nomad.len() == 1 { "nomad".to_owned() } else { format!("nomad[{position}]") };
             nomad.validate(&key)?;
             if !names.insert(nomad.name.as_str()) {
                 return Err(ConfigError(format!(
                     "`{key}.name`: `{}` is used by two [[nomad]] tables; each source needs its own name",
+                    nomad.name
+                )));
+            }
+            if let Some(other) = scopes.insert(nomad.id_scope(), nomad.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "`{key}.id_scope`: sources `{other}` and `{}` both have id scope `{}`, so their events would get the same ids (raft indexes are per cluster); give each [[nomad]] table its own `id_scope` (`id_scope = \"{}\"` keeps the ids that relays without `id_scope` gave this source's events)",
+                    nomad.name,
+                    nomad.id_scope(),
                     nomad.name
                 )));
             }
@@ -850,10 +873,24 @@ mod tests {
     #[test]
     fn several_clusters_need_distinct_names() {
         let config = Config::from_toml(
-            "[[nomad]]\nname = \"eu\"\naddress = \"http://eu:4646\"\n[[nomad]]\nname = \"us\"\naddress = \"http://us:4646\"\n[sinks.out]\ntype = \"stdout\"\n",
+            "[[nomad]]\nname = \"eu\"\nid_scope = \"eu\"\naddress = \"http://eu:4646\"\n[[nomad]]\nname = \"us\"\nid_scope = \"us\"\naddress = \"http://us:4646\"\n[sinks.out]\ntype = \"stdout\"\n",
         )
         .expect("two clusters");
         assert_eq!(config.nomad.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
+        let error = Config::from_toml(
+            "[[nomad]]\nname = \"eu\"\n[[nomad]]\nname = \"us\"\n[sinks.out]\ntype = \"stdout\"\n",
+        )
+        .expect_err("one id scope for two clusters");
+        assert!(
+            error
+                .to_string()
+                .contains("`nomad[1].id_scope`: sources `eu` and `us` both have id scope `default`")
+                && error.to_string().contains("id_scope = \"us\""),
+            "{error}"
+        );
+        let single = Config::from_toml("[[nomad]]\nname = \"east\"\n[sinks.out]\ntype = \"stdout\"\n")
+            .expect("one named cluster");
+        assert_eq!(single.nomad[0].id_scope(), "default", "renaming the only source keeps its ids");
         let error =
             Config::from_toml("[[nomad]]\naddress = \"http://eu:4646\"\n[sinks.out]\ntype = \"stdout\"\n")
                 .expect_err("unnamed");

@@ -3,12 +3,12 @@
 //! asked: the sources stop reading, the writer makes what it has durable, workers finish the
 //! batch in hand and save their cursors.
 
-use crate::config::{Config, WhenFull};
+use crate::config::{Config, NomadConfig, WhenFull};
 use crate::cursor::{self, Cursor};
 use crate::journal::board::CursorBoard;
 use crate::journal::handoff::{EventSender, handoff};
 use crate::journal::writer::JournalWriter;
-use crate::journal::{self, JournalError, Recovered, Recovery};
+use crate::journal::{self, JournalError, Recovered, Recovery, SourceName};
 use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::source::Source;
@@ -192,7 +192,7 @@ impl Running {
                 // least the checkpoint, before the stream has sent anything new.
                 stats.last_index.store(checkpoint.index, Ordering::Relaxed);
             }
-            let resume = Resume::new(&nomad.name, checkpoint, nomad.start, nomad.gap_markers);
+            let resume = Resume::new(&source_name(nomad), checkpoint, nomad.start, nomad.gap_markers);
             let source = Source::new(nomad.clone(), resume, events.clone(), stats.clone())
                 .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
             sources.push((nomad.name.clone(), stats, source));
@@ -291,11 +291,21 @@ impl Running {
 /// Recovers the journal (off the async runtime), cutting off a record a crash tore.
 async fn recover(config: &Config, journal_dir: &Path) -> Result<Recovered, RelayError> {
     let dir = journal_dir.to_owned();
-    let sources: Vec<String> = config.nomad.iter().map(|n| n.name.clone()).collect();
+    let sources = source_names(config);
     tokio::task::spawn_blocking(move || journal::recover(&dir, Recovery::Repair, &sources))
         .await
         .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))?
         .map_err(RelayError::from)
+}
+
+/// A source as the journal knows it: its name and id scope.
+pub fn source_name(nomad: &NomadConfig) -> SourceName {
+    SourceName { name: nomad.name.clone(), scope: nomad.id_scope().to_owned() }
+}
+
+/// Every configured source as the journal knows it.
+pub fn source_names(config: &Config) -> Vec<SourceName> {
+    config.nomad.iter().map(source_name).collect()
 }
 
 /// Every configured sink's saved cursor (`None` for a new sink).

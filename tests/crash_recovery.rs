@@ -99,7 +99,7 @@ async fn two_clusters_each_resume_from_their_own_checkpoint_across_kills() {
     let text = std::fs::read_to_string(&config).unwrap();
     let single = text[text.find("[nomad]").unwrap()..text.find("[sinks.out]").unwrap()].to_owned();
     let two = format!(
-        "[[nomad]]\nname = \"eu\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[[nomad]]\nname = \"us\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n",
+        "[[nomad]]\nname = \"eu\"\nid_scope = \"eu\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n[[nomad]]\nname = \"us\"\nid_scope = \"us\"\naddress = \"{}\"\n[nomad.reconnect]\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n\n",
         eu.url(),
         us.url()
     );

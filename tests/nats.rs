@@ -164,6 +164,53 @@ async fn restarts_after_the_duplicate_window_send_nothing_the_stream_already_hol
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_the_source_keeps_event_ids_and_its_place_in_the_journal() {
+    let url = shared_url();
+    let emulator = emulator(EmulatorConfig { buffer_size: 1_000_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    let (prefix, stream) = (unique("rename"), unique("RENAME"));
+    let config = scratch.config(&emulator.url(), "", &nats_sink(&url, &prefix, &stream, ""));
+    let publish = |seed| {
+        emulator.generator(GeneratorConfig {
+            rate: Some(5_000.0),
+            total_events: Some(2_000),
+            seed,
+            ..GeneratorConfig::default()
+        })
+    };
+    publish(41).run().await;
+    relay_everything(&scratch, &config, &emulator, WAIT).await;
+    let first_run = stream_requests(&emulator).len();
+    // `[nomad]` becomes `[[nomad]] name = "east"`, as an operator adding a second cluster
+    // would start; Nomad still holds every event in its buffer.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[nomad]\n", "[[nomad]]\nname = \"east\"\n", 1)).unwrap();
+    publish(42).run().await;
+    // The file sink holds each event once (the renamed source resumed from its old name's
+    // checkpoint rather than journaling Nomad's buffer again) ...
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let mut relay = Relay::start(&config);
+    eventually("every event in the file and in JetStream", WAIT, || {
+        let file_done = scratch.lines("events.ndjson").len() >= expected.len();
+        (file_done && scratch.cursor_next("nats") == scratch.cursor_next("out")).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
+    assert!(relay.log().contains("source=east"), "the source runs under its new name");
+    let resumed = &stream_requests(&emulator)[first_run..];
+    assert!(
+        resumed.first().and_then(|r| r.index).is_some_and(|index| index > 0),
+        "the renamed source asked Nomad for its old checkpoint: {:?}",
+        resumed.first().map(|r| r.index)
+    );
+    // ... and JetStream holds each event once, under the id it had before the rename.
+    let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
+    assert_exactly_once_in_subject_order(&stored, &expected, &expected_ids(&emulator.published()), &prefix);
+}
+
 /// What the worker logs when the destination already held events it sent again.
 const RE_SENT: &str = "events sent again were already at the destination";
 

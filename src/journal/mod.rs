@@ -18,12 +18,14 @@
 pub mod board;
 pub mod checkpoint;
 pub mod handoff;
+pub mod names;
 pub mod reader;
 pub mod record;
 pub mod writer;
 
 use crate::state_file::StateFileError;
 use checkpoint::SourceCheckpoint;
+pub use names::SourceName;
 use record::{HEADER_LEN, header, peek};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -247,14 +249,38 @@ pub enum Recovery {
     ReadOnly,
 }
 
-/// Reads the journal in `dir` and rebuilds the checkpoint of each of `sources`.
+/// Reads the journal in `dir` and rebuilds the checkpoint of each of `sources`, from its
+/// records under every name its id scope has had ([`names`]); with [`Recovery::Repair`], also
+/// records the sources' current names.
 ///
 /// A source's checkpoint is its highest journaled index and every id journaled at it. The
 /// newest segment usually settles it; older segments are read only while a source's records
 /// at its highest index may continue further back (or it has not been seen yet), and never
 /// past the head recorded in the saved [`checkpoint`] file, which holds every checkpoint as
 /// of the last time retention removed a segment.
-pub fn recover(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<Recovered, JournalError> {
+pub fn recover(dir: &Path, recovery: Recovery, sources: &[SourceName]) -> Result<Recovered, JournalError> {
+    let aliases = names::aliases(dir, sources)?;
+    let all_names: Vec<String> = aliases.iter().flatten().cloned().collect();
+    let mut recovered = recover_names(dir, recovery, &all_names)?;
+    for (source, names) in sources.iter().zip(&aliases) {
+        let mut merged: Option<SourceCheckpoint> = None;
+        for name in names {
+            if let Some(checkpoint) = recovered.checkpoints.remove(name) {
+                merged.get_or_insert_with(SourceCheckpoint::default).merge(checkpoint);
+            }
+        }
+        if let Some(checkpoint) = merged {
+            recovered.checkpoints.insert(source.name.clone(), checkpoint);
+        }
+    }
+    if recovery == Recovery::Repair {
+        names::remember(dir, sources)?;
+    }
+    Ok(recovered)
+}
+
+/// [`recover`] for the records written under `sources`, by name.
+fn recover_names(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<Recovered, JournalError> {
     let mut segments = list_segments(dir)?;
     if recovery == Recovery::Repair {
         remove_stray_segments(&mut segments)?;

@@ -29,8 +29,13 @@ fn event(index: u64, key: &str, size: usize) -> Envelope {
     }
 }
 
-fn sources() -> Vec<String> {
-    vec!["default".to_owned()]
+/// Sources by name, each its own id scope.
+fn named(names: &[&str]) -> Vec<SourceName> {
+    names.iter().map(|name| SourceName { name: (*name).into(), scope: (*name).into() }).collect()
+}
+
+fn sources() -> Vec<SourceName> {
+    named(&["default"])
 }
 
 fn config(segment: u64, max: u64) -> JournalConfig {
@@ -49,7 +54,7 @@ struct Running {
 }
 
 fn start(dir: &Path, config: JournalConfig, board: Arc<CursorBoard>) -> Running {
-    let names: Vec<String> = ["default", "eu", "us"].map(String::from).to_vec();
+    let names = named(&["default", "eu", "us"]);
     let recovered = recover(dir, Recovery::Repair, &names).expect("recover");
     let (writer, head) = JournalWriter::open(
         dir,
@@ -227,7 +232,7 @@ async fn each_source_gets_its_own_checkpoint_even_when_it_was_quiet() {
     }
     journal.stop();
     assert!(list_segments(dir.path()).expect("list").len() > 3);
-    let names = vec!["eu".to_owned(), "us".to_owned(), "asia".to_owned()];
+    let names = named(&["eu", "us", "asia"]);
     let recovered = recover(dir.path(), Recovery::ReadOnly, &names).expect("recover");
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
@@ -253,7 +258,7 @@ async fn retention_never_takes_a_quiet_sources_checkpoint_with_it() {
     }
     journal.stop();
     assert!(list_segments(dir.path()).expect("list")[0].first_seq > 2, "eu's records were removed");
-    let names = vec!["eu".to_owned(), "us".to_owned()];
+    let names = named(&["eu", "us"]);
     let recovered = recover(dir.path(), Recovery::Repair, &names).expect("recover");
     assert_eq!(recovered.checkpoints["eu"].index, 7);
     assert_eq!(recovered.checkpoints["eu"].seen.len(), 2);
@@ -399,4 +404,45 @@ async fn a_damaged_record_is_quarantined_and_reading_goes_on_after_it() {
     assert!(reason.contains("journal record 5") && reason.contains("fails its checksum"), "{reason}");
     let quarantined = quarantined.expect("copied aside");
     assert!(fs::metadata(&quarantined).expect("quarantine file").len() > 200);
+}
+
+#[tokio::test]
+async fn a_renamed_source_keeps_the_checkpoint_its_old_name_left_including_a_saved_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let board = Arc::new(CursorBoard::default());
+    let sink = board.register("out", 1, false);
+    // `eu` (scope `eu`) writes at index 7; `us` writes until retention removed eu's records.
+    let mut journal = start(dir.path(), config(4096, 16384), board.clone());
+    let from = |source: &str, index: u64, key: &str| {
+        let mut event = event(index, key, 400);
+        event.source = source.to_owned();
+        event
+    };
+    let mut head = journal.write(vec![from("eu", 7, "a"), from("eu", 7, "b")]).await;
+    for index in 100..200 {
+        board.update(sink, head + 1);
+        head = journal.write(vec![from("us", index, "x")]).await;
+    }
+    journal.stop();
+    // `eu` becomes `europe`, same scope; `us` becomes `america` and takes scope `us` too.
+    let renamed = [
+        SourceName { name: "europe".into(), scope: "eu".into() },
+        SourceName { name: "america".into(), scope: "us".into() },
+    ];
+    let recovered = recover(dir.path(), Recovery::Repair, &renamed).expect("recover");
+    assert_eq!(recovered.checkpoints["europe"].index, 7, "from the saved checkpoints file");
+    assert_eq!(recovered.checkpoints["europe"].seen.len(), 2);
+    assert_eq!(recovered.checkpoints["america"].index, 199, "from the records");
+    // The old names are remembered beside the new ones, so a second rename still finds them.
+    let again = [SourceName { name: "emea".into(), scope: "eu".into() }];
+    let recovered = recover(dir.path(), Recovery::ReadOnly, &again).expect("recover");
+    assert_eq!(recovered.checkpoints["emea"].index, 7);
+    // A name's own records count whatever its scope (an id_scope changed in place keeps the
+    // cluster's position; only the ids change).
+    let rescoped = [SourceName { name: "us".into(), scope: "asia".into() }];
+    let recovered = recover(dir.path(), Recovery::ReadOnly, &rescoped).expect("recover");
+    assert_eq!(recovered.checkpoints["us"].index, 199);
+    let fresh = [SourceName { name: "asia".into(), scope: "asia".into() }];
+    let recovered = recover(dir.path(), Recovery::ReadOnly, &fresh).expect("recover");
+    assert!(!recovered.checkpoints.contains_key("asia"), "a new source starts fresh");
 }

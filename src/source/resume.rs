@@ -21,6 +21,7 @@
 
 use super::frame::RawEvent;
 use crate::config::{DEFAULT_SOURCE, StartAt};
+use crate::journal::SourceName;
 use crate::journal::checkpoint::SourceCheckpoint;
 use bytes::Bytes;
 use nomad_relay_sink_api::{Envelope, EventId};
@@ -79,6 +80,8 @@ pub fn gap_marker(source: &str, id: EventId, payload: &str) -> Envelope {
 pub struct Resume {
     /// The configured name of the Nomad cluster or region.
     source: String,
+    /// Its id scope, part of every event id's digest.
+    scope: String,
     checkpoint: SourceCheckpoint,
     /// Whether `checkpoint` came from the journal (so a jump past it is a gap).
     have_checkpoint: bool,
@@ -90,11 +93,12 @@ pub struct Resume {
     awaiting_first_line: bool,
 }
 
-/// The stable digest of an event's identity fields (and its source's name, since raft
-/// indexes belong to one region).
-pub fn digest(source: &str, topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 {
+/// The stable digest of an event's identity fields and its source's id scope (raft indexes
+/// belong to one cluster; the scope is `default` unless configured, not the source's name, so
+/// renaming a source keeps its ids).
+pub fn digest(scope: &str, topic: &str, event_type: &str, namespace: &str, key: &str) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for field in [source, topic, event_type, namespace, key] {
+    for field in [scope, topic, event_type, namespace, key] {
         hasher.update(&(field.len() as u64).to_le_bytes());
         hasher.update(field.as_bytes());
     }
@@ -102,17 +106,18 @@ pub fn digest(source: &str, topic: &str, event_type: &str, namespace: &str, key:
 }
 
 impl Resume {
-    /// Resume state for `source` from the journal's checkpoint (`None` when nothing of this
-    /// source was journaled yet).
+    /// Resume state for `source` (its name and id scope) from the journal's checkpoint
+    /// (`None` when nothing of this source was journaled yet).
     pub fn new(
-        source: &str,
+        source: &SourceName,
         checkpoint: Option<SourceCheckpoint>,
         start: StartAt,
         gap_markers: bool,
     ) -> Self {
         let have_checkpoint = checkpoint.is_some();
         Resume {
-            source: source.to_owned(),
+            source: source.name.clone(),
+            scope: source.scope.clone(),
             checkpoint: checkpoint.unwrap_or_default(),
             have_checkpoint,
             start,
@@ -187,7 +192,7 @@ impl Resume {
         }
         let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
         for event in events {
-            let digest = digest(&self.source, &event.topic, &event.event_type, &event.namespace, &event.key);
+            let digest = digest(&self.scope, &event.topic, &event.event_type, &event.namespace, &event.key);
             if !in_line.insert(digest) {
                 outcome.repeated_in_line += 1;
                 continue;
@@ -253,7 +258,7 @@ impl Resume {
     }
 
     fn marker(&mut self, index: u64, payload: &str) -> Envelope {
-        let digest = digest(&self.source, RELAY_TOPIC, GAP_TYPE, "", "");
+        let digest = digest(&self.scope, RELAY_TOPIC, GAP_TYPE, "", "");
         let occurrence = self.bump(digest);
         gap_marker(&self.source, EventId { index, digest, occurrence }, payload)
     }
@@ -285,6 +290,10 @@ impl Resume {
 mod tests {
     use super::*;
 
+    fn default_source() -> SourceName {
+        SourceName { name: DEFAULT_SOURCE.into(), scope: DEFAULT_SOURCE.into() }
+    }
+
     fn event(topic: &str, key: &str) -> RawEvent {
         RawEvent {
             topic: topic.into(),
@@ -301,14 +310,14 @@ mod tests {
 
     #[test]
     fn resumes_inclusively_and_drops_what_was_journaled() {
-        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
         assert_eq!(resume.request_index(), 0);
         resume.on_connect();
         let first = resume.on_line(10, vec![event("Job", "web")]);
         assert_eq!(keys(&first), ["Job:web"]);
         // The connection drops before the second line of index 10 arrives.
         let checkpoint = resume.checkpoint().clone();
-        let mut resume = Resume::new(DEFAULT_SOURCE, Some(checkpoint), StartAt::Oldest, true);
+        let mut resume = Resume::new(&default_source(), Some(checkpoint), StartAt::Oldest, true);
         assert_eq!(resume.request_index(), 10, "reconnect with index=N, not N+1");
         resume.on_connect();
         let replayed = resume.on_line(10, vec![event("Job", "web")]);
@@ -321,7 +330,7 @@ mod tests {
 
     #[test]
     fn repeats_of_one_object_across_lines_of_one_index_are_distinct() {
-        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
         resume.on_connect();
         let a = resume.on_line(7, vec![event("CSIVolume", "v")]);
         let b = resume.on_line(7, vec![event("CSIVolume", "v")]);
@@ -330,7 +339,7 @@ mod tests {
         assert_ne!(a.events[0].id, b.events[0].id);
         // Replaying both lines after a restart journals neither again.
         let mut resume =
-            Resume::new(DEFAULT_SOURCE, Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+            Resume::new(&default_source(), Some(resume.checkpoint().clone()), StartAt::Oldest, true);
         resume.on_connect();
         assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
         assert!(resume.on_line(7, vec![event("CSIVolume", "v")]).events.is_empty());
@@ -339,7 +348,7 @@ mod tests {
 
     #[test]
     fn exact_repeats_inside_one_line_are_dropped() {
-        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Oldest, true);
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume
             .on_line(3, vec![event("Allocation", "a"), event("Allocation", "a"), event("Allocation", "b")]);
@@ -350,7 +359,7 @@ mod tests {
     #[test]
     fn stale_lines_below_the_checkpoint_are_skipped() {
         let checkpoint = SourceCheckpoint { index: 50, seen: HashSet::new() };
-        let mut resume = Resume::new(DEFAULT_SOURCE, Some(checkpoint), StartAt::Oldest, true);
+        let mut resume = Resume::new(&default_source(), Some(checkpoint), StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume.on_line(40, vec![event("Job", "x")]);
         assert!(outcome.stale && outcome.events.is_empty());
@@ -359,7 +368,7 @@ mod tests {
     #[test]
     fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
         let mut resume = Resume::new(
-            DEFAULT_SOURCE,
+            &default_source(),
             Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
             StartAt::Oldest,
             true,
@@ -373,7 +382,7 @@ mod tests {
             r#"{"Topic":"NomadRelay","Type":"GapDetected","Key":"","Namespace":"","FilterKeys":null,"Index":90,"Payload":{"Gap":{"LastIndex":50,"ResumedIndex":90}}}"#
         );
         let mut named = Resume::new(
-            "eu",
+            &SourceName { name: "eu".into(), scope: "eu".into() },
             Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
             StartAt::Oldest,
             true,
@@ -394,7 +403,7 @@ mod tests {
     #[test]
     fn gap_markers_can_be_turned_off() {
         let mut resume = Resume::new(
-            DEFAULT_SOURCE,
+            &default_source(),
             Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
             StartAt::Oldest,
             false,
@@ -407,7 +416,7 @@ mod tests {
 
     #[test]
     fn start_now_begins_with_the_newest_batch_nomad_has() {
-        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Now, true);
+        let mut resume = Resume::new(&default_source(), None, StartAt::Now, true);
         assert_eq!(resume.request_index(), i64::MAX as u64);
         resume.on_connect();
         assert_eq!(keys(&resume.on_line(100, vec![event("Job", "newest")])), ["Job:newest"]);
@@ -416,7 +425,7 @@ mod tests {
 
     #[test]
     fn start_at_an_index_skips_the_tail_nomad_sends_for_a_future_index() {
-        let mut resume = Resume::new(DEFAULT_SOURCE, None, StartAt::Index(500), true);
+        let mut resume = Resume::new(&default_source(), None, StartAt::Index(500), true);
         resume.on_connect();
         assert!(resume.on_line(450, vec![event("Job", "tail")]).stale);
         assert_eq!(keys(&resume.on_line(500, vec![event("Job", "a")])), ["Job:a"]);
@@ -425,7 +434,7 @@ mod tests {
     #[test]
     fn oversized_line_leaves_a_marker_once() {
         let mut resume = Resume::new(
-            DEFAULT_SOURCE,
+            &default_source(),
             Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
             StartAt::Oldest,
             true,
@@ -442,7 +451,7 @@ mod tests {
         );
         // After a reconnect at 6, the same line is skipped again without a second marker.
         let mut resume =
-            Resume::new(DEFAULT_SOURCE, Some(resume.checkpoint().clone()), StartAt::Oldest, true);
+            Resume::new(&default_source(), Some(resume.checkpoint().clone()), StartAt::Oldest, true);
         resume.on_connect();
         assert!(resume.on_skipped_line(Some(6), "again").events.is_empty());
     }

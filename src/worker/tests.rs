@@ -23,7 +23,7 @@ struct Journal {
 async fn journal(count: u64) -> Journal {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal_dir = dir.path().join("journal");
-    let sources = vec!["default".to_owned()];
+    let sources = [crate::journal::SourceName { name: "default".into(), scope: "default".into() }];
     let recovered = recover(&journal_dir, Recovery::Repair, &sources).expect("recover");
     let board = Arc::new(CursorBoard::default());
     let (writer, mut head) = JournalWriter::open(

@@ -199,9 +199,11 @@ async fn a_nack_is_retried_not_counted_as_delivered() {
         emulator.publish(job(index, &format!("job-{index}")));
     }
     let scratch = Scratch::new();
-    let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, ""));
+    // One queue: a retry adds no copy anywhere, so the sink may wait for the consumer.
+    let config =
+        scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, "nack_retries = 1000000"));
     let mut relay = Relay::start(&config);
-    relay.wait_for_log("refused by RabbitMQ (nack)", WAIT).await;
+    relay.wait_for_log("refused by RabbitMQ (nack", WAIT).await;
     // Consuming makes room; the refused events are delivered, none lost.
     let received = drain(&topology.queue, 8, Duration::from_millis(500)).await;
     assert!(relay.terminate().success());
@@ -210,6 +212,52 @@ async fn a_nack_is_retried_not_counted_as_delivered() {
     for line in expected_lines(&emulator.published(), DEFAULT_TOPICS) {
         assert!(bodies.contains(&line), "lost after a nack: {line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_from_one_of_two_queues_adds_at_most_nack_retries_copies_to_the_other() {
+    let uri = shared_uri();
+    let limits = [
+        ("x-max-length", AMQPValue::LongInt(1)),
+        ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+    ];
+    let full = Topology::declare(&unique("nackfull"), Some("#"), &limits).await;
+    let other = Topology::declare(&unique("nackother"), None, &[]).await;
+    let beside = Topology { exchange: full.exchange.clone(), queue: other.queue.clone() };
+    beside.bind("#").await;
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for index in 1..=6 {
+        emulator.publish(job(index, &format!("job-{index}")));
+    }
+    let scratch = Scratch::new();
+    let port = free_port();
+    let sink = amqp_sink(&uri, &full.exchange, "nack_retries = 2");
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let mut relay = Relay::start(&config);
+    // The sink moves on past every event: the first is in both queues, the five the full
+    // queue refused are published three times (once, then two retries) and then rejected.
+    eventually("the sink past every event", WAIT, || scratch.cursor_next("rabbit").filter(|next| *next > 6))
+        .await;
+    let rejected =
+        wait_for_metric(port, "nomad_relay_sink_rejected_events_total{sink=\"rabbit\"}", WAIT, |n| n >= 5.0)
+            .await;
+    assert!(relay.terminate().success());
+    assert_eq!(rejected, Some(5.0));
+    assert_eq!(relay.log().matches("it is not published again").count(), 5, "each rejection logged");
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let in_full = drain(&full.queue, 1, Duration::from_millis(300)).await;
+    let in_other = drain(&other.queue, 1 + 5 * 3, Duration::from_millis(300)).await;
+    full.cleanup().await;
+    other.cleanup().await;
+    assert_eq!(in_full.iter().map(|m| &m.body).collect::<Vec<_>>(), [&expected[0]]);
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for message in &in_other {
+        *copies.entry(message.body.as_str()).or_default() += 1;
+    }
+    let counts: Vec<usize> =
+        expected.iter().map(|line| copies.get(line.as_str()).copied().unwrap_or(0)).collect();
+    assert_eq!(counts, [1, 3, 3, 3, 3, 3], "copies per event in the queue that took every publish");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

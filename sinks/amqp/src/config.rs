@@ -32,6 +32,13 @@ pub struct AmqpSinkConfig {
     pub on_unroutable: OnFailure,
     /// What to do with a message the broker nacked (a full queue with `reject-publish`).
     pub on_nack: OnFailure,
+    /// With `on_nack = "retry"`: how many times one event is published again after a nack
+    /// before it is dead-lettered (with `dead_letter_exchange`) or rejected. RabbitMQ nacks a
+    /// message when any one queue it routes to refuses it, and the other queues keep their
+    /// copy, so each retry can add one more copy to each of them: this bounds the copies per
+    /// event (per relay run). With one queue per routing key no copy can happen, and a large
+    /// value makes the sink wait for the queue's consumer instead.
+    pub nack_retries: u32,
     /// Exchange for `dead_letter` (the message is published there, unchanged, with a
     /// `nomad-relay-reason` header).
     pub dead_letter_exchange: Option<String>,
@@ -53,6 +60,7 @@ impl Default for AmqpSinkConfig {
             confirm_timeout: HumanDuration(Duration::from_secs(30)),
             on_unroutable: OnFailure::Retry,
             on_nack: OnFailure::Retry,
+            nack_retries: 10,
             dead_letter_exchange: None,
             dead_letter_routing_key: "nomad.dead_letter".to_owned(),
         }

@@ -9,8 +9,9 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
+use nomad_relay_sink_api::EventId;
 use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Template};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -25,6 +26,8 @@ pub struct AmqpSink {
     /// `max_message_size` is not announced; an over-size publish closes the channel with
     /// 406 PRECONDITION_FAILED, "message size N is larger than configured max size M").
     max_message: Option<usize>,
+    /// Per event nacked and not yet confirmed since, how many times it was nacked.
+    nacks: HashMap<EventId, u32>,
 }
 
 fn error(kind: SinkErrorKind, message: impl Into<String>, source: lapin::Error) -> SinkError {
@@ -35,7 +38,14 @@ impl AmqpSink {
     /// A sink for `config` (connects in [`Sink::open`]). Fails on a bad routing-key template.
     pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, String> {
         let routing_key = Template::parse(&config.routing_key).map_err(|e| e.to_string())?;
-        Ok(AmqpSink { config, routing_key, connection: None, channel: None, max_message: None })
+        Ok(AmqpSink {
+            config,
+            routing_key,
+            connection: None,
+            channel: None,
+            max_message: None,
+            nacks: HashMap::new(),
+        })
     }
 
     fn tls(&self) -> Result<OwnedTLSConfig, SinkError> {
@@ -205,7 +215,7 @@ impl AmqpSink {
     /// Waits for one confirm and turns it into an outcome. `Err` means the connection is no
     /// longer trustworthy (the outcome is a retry).
     async fn confirmed(
-        &self,
+        &mut self,
         event: &Envelope,
         routing_key: &str,
         confirm: PublisherConfirm,
@@ -228,7 +238,10 @@ impl AmqpSink {
                 )),
                 false,
             ),
-            Ok(Ok(Confirmation::Ack(None))) => (Outcome::Delivered, true),
+            Ok(Ok(Confirmation::Ack(None))) => {
+                self.nacks.remove(&event.id);
+                (Outcome::Delivered, true)
+            }
             Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                 let reason = format!(
                     "returned as unroutable ({} {}): no queue is bound to exchange `{exchange}` for routing key `{routing_key}`",
@@ -237,10 +250,17 @@ impl AmqpSink {
                 (self.failed(event, self.config.on_unroutable, reason).await, true)
             }
             Ok(Ok(Confirmation::Nack(_))) => {
+                let nacks = self.nacks.entry(event.id).or_insert(0);
+                *nacks += 1;
+                let nacks = *nacks;
                 let reason = format!(
-                    "refused by RabbitMQ (nack) on exchange `{exchange}` with routing key `{routing_key}`: a queue is full (x-overflow reject-publish) or failed"
+                    "refused by RabbitMQ (nack number {nacks} of this event) on exchange `{exchange}` with routing key `{routing_key}`: a queue is full (x-overflow reject-publish) or failed; every other queue it routes to kept a copy"
                 );
-                (self.failed(event, self.config.on_nack, reason).await, true)
+                if self.config.on_nack == OnFailure::Retry && nacks <= self.config.nack_retries {
+                    return (self.failed(event, OnFailure::Retry, reason).await, true);
+                }
+                self.nacks.remove(&event.id);
+                (self.exhausted(event, reason).await, true)
             }
             Ok(Ok(Confirmation::NotRequested)) => (
                 Outcome::Retry(SinkError::new(
@@ -250,6 +270,22 @@ impl AmqpSink {
                 false,
             ),
         }
+    }
+
+    /// An event nacked that is not to be published again (`on_nack = "dead_letter"`, or more
+    /// than `nack_retries` nacks): dead-lettered when a dead-letter exchange is set, otherwise
+    /// rejected (counted and logged with what to do).
+    async fn exhausted(&self, event: &Envelope, reason: String) -> Outcome {
+        let reason = format!("event {}: {reason}; it is not published again", event.id);
+        if self.config.dead_letter_exchange.is_some() {
+            return self.failed(event, OnFailure::DeadLetter, reason).await;
+        }
+        Outcome::Rejected(SinkError::new(
+            SinkErrorKind::Refused,
+            format!(
+                "{reason}; the queue that refused it does not have it: make room in it (x-max-length), set dead_letter_exchange, or raise nack_retries"
+            ),
+        ))
     }
 
     /// A message the broker did not take: retried, or dead-lettered and counted as rejected

@@ -61,6 +61,32 @@ async fn an_evicted_checkpoint_is_reported_as_a_gap_marker_every_sink_receives()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_index_nomad_evicted_is_reported_as_a_gap() {
+    // Nomad keeps 10 batches: 1..=10 are evicted by 11..=20.
+    let emulator = emulator(EmulatorConfig { buffer_size: 10, ..EmulatorConfig::default() }).await;
+    for index in 1..=20 {
+        emulator.publish(job(index, &format!("job-{index}")));
+    }
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "start = 5", "");
+    let mut relay = Relay::start(&config);
+    eventually("the marker and the ten events Nomad still has", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= 11).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), 11);
+    assert_eq!(index_and_type(&lines[0]), (11, "GapDetected".to_owned()));
+    assert!(
+        lines[0].contains("\"Gap\":{\"LastIndex\":4,\"ResumedIndex\":11,\"Reason\":\"start = 5: Nomad's first event is at Index 11"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(stream_requests(&emulator)[0].index, Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_nomad_with_an_empty_buffer_is_followed_and_flagged() {
     let emulator = emulator(EmulatorConfig::default()).await;
     emulator.publish(job(100, "a"));

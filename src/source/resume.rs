@@ -177,12 +177,13 @@ impl Resume {
             self.line_index = index;
             self.occurrences.clear();
         }
-        if first_line && self.have_checkpoint && index > self.checkpoint.index && self.checkpoint.index > 0 {
-            let gap = Gap { last_index: self.checkpoint.index, resumed_index: index };
+        if let Some((gap, reason)) = self.gap_at(index).filter(|_| first_line) {
             outcome.gap = Some(gap);
             if self.gap_markers {
+                let reason =
+                    reason.map(|r| format!(",\"Reason\":{}", serde_json::Value::from(r))).unwrap_or_default();
                 let payload = format!(
-                    "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}{}}}}}",
+                    "{{\"Gap\":{{\"LastIndex\":{},\"ResumedIndex\":{index}{reason}{}}}}}",
                     gap.last_index,
                     self.source_field()
                 );
@@ -212,6 +213,26 @@ impl Resume {
             self.accept(envelope, &mut outcome);
         }
         outcome
+    }
+
+    /// Whether the first line after a connect, at `index`, shows that Nomad no longer held
+    /// what the relay asked for: the checkpoint's Index (the relay had it, so Nomad sent
+    /// it unless it was evicted), or on a first start `start = <index>` (Nomad starts at the
+    /// first Index at or above it that it still holds, spec §2.2, and says nothing when the
+    /// rest were evicted). With the reason to journal, if not the usual one.
+    fn gap_at(&self, index: u64) -> Option<(Gap, Option<String>)> {
+        match (self.have_checkpoint, self.start) {
+            (true, _) if self.checkpoint.index > 0 && index > self.checkpoint.index => {
+                Some((Gap { last_index: self.checkpoint.index, resumed_index: index }, None))
+            }
+            (false, StartAt::Index(start)) if start > 0 && index > start => {
+                let reason = format!(
+                    "start = {start}: Nomad's first event is at Index {index}; events from {start} on were evicted from its buffer, or there were none"
+                );
+                Some((Gap { last_index: start - 1, resumed_index: index }, Some(reason)))
+            }
+            _ => None,
+        }
     }
 
     /// Processes a line that could not be read (too long, or not a valid frame): journals a
@@ -429,6 +450,29 @@ mod tests {
         resume.on_connect();
         assert!(resume.on_line(450, vec![event("Job", "tail")]).stale);
         assert_eq!(keys(&resume.on_line(500, vec![event("Job", "a")])), ["Job:a"]);
+    }
+
+    #[test]
+    fn a_start_index_nomad_no_longer_holds_is_a_gap_and_one_it_holds_is_not() {
+        let mut resume = Resume::new(&default_source(), None, StartAt::Index(500), true);
+        resume.on_connect();
+        let outcome = resume.on_line(520, vec![event("Job", "a")]);
+        assert_eq!(outcome.gap, Some(Gap { last_index: 499, resumed_index: 520 }));
+        assert_eq!(keys(&outcome), ["NomadRelay:", "Job:a"]);
+        let marker = std::str::from_utf8(&outcome.events[0].raw).expect("utf8").to_owned();
+        assert!(
+            marker.contains("\"LastIndex\":499,\"ResumedIndex\":520,\"Reason\":\"start = 500:"),
+            "{marker}"
+        );
+        // After a reconnect the checkpoint rules.
+        resume.on_connect();
+        assert!(resume.on_line(520, vec![event("Job", "a")]).gap.is_none());
+        // Nomad holding the start index: no gap; a start of 0 or "oldest": never.
+        for (start, first) in [(StartAt::Index(500), 500), (StartAt::Index(0), 7), (StartAt::Oldest, 7)] {
+            let mut resume = Resume::new(&default_source(), None, start, true);
+            resume.on_connect();
+            assert!(resume.on_line(first, vec![event("Job", "a")]).gap.is_none(), "{start:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! outcome per PubAck, and core NATS publishing.
 
 use crate::config::{NatsSinkConfig, OnReject, StorageKind};
-use crate::window::{DuplicateWindow, SOURCE_HEADER};
+use crate::window::{DuplicateWindow, SEQ_HEADER};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::Stream;
@@ -187,7 +187,7 @@ impl NatsSink {
     /// stream's duplicate window, reads which of them it holds.
     async fn check_window(&mut self) -> Result<(), SinkError> {
         match &mut self.stream {
-            Some(stream) if self.window.may_have_passed() => self.window.check(stream).await,
+            Some(stream) if self.window.check_due() => self.window.check(stream).await,
             _ => Ok(()),
         }
     }
@@ -200,7 +200,8 @@ impl NatsSink {
         headers.insert("Nomad-Type", event.event_type.as_str());
         headers.insert("Nomad-Namespace", event.namespace.as_str());
         headers.insert("Nomad-Key", event.key.as_str());
-        headers.insert(SOURCE_HEADER, event.source.as_str());
+        headers.insert("Nomad-Source", event.source.as_str());
+        headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
         headers
     }
 
@@ -223,7 +224,7 @@ impl NatsSink {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
                 continue;
             }
-            self.window.publishing();
+            self.window.publishing(event.seq);
             let subject = self.subject.render(event);
             let message = PublishMessage::build()
                 .payload(event.raw.clone())
@@ -235,8 +236,9 @@ impl NatsSink {
                     submitted.awaiting.push_back((position, subject, ack, due))
                 }
                 Err(e) => {
-                    submitted.outcomes[position] =
-                        Some(self.failed(event, &subject, e.kind(), e.to_string()).await)
+                    let outcome = self.failed(event, &subject, e.kind(), e.to_string()).await;
+                    self.window.settled(event.seq, !matches!(outcome, Outcome::Retry(_)));
+                    submitted.outcomes[position] = Some(outcome)
                 }
             }
             while submitted.awaiting.len() >= self.config.max_in_flight {
@@ -273,13 +275,23 @@ impl NatsSink {
                 })
             })
             .collect();
-        if self.published.is_empty() && outcomes.iter().all(|o| !matches!(o, Outcome::Retry(_))) {
-            self.window.all_confirmed();
-        }
         outcomes
     }
 
+    /// The outcome of one publish, from its PubAck (or its absence by `due`).
     async fn acknowledged(
+        &mut self,
+        event: &Envelope,
+        subject: &str,
+        ack: PublishAckFuture,
+        due: Instant,
+    ) -> Outcome {
+        let outcome = self.await_ack(event, subject, ack, due).await;
+        self.window.settled(event.seq, !matches!(outcome, Outcome::Retry(_)));
+        outcome
+    }
+
+    async fn await_ack(
         &mut self,
         event: &Envelope,
         subject: &str,

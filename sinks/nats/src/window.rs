@@ -5,21 +5,26 @@
 //! the ids of a stream in a map it prunes by age, `server/stream.go`, `Duplicates` in the
 //! stream config; 2 minutes unless the stream says otherwise). A re-send after that is stored
 //! again. The relay re-sends every event past its cursor after a crash or a failed publish, and
-//! such an event may have been stored before the failure, unacknowledged; so before it sends
-//! again, the sink asks whether that can be longer ago than the window, and if so reads what
-//! the stream already holds, as the Kafka sink reads its partitions' tails.
+//! such an event may have been stored before the failure, unacknowledged; so the sink reads
+//! what the stream already holds, as the Kafka sink reads its partitions' tails: at every
+//! start with saved state, and before a re-send that may come after the window.
 //!
-//! What it keeps, as checkpoint state and in memory: since when events may be unconfirmed (the
-//! wall-clock time of the first publish after everything was confirmed) and the stream's last
-//! acknowledged sequence at that moment. Every message published since then has a higher
-//! sequence, so the check reads the stream from the one after, headers only, up to the
-//! stream's last sequence at the time of the check, and collects the `Nats-Msg-Id`s of the
-//! relay's messages (those with a `Nomad-Source` header). An event found there is reported as
-//! [`Outcome::Duplicate`](nomad_relay_sink_api::Outcome::Duplicate) without being published.
+//! What it keeps: since when events may be unconfirmed (the wall-clock time of the first
+//! publish after everything published was final) and the stream's last acknowledged sequence
+//! at that moment, saved with the relay's cursor. Every message published since then has a
+//! higher sequence, so the check reads the stream from the one after, headers only, up to the
+//! stream's last sequence, and collects the `Nats-Msg-Id` and journal position
+//! (`Nomad-Relay-Seq`) of each of the relay's messages. An event found there is reported as
+//! [`Outcome::Duplicate`](nomad_relay_sink_api::Outcome::Duplicate) without being published;
+//! once the sink is handed an event past the highest position found, none of them can come
+//! again. The floor moves only when nothing published is unconfirmed (tracked per journal
+//! position, so a batch left to retry holds it) and nothing found is still to come.
 //!
 //! What it cannot see: a message still on its way to the server from a connection that was
 //! cut (stored after the check reads the stream). Inside the window JetStream catches that
-//! one itself; beyond it, it is stored twice.
+//! one itself; beyond it, it is stored twice. A stream the sink may not read (no permission to
+//! create a consumer, a work-queue stream that refuses one) is not checked: the sink says so,
+//! and relies on JetStream's window alone.
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
@@ -27,12 +32,12 @@ use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt;
 use nomad_relay_sink_api::{Envelope, SinkError, SinkErrorKind};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::info;
+use tracing::{info, warn};
 
-/// The header naming the source of each message the relay publishes.
-pub(crate) const SOURCE_HEADER: &str = "Nomad-Source";
+/// The header carrying the journal position (sequence) of each message the relay publishes.
+pub(crate) const SEQ_HEADER: &str = "Nomad-Relay-Seq";
 
 /// Since when events may be unconfirmed, as saved with the relay's cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,15 +50,6 @@ struct Unconfirmed {
     floor_sequence: u64,
 }
 
-/// Event ids of one source the stream was found to hold, and the highest Nomad index among
-/// them: once the sink sends an event of that source past it, none of them can come again.
-struct Found {
-    ids: HashSet<String>,
-    last_index: u64,
-    /// Whether the sink has been given an event of this source since the check.
-    seen: bool,
-}
-
 /// The sink's view of its stream's duplicate window.
 pub(crate) struct DuplicateWindow {
     /// The stream's own `duplicate_window`, read from its config.
@@ -64,7 +60,13 @@ pub(crate) struct DuplicateWindow {
     /// The highest stream sequence any PubAck reported.
     acknowledged: u64,
     unconfirmed: Option<Unconfirmed>,
-    found: HashMap<String, Found>,
+    /// Journal positions of the events published and not yet final.
+    pending: BTreeSet<u64>,
+    /// Ids the last check found in the stream, and the highest journal position among them.
+    found: HashMap<String, u64>,
+    found_until: u64,
+    /// A check is owed before anything is sent: the sink starts from saved state.
+    check_owed: bool,
     /// Whether the relay holds this sink's state with its cursor: until it does, nothing is
     /// published (a crash before the first save would leave no floor to read from).
     saved: bool,
@@ -77,19 +79,23 @@ impl DuplicateWindow {
             margin: ack_timeout + Duration::from_secs(1),
             acknowledged: 0,
             unconfirmed: None,
+            pending: BTreeSet::new(),
             found: HashMap::new(),
+            found_until: 0,
+            check_owed: false,
             saved: false,
         }
     }
 
     /// Takes back the state saved with the cursor: the events past it may have been sent
-    /// since then. A state the sink cannot read (an older relay's, or none) is taken as "no
-    /// send outstanding".
+    /// since then, so a check is owed. A state the sink cannot read (an older relay's, or
+    /// none) is taken as no state: the first batch then waits for one to be saved.
     pub(crate) fn restore(&mut self, saved: Option<&serde_json::Value>) {
         let saved = saved.and_then(|value| serde_json::from_value::<Unconfirmed>(value.clone()).ok());
         if let Some(saved) = saved {
             self.acknowledged = saved.floor_sequence;
             self.unconfirmed = Some(saved);
+            self.check_owed = true;
             self.saved = true;
         }
     }
@@ -115,11 +121,12 @@ impl DuplicateWindow {
         serde_json::to_value(state).unwrap_or(serde_json::Value::Null)
     }
 
-    /// Notes a publish.
-    pub(crate) fn publishing(&mut self) {
+    /// Notes the publish of the event at journal position `seq`.
+    pub(crate) fn publishing(&mut self, seq: u64) {
         if self.unconfirmed.is_none() {
             self.unconfirmed = Some(Unconfirmed { since_ms: now_ms(), floor_sequence: self.acknowledged });
         }
+        self.pending.insert(seq);
     }
 
     /// Notes a PubAck for stream sequence `sequence`.
@@ -127,112 +134,130 @@ impl DuplicateWindow {
         self.acknowledged = self.acknowledged.max(sequence);
     }
 
-    /// Notes that every event published so far is final. Events found by a check and not yet
-    /// passed still hold the floor where it was: a crash now must find them again.
-    pub(crate) fn all_confirmed(&mut self) {
-        if self.found.is_empty() {
+    /// Notes the outcome of the event at `seq`: once it is final and nothing else published or
+    /// found is still open, the floor may move on.
+    pub(crate) fn settled(&mut self, seq: u64, final_outcome: bool) {
+        if final_outcome {
+            self.pending.remove(&seq);
+        }
+        if self.pending.is_empty() && self.found.is_empty() && !self.check_owed {
             self.unconfirmed = None;
         }
     }
 
-    /// Whether events not yet confirmed may have been stored longer ago than the window, so
-    /// that sending them again could store them twice.
-    pub(crate) fn may_have_passed(&self) -> bool {
-        self.unconfirmed.is_some_and(|unconfirmed| {
-            let age = Duration::from_millis(now_ms().saturating_sub(unconfirmed.since_ms));
-            age + self.margin >= self.window
-        })
+    /// Whether a check must come before sending: owed at start, or events not yet confirmed
+    /// may have been stored longer ago than the window.
+    pub(crate) fn check_due(&self) -> bool {
+        self.check_owed
+            || self.unconfirmed.is_some_and(|unconfirmed| {
+                let age = Duration::from_millis(now_ms().saturating_sub(unconfirmed.since_ms));
+                age + self.margin >= self.window
+            })
     }
 
     /// Whether `event` was found in the stream by the last [`DuplicateWindow::check`]: if so,
     /// it must not be sent again.
     pub(crate) fn already_stored(&mut self, event: &Envelope) -> bool {
-        let Some(found) = self.found.get_mut(&event.source) else { return false };
-        found.seen = true;
-        if event.id.index <= found.last_index {
-            return found.ids.remove(&event.id.to_string());
+        if self.found.is_empty() {
+            return false;
         }
-        self.found.remove(&event.source);
-        // The events sent again come first, all sources interleaved as they were journaled:
-        // one source past them all and another not seen once means that other one's ids
-        // (a source renamed or removed since) will not come.
-        if self.found.values().all(|found| !found.seen) {
+        if event.seq > self.found_until {
             self.found.clear();
+            return false;
         }
-        false
+        self.found.remove(&event.id.to_string()).is_some()
     }
 
     /// Reads which of the relay's messages `stream` holds from the floor sequence on, so that
-    /// [`DuplicateWindow::already_stored`] can answer. Errors when the stream cannot be read
-    /// (the caller retries).
+    /// [`DuplicateWindow::already_stored`] can answer. Errors when the stream's state cannot be
+    /// read (the caller retries); a stream that cannot be read through a consumer is logged
+    /// and left unchecked.
     pub(crate) async fn check(&mut self, stream: &mut Stream) -> Result<(), SinkError> {
-        let Some(unconfirmed) = self.unconfirmed else { return Ok(()) };
+        let Some(unconfirmed) = self.unconfirmed else {
+            self.check_owed = false;
+            return Ok(());
+        };
         let started_ms = now_ms();
         self.found.clear();
+        self.found_until = 0;
         let name = stream.cached_info().config.name.clone();
-        let unreadable = |e: &dyn std::fmt::Display| {
-            SinkError::new(
-                SinkErrorKind::Unavailable,
-                format!("cannot read JetStream stream `{name}` to see what it already holds: {e}"),
-            )
-        };
-        let state = stream.info().await.map_err(|e| unreadable(&e))?.state.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| {
+                SinkError::new(
+                    SinkErrorKind::Unavailable,
+                    format!("cannot read JetStream stream `{name}` to see what it already holds: {e}"),
+                )
+            })?
+            .state
+            .clone();
         // A stream purged or made again since numbers from lower: read all it holds.
-        let from = if unconfirmed.floor_sequence >= state.last_sequence {
-            if unconfirmed.floor_sequence > state.last_sequence {
-                state.first_sequence
-            } else {
-                state.last_sequence + 1
-            }
+        let from = if unconfirmed.floor_sequence > state.last_sequence {
+            state.first_sequence
         } else {
             (unconfirmed.floor_sequence + 1).max(state.first_sequence)
         };
-        let mut read = 0u64;
-        let mut found = 0usize;
-        if from <= state.last_sequence && state.messages > 0 {
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    headers_only: true,
-                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unreadable(&e))?;
-            let mut messages = consumer.messages().await.map_err(|e| unreadable(&e))?;
-            loop {
-                let message = tokio::time::timeout(self.margin, messages.next())
-                    .await
-                    .map_err(|_| unreadable(&"no message within ack_timeout"))?
-                    .ok_or_else(|| unreadable(&"the consumer ended"))?
-                    .map_err(|e| unreadable(&e))?;
-                let sequence = message.info().map_err(|e| unreadable(&e))?.stream_sequence;
-                read += 1;
-                if let Some(headers) = &message.headers
-                    && let (Some(source), Some(id)) = (headers.get(SOURCE_HEADER), headers.get("Nats-Msg-Id"))
-                {
-                    let index = headers.get("Nomad-Index").and_then(|i| i.as_str().parse().ok()).unwrap_or(0);
-                    let entry = self.found.entry(source.to_string()).or_insert_with(|| Found {
-                        ids: HashSet::new(),
-                        last_index: 0,
-                        seen: false,
-                    });
-                    entry.ids.insert(id.to_string());
-                    entry.last_index = entry.last_index.max(index);
-                    found += 1;
-                }
-                if sequence >= state.last_sequence {
-                    break;
+        let read = if from <= state.last_sequence && state.messages > 0 {
+            match self.read_from(stream, from, state.last_sequence).await {
+                Ok(read) => read,
+                Err(e) => {
+                    warn!(
+                        "JetStream stream `{name}` cannot be read to see what it already holds ({e}); events sent again are stored once only while JetStream remembers their ids ({:?}); allow this sink's user to create consumers on the stream",
+                        self.window
+                    );
+                    self.found.clear();
+                    0
                 }
             }
-        }
+        } else {
+            0
+        };
+        self.check_owed = false;
         info!(
-            "JetStream stream `{name}`: events not confirmed since {} ms ago may be older than its duplicate window ({:?}), so it was read from sequence {from} to {} before sending again: {read} messages, {found} of them the relay's; those are not sent again",
+            "JetStream stream `{name}`: events unconfirmed since {} ms ago, read from sequence {from} to {} before sending again (duplicate window {:?}): {read} messages, {} of them the relay's and not sent again",
             started_ms.saturating_sub(unconfirmed.since_ms),
-            self.window,
             state.last_sequence,
+            self.window,
+            self.found.len(),
         );
-        // The floor stays: until the events found are passed, a crash must find them again.
         Ok(())
+    }
+
+    /// Reads the stream from sequence `from` to `last`, headers only, into `found`; the number
+    /// of messages read.
+    async fn read_from(&mut self, stream: &Stream, from: u64, last: u64) -> Result<u64, String> {
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                headers_only: true,
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut read = 0u64;
+        loop {
+            let message = tokio::time::timeout(self.margin, messages.next())
+                .await
+                .map_err(|_| format!("no message within {:?}", self.margin))?
+                .ok_or("the consumer ended")?
+                .map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            read += 1;
+            if let Some(headers) = &message.headers
+                && let (Some(id), Some(seq)) = (headers.get("Nats-Msg-Id"), headers.get(SEQ_HEADER))
+                && let Ok(seq) = seq.as_str().parse::<u64>()
+            {
+                self.found.insert(id.to_string(), seq);
+                self.found_until = self.found_until.max(seq);
+            }
+            // The last message may have been removed meanwhile: nothing pending ends it too.
+            if sequence >= last || pending == 0 {
+                return Ok(read);
+            }
+        }
     }
 }
 
@@ -244,50 +269,56 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn event(source: &str, index: u64, digest: u64) -> Envelope {
+    fn event(seq: u64, index: u64, digest: u64) -> Envelope {
         let mut event = Envelope::example();
-        event.source = source.to_owned();
+        event.seq = seq;
         event.id.index = index;
         event.id.digest = digest;
         event
     }
 
-    fn found(window: &mut DuplicateWindow, source: &str, events: &[&Envelope]) {
-        let entry = window.found.entry(source.to_owned()).or_insert_with(|| Found {
-            ids: HashSet::new(),
-            last_index: 0,
-            seen: false,
-        });
+    fn found(window: &mut DuplicateWindow, events: &[&Envelope]) {
         for event in events {
-            entry.ids.insert(event.id.to_string());
-            entry.last_index = entry.last_index.max(event.id.index);
+            window.found.insert(event.id.to_string(), event.seq);
+            window.found_until = window.found_until.max(event.seq);
         }
     }
 
     #[test]
-    fn a_send_saved_longer_ago_than_the_window_is_checked_and_a_recent_one_is_not() {
+    fn a_send_older_than_the_window_is_checked_and_a_recent_one_is_not() {
         let mut window = DuplicateWindow::new(Duration::from_secs(120), Duration::from_secs(10));
-        assert!(!window.may_have_passed(), "nothing sent");
-        let old = now_ms() - 200_000;
-        window.restore(Some(&serde_json::json!({"since_ms": old, "floor_sequence": 7})));
-        assert!(window.may_have_passed());
-        assert_eq!(
-            window.checkpoint_state()["floor_sequence"],
-            7,
-            "the floor is kept until all is confirmed"
-        );
-        window.all_confirmed();
+        assert!(!window.check_due(), "nothing sent");
+        window.restore(Some(&serde_json::json!({"since_ms": now_ms(), "floor_sequence": 7})));
+        assert!(window.check_due(), "a start from saved state owes a check, recent or not");
+        window.check_owed = false;
+        assert!(!window.check_due());
+        window.publishing(1);
         window.acknowledged(9);
-        assert!(!window.may_have_passed());
-        window.publishing();
-        assert!(!window.may_have_passed(), "sent just now, inside 120 s less the margin");
-        assert_eq!(window.checkpoint_state()["floor_sequence"], 9);
+        window.settled(1, true);
+        assert_eq!(window.checkpoint_state()["floor_sequence"], 9, "all final: the floor moves");
+        window.publishing(2);
+        assert!(!window.check_due(), "sent just now, inside 120 s less the margin");
         // Within the margin (ack_timeout + 1 s) of the window counts as passed.
-        let mut window = DuplicateWindow::new(Duration::from_secs(120), Duration::from_secs(10));
-        window.restore(Some(&serde_json::json!({"since_ms": now_ms() - 110_000, "floor_sequence": 0})));
-        assert!(window.may_have_passed());
-        window.restore(Some(&serde_json::json!({"since_ms": now_ms() - 100_000, "floor_sequence": 0})));
-        assert!(!window.may_have_passed());
+        window.unconfirmed = Some(Unconfirmed { since_ms: now_ms() - 110_000, floor_sequence: 0 });
+        assert!(window.check_due());
+        window.unconfirmed = Some(Unconfirmed { since_ms: now_ms() - 100_000, floor_sequence: 0 });
+        assert!(!window.check_due());
+    }
+
+    #[test]
+    fn an_event_left_to_retry_holds_the_floor_while_later_batches_are_confirmed() {
+        let mut window = DuplicateWindow::new(Duration::from_secs(1), Duration::from_secs(1));
+        window.saved = true;
+        window.publishing(1); // batch n
+        window.publishing(2); // batch n+1, pipelined
+        window.acknowledged(100);
+        window.settled(1, false); // n's PubAck timed out after the store
+        window.acknowledged(110);
+        window.settled(2, true); // n+1 confirmed clean
+        assert_eq!(window.checkpoint_state()["floor_sequence"], 0, "1 is still unconfirmed");
+        window.publishing(1);
+        window.settled(1, true);
+        assert_eq!(window.checkpoint_state()["floor_sequence"], 110);
     }
 
     #[test]
@@ -295,6 +326,7 @@ mod tests {
         let mut window = DuplicateWindow::new(Duration::from_secs(1), Duration::from_secs(1));
         window.restore(None);
         window.opened_at(41);
+        assert!(!window.check_due(), "nothing to check on a first start");
         assert!(window.defer_until_saved());
         assert!(!window.defer_until_saved(), "once");
         assert_eq!(window.checkpoint_state()["floor_sequence"], 41);
@@ -306,35 +338,25 @@ mod tests {
     }
 
     #[test]
-    fn found_events_are_not_sent_and_hold_the_floor_until_passed() {
+    fn found_events_are_not_sent_and_hold_the_floor_until_an_event_past_them_comes() {
         let mut window = DuplicateWindow::new(Duration::from_secs(1), Duration::from_secs(1));
         window.restore(Some(&serde_json::json!({"since_ms": 1, "floor_sequence": 3})));
-        let (a, b, c) = (event("east", 10, 1), event("east", 11, 2), event("east", 12, 3));
-        found(&mut window, "east", &[&a, &b]);
+        window.check_owed = false;
+        // Two sources' events, interleaved in the journal.
+        let (a, b, c, d) = (event(10, 10, 1), event(11, 500, 2), event(12, 11, 3), event(13, 501, 4));
+        found(&mut window, &[&a, &b, &d]);
         assert!(window.already_stored(&a));
         window.acknowledged(50);
-        window.all_confirmed();
-        assert_eq!(window.checkpoint_state()["floor_sequence"], 3, "b is still to come");
+        window.settled(a.seq, true);
+        assert_eq!(window.checkpoint_state()["floor_sequence"], 3, "b and d are still to come");
         assert!(window.already_stored(&b));
-        assert!(!window.already_stored(&c), "past every id found");
-        window.all_confirmed();
+        assert!(!window.already_stored(&c), "never stored: sent");
+        window.publishing(c.seq);
+        window.settled(c.seq, true);
+        assert!(window.already_stored(&d));
+        assert_eq!(window.checkpoint_state()["floor_sequence"], 3);
+        assert!(!window.already_stored(&event(14, 12, 5)), "past every position found");
+        window.settled(14, true);
         assert_eq!(window.checkpoint_state()["floor_sequence"], 50);
-    }
-
-    #[test]
-    fn ids_of_a_source_that_never_comes_again_are_forgotten_once_another_passes_its_own() {
-        let mut window = DuplicateWindow::new(Duration::from_secs(1), Duration::from_secs(1));
-        let (east, gone) = (event("east", 10, 1), event("old-name", 10, 1));
-        found(&mut window, "east", &[&east]);
-        found(&mut window, "old-name", &[&gone]);
-        assert!(window.already_stored(&east));
-        assert!(!window.already_stored(&event("east", 11, 2)));
-        assert!(window.found.is_empty());
-        // A source seen since the check keeps its ids.
-        found(&mut window, "east", &[&east]);
-        found(&mut window, "west", &[&event("west", 500, 1)]);
-        assert!(!window.already_stored(&event("west", 400, 9)));
-        assert!(!window.already_stored(&event("east", 11, 2)));
-        assert!(window.found.contains_key("west"));
     }
 }

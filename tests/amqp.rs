@@ -199,9 +199,9 @@ async fn a_nack_is_retried_not_counted_as_delivered() {
         emulator.publish(job(index, &format!("job-{index}")));
     }
     let scratch = Scratch::new();
-    // One queue: a retry adds no copy anywhere, so the sink may wait for the consumer.
-    let config =
-        scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, "nack_retries = 1000000"));
+    // One queue, nack_retries unset: a retry adds no copy anywhere, and the sink waits for the
+    // consumer.
+    let config = scratch.config(&emulator.url(), "", &amqp_sink(&uri, &topology.exchange, ""));
     let mut relay = Relay::start(&config);
     relay.wait_for_log("refused by RabbitMQ (nack", WAIT).await;
     // Consuming makes room; the refused events are delivered, none lost.

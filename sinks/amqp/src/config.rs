@@ -36,9 +36,9 @@ pub struct AmqpSinkConfig {
     /// before it is dead-lettered (with `dead_letter_exchange`) or rejected. RabbitMQ nacks a
     /// message when any one queue it routes to refuses it, and the other queues keep their
     /// copy, so each retry can add one more copy to each of them: this bounds the copies per
-    /// event (per relay run). With one queue per routing key no copy can happen, and a large
-    /// value makes the sink wait for the queue's consumer instead.
-    pub nack_retries: u32,
+    /// event (per relay run). Unset: retried until the queue takes it (no loss; with one queue
+    /// per routing key no copy can happen either).
+    pub nack_retries: Option<u32>,
     /// Exchange for `dead_letter` (the message is published there, unchanged, with a
     /// `nomad-relay-reason` header).
     pub dead_letter_exchange: Option<String>,
@@ -60,7 +60,7 @@ impl Default for AmqpSinkConfig {
             confirm_timeout: HumanDuration(Duration::from_secs(30)),
             on_unroutable: OnFailure::Retry,
             on_nack: OnFailure::Retry,
-            nack_retries: 10,
+            nack_retries: None,
             dead_letter_exchange: None,
             dead_letter_routing_key: "nomad.dead_letter".to_owned(),
         }

@@ -12,9 +12,10 @@
 //! the broker returned as unroutable (it is confirmed *after* the return) or nacked is never
 //! counted as delivered: it is retried, or published to a dead-letter exchange, as configured.
 //! RabbitMQ nacks a message when any one of the queues it routes to refuses it, while the
-//! others keep their copy, so a retry after a nack can add a copy to each of those: retries
-//! after nacks are bounded per event by `nack_retries`, after which the event is dead-lettered
-//! (with a dead-letter exchange) or rejected, counted and logged.
+//! others keep their copy, so a retry after a nack can add a copy to each of those: with
+//! `nack_retries` set, retries after nacks are bounded per event, after which the event is
+//! dead-lettered (with a dead-letter exchange) or rejected, counted and logged; unset, the
+//! sink retries until the queue takes the event.
 //!
 //! RabbitMQ cannot recognise a message it already has, so after a crash the events published
 //! since the relay last saved its cursor, but whose confirms it had not yet recorded, are

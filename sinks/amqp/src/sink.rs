@@ -256,11 +256,17 @@ impl AmqpSink {
                 let reason = format!(
                     "refused by RabbitMQ (nack number {nacks} of this event) on exchange `{exchange}` with routing key `{routing_key}`: a queue is full (x-overflow reject-publish) or failed; every other queue it routes to kept a copy"
                 );
-                if self.config.on_nack == OnFailure::Retry && nacks <= self.config.nack_retries {
+                if self.config.on_nack == OnFailure::Retry
+                    && self.config.nack_retries.is_none_or(|most| nacks <= most)
+                {
                     return (self.failed(event, OnFailure::Retry, reason).await, true);
                 }
-                self.nacks.remove(&event.id);
-                (self.exhausted(event, reason).await, true)
+                let outcome = self.exhausted(event, reason).await;
+                // A dead-letter publish that failed is retried with the count kept.
+                if !matches!(outcome, Outcome::Retry(_)) {
+                    self.nacks.remove(&event.id);
+                }
+                (outcome, true)
             }
             Ok(Ok(Confirmation::NotRequested)) => (
                 Outcome::Retry(SinkError::new(

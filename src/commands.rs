@@ -6,7 +6,7 @@ use crate::journal::{
     self, Recovery,
     reader::{JournalReader, Read},
 };
-use crate::relay::{RelayError, journal_dir, lock_data_dir, source_name, source_names};
+use crate::relay::{RelayError, journal_dir, lock_data_dir, source_names};
 use crate::routing::Router;
 use crate::sinks::AnySink;
 use crate::source::Source;
@@ -48,9 +48,10 @@ pub fn validate(config: &Config) -> String {
 pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToken) -> Result<(), RelayError> {
     let (tx, mut rx) = crate::journal::handoff::handoff(64, 64 << 20);
     let mut tasks = Vec::new();
-    for nomad in config.nomad {
+    let names = source_names(&config)?;
+    for (nomad, name) in config.nomad.into_iter().zip(names) {
         let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
-        let resume = Resume::new(&source_name(&nomad), None, start, true);
+        let resume = Resume::new(&name, None, start, true);
         let name = nomad.name.clone();
         let source = Source::new(nomad, resume, tx.clone(), Arc::new(SourceStats::default()))
             .map_err(|e| RelayError::Other(format!("Nomad source `{name}`: {e}")))?;
@@ -88,7 +89,7 @@ async fn blocking<T: Send + 'static>(
 /// changing anything. The report, and whether any record is damaged.
 pub fn journal_check(config: &Config) -> Result<(String, bool), RelayError> {
     let dir = journal_dir(&config.data_dir);
-    let recovered = journal::recover(&dir, Recovery::ReadOnly, &source_names(config))?;
+    let recovered = journal::recover(&dir, Recovery::ReadOnly, &source_names(config)?)?;
     let mut reader = JournalReader::inspecting(dir.clone(), recovered.oldest);
     let (mut records, mut damaged) = (0u64, Vec::new());
     loop {
@@ -118,7 +119,7 @@ pub fn journal_check(config: &Config) -> Result<(String, bool), RelayError> {
 
 /// `checkpoint show`: a human-readable report.
 pub fn checkpoint_show(config: &Config) -> Result<String, RelayError> {
-    let names = source_names(config);
+    let names = source_names(config)?;
     let recovered = journal::recover(&journal_dir(&config.data_dir), Recovery::ReadOnly, &names)?;
     let mut out = String::new();
     for nomad in &config.nomad {
@@ -203,7 +204,7 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
     let dir = journal_dir(&config.data_dir);
     let (recovered, saved) = blocking({
         let (dir, data_dir, names, sink_name) =
-            (dir.clone(), config.data_dir.clone(), source_names(&config), sink_name.to_owned());
+            (dir.clone(), config.data_dir.clone(), source_names(&config)?, sink_name.to_owned());
         move || Ok((journal::recover(&dir, Recovery::Repair, &names)?, cursor::load(&data_dir, &sink_name)?))
     })
     .await?;

@@ -166,8 +166,9 @@ pub struct NomadConfig {
     /// none of the event ids.
     pub name: String,
     /// What the source's event ids are made from, besides the event itself (raft indexes
-    /// belong to one cluster, so two clusters need different scopes): `default` unless set;
-    /// several `[[nomad]]` tables each need their own. Changing it changes every id.
+    /// belong to one cluster, so two clusters need different scopes). Unset, the journal
+    /// settles it (`journal::names`): the scope the source had, or `default` for a single
+    /// source and its name for several. Changing it changes every id.
     pub id_scope: Option<String>,
     /// One address or several, tried in turn (`http://` or `https://`).
     pub address: OneOrMany<String>,
@@ -228,11 +229,6 @@ impl Default for NomadConfig {
 }
 
 impl NomadConfig {
-    /// The id scope in effect: `id_scope`, or `default`.
-    pub fn id_scope(&self) -> &str {
-        self.id_scope.as_deref().unwrap_or(DEFAULT_SOURCE)
-    }
-
     /// Checks this source's settings; errors name keys under `key` (`nomad`, `nomad[1]`).
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
@@ -667,11 +663,11 @@ impl Config {
                     nomad.name
                 )));
             }
-            if let Some(other) = scopes.insert(nomad.id_scope(), nomad.name.as_str()) {
+            if let Some(scope) = &nomad.id_scope
+                && let Some(other) = scopes.insert(scope.as_str(), nomad.name.as_str())
+            {
                 return Err(ConfigError(format!(
-                    "`{key}.id_scope`: sources `{other}` and `{}` both have id scope `{}`, so their events would get the same ids (raft indexes are per cluster); give each [[nomad]] table its own `id_scope` (`id_scope = \"{}\"` keeps the ids that relays without `id_scope` gave this source's events)",
-                    nomad.name,
-                    nomad.id_scope(),
+                    "`{key}.id_scope`: sources `{other}` and `{}` both have id scope `{scope}`, so their events would get the same ids (raft indexes are per cluster); give each [[nomad]] table its own `id_scope`",
                     nomad.name
                 )));
             }
@@ -877,20 +873,18 @@ mod tests {
         )
         .expect("two clusters");
         assert_eq!(config.nomad.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
-        let error = Config::from_toml(
+        Config::from_toml(
             "[[nomad]]\nname = \"eu\"\n[[nomad]]\nname = \"us\"\n[sinks.out]\ntype = \"stdout\"\n",
+        )
+        .expect("scopes left for the journal to settle");
+        let error = Config::from_toml(
+            "[[nomad]]\nname = \"eu\"\nid_scope = \"x\"\n[[nomad]]\nname = \"us\"\nid_scope = \"x\"\n[sinks.out]\ntype = \"stdout\"\n",
         )
         .expect_err("one id scope for two clusters");
         assert!(
-            error
-                .to_string()
-                .contains("`nomad[1].id_scope`: sources `eu` and `us` both have id scope `default`")
-                && error.to_string().contains("id_scope = \"us\""),
+            error.to_string().contains("`nomad[1].id_scope`: sources `eu` and `us` both have id scope `x`"),
             "{error}"
         );
-        let single = Config::from_toml("[[nomad]]\nname = \"east\"\n[sinks.out]\ntype = \"stdout\"\n")
-            .expect("one named cluster");
-        assert_eq!(single.nomad[0].id_scope(), "default", "renaming the only source keeps its ids");
         let error =
             Config::from_toml("[[nomad]]\naddress = \"http://eu:4646\"\n[sinks.out]\ntype = \"stdout\"\n")
                 .expect_err("unnamed");

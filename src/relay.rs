@@ -3,10 +3,11 @@
 //! asked: the sources stop reading, the writer makes what it has durable, workers finish the
 //! batch in hand and save their cursors.
 
-use crate::config::{Config, NomadConfig, WhenFull};
+use crate::config::{Config, WhenFull};
 use crate::cursor::{self, Cursor};
 use crate::journal::board::CursorBoard;
 use crate::journal::handoff::{EventSender, handoff};
+use crate::journal::names::Configured;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, JournalError, Recovered, Recovery, SourceName};
 use crate::routing::Router;
@@ -192,7 +193,9 @@ impl Running {
                 // least the checkpoint, before the stream has sent anything new.
                 stats.last_index.store(checkpoint.index, Ordering::Relaxed);
             }
-            let resume = Resume::new(&source_name(nomad), checkpoint, nomad.start, nomad.gap_markers);
+            let scope = recovered.scopes.get(&nomad.name).cloned().unwrap_or_else(|| nomad.name.clone());
+            let name = SourceName { name: nomad.name.clone(), scope };
+            let resume = Resume::new(&name, checkpoint, nomad.start, nomad.gap_markers);
             let source = Source::new(nomad.clone(), resume, events.clone(), stats.clone())
                 .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
             sources.push((nomad.name.clone(), stats, source));
@@ -291,21 +294,34 @@ impl Running {
 /// Recovers the journal (off the async runtime), cutting off a record a crash tore.
 async fn recover(config: &Config, journal_dir: &Path) -> Result<Recovered, RelayError> {
     let dir = journal_dir.to_owned();
-    let sources = source_names(config);
-    tokio::task::spawn_blocking(move || journal::recover(&dir, Recovery::Repair, &sources))
-        .await
-        .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))?
-        .map_err(RelayError::from)
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        Ok(journal::recover(&dir, Recovery::Repair, &source_names(&config)?)?)
+    })
+    .await
+    .map_err(|e| RelayError::Other(format!("journal recovery failed: {e}")))?
 }
 
-/// A source as the journal knows it: its name and id scope.
-pub fn source_name(nomad: &NomadConfig) -> SourceName {
-    SourceName { name: nomad.name.clone(), scope: nomad.id_scope().to_owned() }
-}
-
-/// Every configured source as the journal knows it.
-pub fn source_names(config: &Config) -> Vec<SourceName> {
-    config.nomad.iter().map(source_name).collect()
+/// Every configured source as the journal knows it: its name and its id scope, settled from
+/// the configuration and what the journal recorded (blocking; [`journal::names`]). Two sources
+/// with one scope are an error.
+pub fn source_names(config: &Config) -> Result<Vec<SourceName>, RelayError> {
+    let configured: Vec<Configured> = config
+        .nomad
+        .iter()
+        .map(|nomad| Configured { name: nomad.name.clone(), id_scope: nomad.id_scope.clone() })
+        .collect();
+    let sources = journal::names::resolve(&journal_dir(&config.data_dir), &configured)?;
+    let mut scopes = std::collections::BTreeMap::new();
+    for source in &sources {
+        if let Some(other) = scopes.insert(source.scope.as_str(), source.name.as_str()) {
+            return Err(RelayError::Other(format!(
+                "sources `{other}` and `{}` would both have id scope `{}`, so their events would get the same ids (raft indexes are per cluster); give each [[nomad]] table its own `id_scope`",
+                source.name, source.scope
+            )));
+        }
+    }
+    Ok(sources)
 }
 
 /// Every configured sink's saved cursor (`None` for a new sink).

@@ -235,6 +235,8 @@ pub struct Recovered {
     pub oldest: u64,
     /// Each source's checkpoint; a source missing here has journaled nothing yet.
     pub checkpoints: HashMap<String, SourceCheckpoint>,
+    /// Each source's id scope, by name.
+    pub scopes: HashMap<String, String>,
     /// The segments, oldest first.
     pub segments: Vec<Segment>,
 }
@@ -276,6 +278,7 @@ pub fn recover(dir: &Path, recovery: Recovery, sources: &[SourceName]) -> Result
     if recovery == Recovery::Repair {
         names::remember(dir, sources)?;
     }
+    recovered.scopes = sources.iter().map(|s| (s.name.clone(), s.scope.clone())).collect();
     Ok(recovered)
 }
 
@@ -288,7 +291,7 @@ fn recover_names(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<R
     let saved = checkpoint::load(dir)?;
     let Some(last) = segments.last().cloned() else {
         let checkpoints = saved.map(|saved| saved.checkpoints).unwrap_or_default();
-        return Ok(Recovered { head: 0, oldest: 1, checkpoints, segments });
+        return Ok(Recovered { head: 0, oldest: 1, checkpoints, segments, scopes: HashMap::new() });
     };
     let scan = scan_segment(&last)?;
     if let Some(reason) = scan.stopped.as_ref().filter(|_| recovery == Recovery::Repair) {
@@ -342,7 +345,7 @@ fn recover_names(dir: &Path, recovery: Recovery, sources: &[String]) -> Result<R
     for (name, saved) in saved.map(|saved| saved.checkpoints).unwrap_or_default() {
         checkpoints.entry(name).or_default().merge(saved);
     }
-    Ok(Recovered { head, oldest, checkpoints, segments })
+    Ok(Recovered { head, oldest, checkpoints, segments, scopes: HashMap::new() })
 }
 
 /// Removes empty segments that are not the journal's end: a roll that created its file and

@@ -1,12 +1,16 @@
 //! The names each Nomad source has had in the journal, so a renamed source keeps its place.
 //!
-//! A source is known by its id scope (`[[nomad]] id_scope`, `default` unless set): it goes
-//! into every event id, and it stays when an operator renames the table (`[nomad]` becoming
-//! `[[nomad]] name = "east"`). Journal records, though, carry the source's name. So the
-//! journal keeps, per id scope, every name its records were written under
-//! (`journal/names.json`), and recovery folds the records of all of them into the source's
-//! checkpoint: the renamed source resumes where the old name stopped, with the same ids,
-//! instead of starting over and journaling Nomad's buffer again.
+//! A source is known by its id scope: it goes into every event id, and it stays when an
+//! operator renames the table (`[nomad]` becoming `[[nomad]] name = "east"`). Journal records,
+//! though, carry the source's name. So the journal keeps, per id scope, every name its records
+//! were written under (`journal/names.json`), and recovery folds the records of all of them
+//! into the source's checkpoint: the renamed source resumes where the old name stopped, with
+//! the same ids, instead of starting over and journaling Nomad's buffer again.
+//!
+//! A source without `id_scope` gets one by [`resolve`]: the scope its name had; with a single
+//! source, the one scope the journal knows; in a journal from a relay that had no scopes, the
+//! name its records were written under (the name was the scope then); otherwise `default` for
+//! a single source, its name for several.
 
 use super::JournalError;
 use crate::state_file::{self, StateFile};
@@ -21,6 +25,67 @@ pub struct SourceName {
     pub name: String,
     /// Its id scope.
     pub scope: String,
+}
+
+/// A configured source: its name and `id_scope`, if set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    /// The `[[nomad]]` table's name.
+    pub name: String,
+    /// Its `id_scope`, if set.
+    pub id_scope: Option<String>,
+}
+
+/// The id scope of a single source when nothing else decides.
+const DEFAULT_SCOPE: &str = "default";
+
+/// Settles the id scope of each of `sources` (blocking; see the module documentation).
+pub fn resolve(dir: &Path, sources: &[Configured]) -> Result<Vec<SourceName>, JournalError> {
+    let known = state_file::load::<NamesFile>(&path(dir))?;
+    let single = sources.len() == 1;
+    // Without names.json: the names an older relay's records carry (the newest segment's,
+    // and those of the saved checkpoints), each its own scope.
+    let legacy: BTreeSet<String> = match &known {
+        Some(_) => BTreeSet::new(),
+        None => legacy_names(dir)?,
+    };
+    let scopes = known.map(|known| known.scopes).unwrap_or_default();
+    Ok(sources
+        .iter()
+        .map(|source| {
+            let by_name =
+                || scopes.iter().find(|(_, names)| names.contains(&source.name)).map(|(s, _)| s.clone());
+            let only_scope =
+                || (single && scopes.len() == 1).then(|| scopes.keys().next().cloned()).flatten();
+            let legacy_scope = || {
+                if legacy.contains(&source.name) {
+                    Some(source.name.clone())
+                } else {
+                    (single && legacy.len() == 1).then(|| legacy.iter().next().cloned()).flatten()
+                }
+            };
+            let scope = source
+                .id_scope
+                .clone()
+                .or_else(by_name)
+                .or_else(only_scope)
+                .or_else(legacy_scope)
+                .unwrap_or_else(|| if single { DEFAULT_SCOPE.to_owned() } else { source.name.clone() });
+            SourceName { name: source.name.clone(), scope }
+        })
+        .collect())
+}
+
+/// The source names in the newest segment and in the saved checkpoints.
+fn legacy_names(dir: &Path) -> Result<BTreeSet<String>, JournalError> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    if let Some(newest) = super::list_segments(dir)?.last() {
+        names.extend(super::scan_segment(newest)?.sources.into_keys());
+    }
+    if let Some(saved) = super::checkpoint::load(dir)? {
+        names.extend(saved.checkpoints.into_keys());
+    }
+    Ok(names)
 }
 
 /// `names.json`: per id scope, every name records were written under.

@@ -446,3 +446,38 @@ async fn a_renamed_source_keeps_the_checkpoint_its_old_name_left_including_a_sav
     let recovered = recover(dir.path(), Recovery::ReadOnly, &fresh).expect("recover");
     assert!(!recovered.checkpoints.contains_key("asia"), "a new source starts fresh");
 }
+
+#[tokio::test]
+async fn a_source_without_id_scope_keeps_the_scope_its_events_had() {
+    use super::names::{Configured, resolve};
+    let configured = |sources: &[(&str, Option<&str>)]| -> Vec<Configured> {
+        sources
+            .iter()
+            .map(|(name, scope)| Configured { name: (*name).into(), id_scope: scope.map(String::from) })
+            .collect()
+    };
+    let scopes = |dir: &Path, sources: &[(&str, Option<&str>)]| -> Vec<String> {
+        resolve(dir, &configured(sources)).expect("resolve").into_iter().map(|s| s.scope).collect()
+    };
+    // A fresh data_dir: `default` for one source, the names for several.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    assert_eq!(scopes(fresh.path(), &[("east", None)]), ["default"]);
+    assert_eq!(scopes(fresh.path(), &[("eu", None), ("us", None)]), ["eu", "us"]);
+    assert_eq!(scopes(fresh.path(), &[("eu", Some("x")), ("us", None)]), ["x", "us"]);
+    // A journal an older relay wrote (no names.json): its records' name was the scope.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = start(dir.path(), config(1 << 20, 1 << 30), Arc::default());
+    let mut from_eu = event(7, "a", 100);
+    from_eu.source = "eu".into();
+    journal.write(vec![from_eu]).await;
+    journal.stop();
+    std::fs::remove_file(dir.path().join("names.json")).expect("an older relay wrote none");
+    assert_eq!(scopes(dir.path(), &[("eu", None)]), ["eu"], "the same name keeps its ids");
+    assert_eq!(scopes(dir.path(), &[("europe", None)]), ["eu"], "the only source, renamed");
+    assert_eq!(scopes(dir.path(), &[("europe", None), ("us", None)]), ["europe", "us"]);
+    // Once names.json records it, a rename of the only source keeps the scope.
+    let names = [SourceName { name: "eu".into(), scope: "eu".into() }];
+    recover(dir.path(), Recovery::Repair, &names).expect("recover");
+    assert_eq!(scopes(dir.path(), &[("emea", None)]), ["eu"]);
+    assert_eq!(scopes(dir.path(), &[("eu", None), ("us", None)]), ["eu", "us"]);
+}

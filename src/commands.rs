@@ -51,7 +51,7 @@ pub async fn tail(config: Config, index: Option<u64>, shutdown: CancellationToke
     let names = source_names(&config)?;
     for (nomad, name) in config.nomad.into_iter().zip(names) {
         let start = index.map(crate::config::StartAt::Index).unwrap_or(nomad.start);
-        let resume = Resume::new(&name, None, start, true);
+        let resume = Resume::new(&name, None, start, true).without_start_gaps();
         let name = nomad.name.clone();
         let source = Source::new(nomad, resume, tx.clone(), Arc::new(SourceStats::default()))
             .map_err(|e| RelayError::Other(format!("Nomad source `{name}`: {e}")))?;

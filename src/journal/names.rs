@@ -76,11 +76,28 @@ pub fn resolve(dir: &Path, sources: &[Configured]) -> Result<Vec<SourceName>, Jo
         .collect())
 }
 
-/// The source names in the newest segment and in the saved checkpoints.
+/// The file, or without it what the journal says: every name in it is its own scope.
+fn load_or_legacy(dir: &Path) -> Result<NamesFile, JournalError> {
+    Ok(match state_file::load::<NamesFile>(&path(dir))? {
+        Some(known) => known,
+        None => NamesFile {
+            version: NamesFile::VERSION,
+            scopes: legacy_names(dir)?
+                .into_iter()
+                .map(|name| (name.clone(), BTreeSet::from([name])))
+                .collect(),
+        },
+    })
+}
+
+/// The source names in the newest segment that holds records, and in the saved checkpoints.
 fn legacy_names(dir: &Path) -> Result<BTreeSet<String>, JournalError> {
     let mut names: BTreeSet<String> = BTreeSet::new();
-    if let Some(newest) = super::list_segments(dir)?.last() {
-        names.extend(super::scan_segment(newest)?.sources.into_keys());
+    for segment in super::list_segments(dir)?.iter().rev() {
+        names.extend(super::scan_segment(segment)?.sources.into_keys());
+        if !names.is_empty() {
+            break;
+        }
     }
     if let Some(saved) = super::checkpoint::load(dir)? {
         names.extend(saved.checkpoints.into_keys());
@@ -108,7 +125,7 @@ fn path(dir: &Path) -> PathBuf {
 /// Every name whose records belong to each of `sources`, its own first: the names its id scope
 /// had before, less any name another configured source uses now (blocking).
 pub fn aliases(dir: &Path, sources: &[SourceName]) -> Result<Vec<Vec<String>>, JournalError> {
-    let known = state_file::load::<NamesFile>(&path(dir))?.unwrap_or_default();
+    let known = load_or_legacy(dir)?;
     let claimed: BTreeSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     Ok(sources
         .iter()
@@ -120,9 +137,13 @@ pub fn aliases(dir: &Path, sources: &[SourceName]) -> Result<Vec<Vec<String>>, J
         .collect())
 }
 
-/// Adds the current names of `sources` to the file, if any is new (blocking).
+/// Adds the current names of `sources` to the file, if any is new (blocking). While every
+/// source's scope is its own name the records say as much, and no file is written.
 pub fn remember(dir: &Path, sources: &[SourceName]) -> Result<(), JournalError> {
-    let mut known = state_file::load::<NamesFile>(&path(dir))?.unwrap_or_default();
+    if !path(dir).exists() && sources.iter().all(|source| source.name == source.scope) {
+        return Ok(());
+    }
+    let mut known = load_or_legacy(dir)?;
     let mut changed = false;
     for source in sources {
         changed |= known.scopes.entry(source.scope.clone()).or_default().insert(source.name.clone());

@@ -26,6 +26,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+/// Longest wait for room before a failed journal write is tried again.
+const MAX_WRITE_WAIT: Duration = Duration::from_secs(10);
 /// Most bytes grouped into one write.
 const GROUP_BYTES: usize = 8 << 20;
 
@@ -202,21 +204,31 @@ impl JournalWriter {
                     }
                 }
             }
+            // The write is tried again once segments were removed (or after 10 s, for space
+            // freed by someone else): retried at once, it would take the reserve just given
+            // back, which the sinks need to save the cursors that let segments go.
+            let mut waited = Duration::ZERO;
+            while !self.make_space() && waited < MAX_WRITE_WAIT {
+                if self.stopping.load(Ordering::Relaxed) {
+                    return false;
+                }
+                self.board.wait_moved(delay);
+                waited += delay;
+                delay = (delay * 2).min(MAX_WRITE_WAIT);
+            }
             if self.stopping.load(Ordering::Relaxed) {
                 return false;
             }
-            self.make_space();
-            self.board.wait_moved(delay);
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
-    /// After a failed write: delivered segments may be what filled the disk. The reserve is
+    /// After a failed write: delivered segments may be what filled the disk. Whether any
+    /// segment was removed. The reserve is
     /// given back (so the saved checkpoints and cursors can be written), the active segment
     /// is closed if it holds records (a segment in use cannot be removed, and with the
     /// default segment size it can be the whole journal), and every segment all sinks have
     /// passed is removed.
-    fn make_space(&mut self) {
+    fn make_space(&mut self) -> bool {
         if self.reserve_missing_since.is_none() {
             let reserve = self.dir.join("RESERVE");
             match fs::remove_file(&reserve) {
@@ -231,7 +243,7 @@ impl JournalWriter {
         if self.segments.back().is_some_and(|s| s.len > 0) {
             self.try_roll();
         }
-        self.remove_segments(u64::MAX / 4, Keep::ForEverySink);
+        self.remove_segments(u64::MAX / 4, Keep::ForEverySink)
     }
 
     /// Writes the reserve again when it is missing (at most once a second while that fails).

@@ -87,6 +87,8 @@ pub struct Resume {
     have_checkpoint: bool,
     start: StartAt,
     gap_markers: bool,
+    /// Whether a first line above `start = <index>` is reported as a gap.
+    start_gaps: bool,
     /// Index of the lines currently arriving, and occurrence counts at it.
     line_index: u64,
     occurrences: HashMap<u64, u32>,
@@ -122,10 +124,18 @@ impl Resume {
             have_checkpoint,
             start,
             gap_markers,
+            start_gaps: true,
             line_index: 0,
             occurrences: HashMap::new(),
             awaiting_first_line: true,
         }
+    }
+
+    /// Does not report a first line above the start index as a gap: for `tail --index`, where
+    /// the index is typed by hand and need not be one Nomad has events at.
+    pub fn without_start_gaps(mut self) -> Self {
+        self.start_gaps = false;
+        self
     }
 
     /// The `index` query parameter for the next connection.
@@ -225,7 +235,7 @@ impl Resume {
             (true, _) if self.checkpoint.index > 0 && index > self.checkpoint.index => {
                 Some((Gap { last_index: self.checkpoint.index, resumed_index: index }, None))
             }
-            (false, StartAt::Index(start)) if start > 0 && index > start => {
+            (false, StartAt::Index(start)) if self.start_gaps && start > 0 && index > start => {
                 let reason = format!(
                     "start = {start}: Nomad's first event is at Index {index}; events from {start} on were evicted from its buffer, or there were none"
                 );

@@ -473,16 +473,19 @@ async fn a_drop_oldest_sink_behind_a_full_journal_skips_what_was_dropped_and_nob
     let dropped = support::endpoint::metric(port, dropped).unwrap();
     assert!(relay.terminate().success());
     assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
-    // The stream holds every event but the dropped ones, each once, in order.
+    // The stream holds every event but the dropped ones, each once. (Not necessarily in
+    // order: a publish lost with the server is sent again after those behind it, as the
+    // README says; consumers order by Nomad-Index.)
     let stored = read_stream(&server.url(), &stream).await;
     let position: HashMap<&str, usize> =
         expected.iter().enumerate().map(|(n, line)| (line.as_str(), n)).collect();
-    let order: Vec<usize> = stored
+    let mut order: Vec<usize> = stored
         .iter()
         .map(|m| *position.get(m.payload.as_str()).unwrap_or_else(|| panic!("never sent: {}", m.payload)))
         .collect();
     assert_eq!(order.len() + dropped as usize, expected.len(), "stored plus dropped is everything");
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order, nothing twice");
+    order.sort_unstable();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "nothing twice");
     let log = relay.log();
     assert!(log.contains("were removed from the full journal before this sink delivered them"), "{log}");
     assert!(!log.contains("the worker of sink"), "no worker failed: {log}");

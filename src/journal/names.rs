@@ -125,6 +125,11 @@ fn path(dir: &Path) -> PathBuf {
 /// Every name whose records belong to each of `sources`, its own first: the names its id scope
 /// had before, less any name another configured source uses now (blocking).
 pub fn aliases(dir: &Path, sources: &[SourceName]) -> Result<Vec<Vec<String>>, JournalError> {
+    // Without the file, and every scope its own name, each source has only its own name (and
+    // the journal need not be read for the names in it).
+    if !path(dir).exists() && sources.iter().all(|source| source.name == source.scope) {
+        return Ok(sources.iter().map(|source| vec![source.name.clone()]).collect());
+    }
     let known = load_or_legacy(dir)?;
     let claimed: BTreeSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     Ok(sources

@@ -75,10 +75,17 @@ impl Telemetry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let head = *self.head.borrow();
-        let last_index = self.sources.iter().map(|(_, s)| s.last_index.load(Ordering::Relaxed)).max();
         metric(&mut out, "nomad_relay_build_info", "gauge", "Build information; always 1.", |out| {
             sample(out, "nomad_relay_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         });
+        self.render_sources(&mut out);
+        self.render_sinks(&mut out, head);
+        self.render_journal(&mut out, head);
+        out
+    }
+
+    /// Per source: connection, index and line counters.
+    fn render_sources(&self, out: &mut String) {
         let source_gauges: [Reading<SourceStats>; 7] = [
             ("nomad_relay_source_connected", "gauge", "1 while the event stream is open.", |s| {
                 u64::from(s.connected.load(Ordering::Relaxed))
@@ -109,12 +116,17 @@ impl Telemetry {
             ),
         ];
         for (name, kind, help, read) in source_gauges {
-            metric(&mut out, name, kind, help, |out| {
+            metric(out, name, kind, help, |out| {
                 for (source, stats) in &self.sources {
                     sample(out, name, &[("source", source)], read(stats));
                 }
             });
         }
+    }
+
+    /// Per sink: outcomes, failures by kind, lag and backlog (`head`: the journal head).
+    fn render_sinks(&self, out: &mut String, head: u64) {
+        let last_index = self.sources.iter().map(|(_, s)| s.last_index.load(Ordering::Relaxed)).max();
         let sink_gauges: [Reading<SinkStats>; 10] = [
             (
                 "nomad_relay_sink_delivered_events_total",
@@ -175,7 +187,7 @@ impl Telemetry {
             }),
         ];
         for (name, kind, help, read) in sink_gauges {
-            metric(&mut out, name, kind, help, |out| {
+            metric(out, name, kind, help, |out| {
                 for (sink, stats) in &self.sinks {
                     sample(out, name, &[("sink", sink)], read(stats));
                 }
@@ -183,7 +195,7 @@ impl Telemetry {
         }
         let name = "nomad_relay_sink_failures_total";
         metric(
-            &mut out,
+            out,
             name,
             "counter",
             "Failed delivery attempts (and failed opens), by kind of failure.",
@@ -201,7 +213,7 @@ impl Telemetry {
             },
         );
         let name = "nomad_relay_sink_lag_index";
-        metric(&mut out, name, "gauge", "Last Nomad index seen minus the sink's cursor index.", |out| {
+        metric(out, name, "gauge", "Last Nomad index seen minus the sink's cursor index.", |out| {
             for (sink, stats) in &self.sinks {
                 let behind = stats.cursor.load(Ordering::Relaxed) <= head;
                 let lag = match last_index {
@@ -212,24 +224,28 @@ impl Telemetry {
             }
         });
         let name = "nomad_relay_sink_backlog_records";
-        metric(&mut out, name, "gauge", "Journal records the sink has not passed yet.", |out| {
+        metric(out, name, "gauge", "Journal records the sink has not passed yet.", |out| {
             for (sink, stats) in &self.sinks {
                 let next = stats.cursor.load(Ordering::Relaxed);
                 sample(out, name, &[("sink", sink)], (head + 1).saturating_sub(next.max(1)));
             }
         });
+    }
+
+    /// The journal: head, size, failed writes, back-pressure, records held.
+    fn render_journal(&self, out: &mut String, head: u64) {
         let name = "nomad_relay_journal_head_record";
-        metric(&mut out, name, "gauge", "Position of the last record written to the journal.", |out| {
+        metric(out, name, "gauge", "Position of the last record written to the journal.", |out| {
             sample(out, name, &[], head);
         });
         let (bytes, oldest) = journal_extent(&self.journal_dir);
         let name = "nomad_relay_journal_bytes";
-        metric(&mut out, name, "gauge", "Bytes of journal segments on disk.", |out| {
+        metric(out, name, "gauge", "Bytes of journal segments on disk.", |out| {
             sample(out, name, &[], bytes);
         });
         let name = "nomad_relay_journal_write_errors_total";
         metric(
-            &mut out,
+            out,
             name,
             "counter",
             "Journal writes that failed (a full disk, an I/O error) and were retried.",
@@ -239,7 +255,7 @@ impl Telemetry {
         );
         let name = "nomad_relay_journal_blocked";
         metric(
-            &mut out,
+            out,
             name,
             "gauge",
             "1 while the journal takes no events: full of undelivered ones, or writes failing.",
@@ -248,10 +264,9 @@ impl Telemetry {
             },
         );
         let name = "nomad_relay_journal_entries";
-        metric(&mut out, name, "gauge", "Records the journal holds (after retention).", |out| {
+        metric(out, name, "gauge", "Records the journal holds (after retention).", |out| {
             sample(out, name, &[], oldest.map_or(0, |oldest| (head + 1).saturating_sub(oldest)));
         });
-        out
     }
 }
 

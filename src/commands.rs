@@ -12,7 +12,7 @@ use crate::sinks::AnySink;
 use crate::source::Source;
 use crate::source::resume::Resume;
 use crate::stats::SourceStats;
-use nomad_relay_sink_api::{Outcome, Sink};
+use nomad_relay_sink_api::{Envelope, Outcome, Sink};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -221,13 +221,11 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
         .map_err(|e| RelayError::Other(format!("cannot open sink `{sink_name}`: {}", e.report())))?;
     let router = Router::new(config.routes.clone());
     let mut reader = Some(JournalReader::new(dir.clone(), recovered.oldest));
-    let (mut replayed, mut skipped_rejected, mut already_present) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     // A republish's ids: each event's digest XORed with one number drawn for this replay, the
     // same for every event of it, so the new ids are as distinct from each other as the
     // originals, and from them.
     let republish = range.republish.then(rand::random::<u64>);
-    let mut first_index = None;
-    let mut last_index = 0;
     loop {
         let batch_size = sink_config.common.batch_size;
         let Some(mut taken) = reader.take() else { break };
@@ -262,22 +260,54 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
             // A replay saves the state once at the end, so sending again is all it needs.
             outcomes = sink.send(&chosen).await;
         }
-        if outcomes.len() != chosen.len() {
+        tally.count(sink_name, &chosen, outcomes)?;
+    }
+    sink.flush().await.map_err(|e| RelayError::Other(e.report()))?;
+    cursor.sink_state = sink.checkpoint_state();
+    let data_dir = config.data_dir.clone();
+    blocking(move || Ok(cursor::save(&data_dir, &cursor)?)).await?;
+    Ok(tally.summary(sink_name, republish, recovered.oldest))
+}
+
+/// What a replay did with the events it sent.
+#[derive(Default)]
+struct Tally {
+    replayed: u64,
+    already_present: u64,
+    skipped_rejected: u64,
+    first_index: Option<u64>,
+    last_index: u64,
+}
+
+impl Tally {
+    /// Counts the outcomes of `sent`; a retry or a second deferral ends the replay with an
+    /// error that says where a new one should start.
+    fn count(
+        &mut self,
+        sink_name: &str,
+        sent: &[Envelope],
+        outcomes: Vec<Outcome>,
+    ) -> Result<(), RelayError> {
+        if outcomes.len() != sent.len() {
             return Err(RelayError::Other(format!(
-                "sink `{sink_name}` returned {} outcomes for {} events during replay (a bug in the sink); {replayed} events were delivered again before it, through Nomad index {last_index}",
+                "sink `{sink_name}` returned {} outcomes for {} events during replay (a bug in the sink); {} events were delivered again before it, through Nomad index {}",
                 outcomes.len(),
-                chosen.len()
+                sent.len(),
+                self.replayed,
+                self.last_index
             )));
         }
-        for (event, outcome) in chosen.iter().zip(outcomes) {
+        for (event, outcome) in sent.iter().zip(outcomes) {
+            let replayed = self.replayed;
+            let last_index = self.last_index;
             match outcome {
                 Outcome::Delivered => {
-                    replayed += 1;
-                    first_index.get_or_insert(event.id.index);
-                    last_index = event.id.index;
+                    self.replayed += 1;
+                    self.first_index.get_or_insert(event.id.index);
+                    self.last_index = event.id.index;
                 }
-                Outcome::Duplicate => already_present += 1,
-                Outcome::Rejected(_) => skipped_rejected += 1,
+                Outcome::Duplicate => self.already_present += 1,
+                Outcome::Rejected(_) => self.skipped_rejected += 1,
                 Outcome::Deferred => {
                     return Err(RelayError::Other(format!(
                         "sink `{sink_name}` deferred event {} twice during replay (a bug in the sink); {replayed} events were delivered again before it, through Nomad index {last_index}",
@@ -292,35 +322,36 @@ pub async fn replay(config: Config, sink_name: &str, range: ReplayRange) -> Resu
                 }
             }
         }
+        Ok(())
     }
-    sink.flush().await.map_err(|e| RelayError::Other(e.report()))?;
-    cursor.sink_state = sink.checkpoint_state();
-    let data_dir = config.data_dir.clone();
-    blocking(move || Ok(cursor::save(&data_dir, &cursor)?)).await?;
-    let mut summary = format!("replayed {replayed} events to sink `{sink_name}`");
-    if let Some(first) = first_index {
-        summary.push_str(&format!(" (Nomad indexes {first}..={last_index})"));
+
+    /// The line `replay` prints.
+    fn summary(&self, sink_name: &str, republish: Option<u64>, oldest: u64) -> String {
+        let mut summary = format!("replayed {} events to sink `{sink_name}`", self.replayed);
+        if let Some(first) = self.first_index {
+            summary.push_str(&format!(" (Nomad indexes {first}..={})", self.last_index));
+        }
+        if let Some(nonce) = republish {
+            summary.push_str(&format!(
+                "; published again with ids of this replay's own (each event's digest XORed with {nonce:016x})"
+            ));
+        }
+        if self.already_present > 0 {
+            summary.push_str(&format!(
+                "; {} were already at the destination and were not stored again (JetStream's duplicate window, or records the Kafka sink found)",
+                self.already_present
+            ));
+        }
+        if self.skipped_rejected > 0 {
+            summary.push_str(&format!("; {} rejected by the sink", self.skipped_rejected));
+        }
+        if oldest > 1 {
+            summary.push_str(&format!(
+                "; the journal keeps records from {oldest} on, older ones were removed by retention"
+            ));
+        }
+        summary
     }
-    if let Some(nonce) = republish {
-        summary.push_str(&format!(
-            "; published again with ids of this replay's own (each event's digest XORed with {nonce:016x})"
-        ));
-    }
-    if already_present > 0 {
-        summary.push_str(&format!(
-            "; {already_present} were already at the destination and were not stored again (JetStream's duplicate window, or records the Kafka sink found)"
-        ));
-    }
-    if skipped_rejected > 0 {
-        summary.push_str(&format!("; {skipped_rejected} rejected by the sink"));
-    }
-    if recovered.oldest > 1 {
-        summary.push_str(&format!(
-            "; the journal keeps records from {} on, older ones were removed by retention",
-            recovered.oldest
-        ));
-    }
-    Ok(summary)
 }
 
 /// How `demo` runs.

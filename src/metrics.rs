@@ -124,9 +124,8 @@ impl Telemetry {
         }
     }
 
-    /// Per sink: outcomes, failures by kind, lag and backlog (`head`: the journal head).
+    /// Per sink: outcomes and state (`head`: the journal head).
     fn render_sinks(&self, out: &mut String, head: u64) {
-        let last_index = self.sources.iter().map(|(_, s)| s.last_index.load(Ordering::Relaxed)).max();
         let sink_gauges: [Reading<SinkStats>; 10] = [
             (
                 "nomad_relay_sink_delivered_events_total",
@@ -193,6 +192,12 @@ impl Telemetry {
                 }
             });
         }
+        self.render_sink_progress(out, head);
+    }
+
+    /// Per sink: failures by kind, lag in Nomad indexes and backlog in journal records.
+    fn render_sink_progress(&self, out: &mut String, head: u64) {
+        let last_index = self.sources.iter().map(|(_, s)| s.last_index.load(Ordering::Relaxed)).max();
         let name = "nomad_relay_sink_failures_total";
         metric(
             out,

@@ -45,9 +45,11 @@ pub fn resolve(dir: &Path, sources: &[Configured]) -> Result<Vec<SourceName>, Jo
     let single = sources.len() == 1;
     // Without names.json: the names an older relay's records carry (the newest segment's,
     // and those of the saved checkpoints), each its own scope.
+    // Only a single source without id_scope can take another name's scope from them (several
+    // fall back to their own names anyway), so only then is the journal read for its names.
     let legacy: BTreeSet<String> = match &known {
-        Some(_) => BTreeSet::new(),
-        None => legacy_names(dir)?,
+        None if single && sources[0].id_scope.is_none() => legacy_names(dir)?,
+        _ => BTreeSet::new(),
     };
     let scopes = known.map(|known| known.scopes).unwrap_or_default();
     Ok(sources

@@ -176,10 +176,34 @@ impl Emulator {
     }
 
     /// Replaces the set of existing namespaces (what `namespace=*` expands to for new
-    /// subscriptions; running ones keep their frozen list).
+    /// subscriptions; running ones keep their frozen list). Namespaces not there before are
+    /// created at the next raft index, as by [`Emulator::create_namespace`].
     pub fn set_namespaces(&self, namespaces: Vec<String>) {
-        *lock(&self.shared().namespaces) = namespaces;
-        self.shared().namespaces_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = self.shared();
+        lock(&shared.namespaces).retain(|ns| namespaces.contains(&ns.name));
+        for name in namespaces {
+            let index = self.last_index().max(*shared.namespaces_index.borrow()) + 1;
+            self.create_namespace(&name, index);
+        }
+        shared.namespaces_index.send_modify(|index| *index += 1);
+    }
+
+    /// Creates namespace `name` at raft index `index` (its `CreateIndex`), as `nomad
+    /// namespace apply` does: later subscriptions with `namespace=*` include it, open ones do
+    /// not, and a blocking query on `/v1/namespaces` returns. Like [`Emulator::publish`], the
+    /// index is the caller's to keep increasing; it also counts as published, so generated
+    /// events come after it. An existing namespace is left as it is.
+    pub fn create_namespace(&self, name: &str, index: u64) {
+        let shared = self.shared();
+        {
+            let mut namespaces = lock(&shared.namespaces);
+            if namespaces.iter().any(|ns| ns.name == name) {
+                return;
+            }
+            namespaces.push(state::Namespace { name: name.to_owned(), create_index: index });
+        }
+        shared.last_index.fetch_max(index, Ordering::Relaxed);
+        shared.namespaces_index.send_modify(|table| *table = (*table).max(index));
     }
 
     /// Deletes a token: later requests with it are denied, and its open streams end

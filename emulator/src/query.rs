@@ -122,6 +122,38 @@ fn go_quote(s: &str) -> String {
 
 /// `parseEventTopics`: no `topic` → `{"*": ["*"]}`; `T` → key `*`; `T:k` → key `k`;
 /// more than one `:` → the exact 400 message.
+/// Go's `time.ParseDuration` for what clients send: an optional sign-free sequence of
+/// decimal numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), or `0`.
+/// `None` for anything else (Nomad then answers 400).
+pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    if text == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds;
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
 pub(crate) fn parse_topics(pairs: &[(String, String)]) -> Result<Topics, String> {
     let mut topics = Topics::new();
     let mut any = false;
@@ -169,6 +201,19 @@ mod tests {
 
     fn q(s: &str) -> Vec<(String, String)> {
         parse_query(s)
+    }
+
+    #[test]
+    fn durations_like_go() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("300s"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "5", "s", "5x", "-1s", "1 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -133,22 +133,13 @@ async fn handle(
     let keep_alive = reusable_body && req.keep_alive();
     let plain = "text/plain; charset=utf-8";
     if req.path == NAMESPACES_PATH && req.method == "GET" {
-        // Answered at once, never as a blocking query: a client must pace its polling.
-        let names = lock(&shared.namespaces).clone();
-        let body = serde_json::to_string(
-            &names
-                .iter()
-                .map(|name| serde_json::json!({"Name": name, "Description": "", "CreateIndex": 1, "ModifyIndex": 1}))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_else(|_| "[]".to_owned());
-        let index = shared.namespaces_index.load(std::sync::atomic::Ordering::Relaxed);
+        let resp = list_namespaces(shared, &query::parse_query(&req.query)).await;
         let resp = SimpleResponse {
-            code: 200,
-            body: &body,
-            content_type: "application/json",
+            code: resp.0,
+            body: &resp.1,
+            content_type: if resp.0 == 200 { "application/json" } else { plain },
             no_cache: false,
-            index: Some(index),
+            index: resp.2,
         };
         return reply(wr, &req, &resp, keep_alive).await;
     }
@@ -296,6 +287,51 @@ enum Denial {
     ServerError(String),
 }
 
+/// `Namespace.ListNamespaces` as `GET /v1/namespaces` serves it: a blocking query
+/// (`parseWait` in `command/agent/http.go`: `wait` a Go duration, else 400 `Invalid wait
+/// time`; `index` a u64, else 400 `Invalid index`; with `index` > 0 the answer waits until the
+/// namespace table's index passes it, at most `wait`, default and maximum 300 s, per
+/// `QueryOptions.TimeToBlock` in `nomad/structs/structs.go`; Nomad adds up to 1/16 of jitter,
+/// the emulator does not). `X-Nomad-Index` is the table's index, never 0. Returns the status,
+/// the body and the index header.
+async fn list_namespaces(shared: &Shared, pairs: &[(String, String)]) -> (u16, String, Option<u64>) {
+    const MAX_BLOCK: std::time::Duration = std::time::Duration::from_secs(300);
+    let wait = match query::first(pairs, "wait").filter(|w| !w.is_empty()) {
+        None => MAX_BLOCK,
+        Some(text) => match query::parse_duration(text) {
+            Some(wait) if wait.is_zero() => MAX_BLOCK,
+            Some(wait) => wait.min(MAX_BLOCK),
+            None => return (400, "Invalid wait time".to_owned(), None),
+        },
+    };
+    let min_index = match query::first(pairs, "index").filter(|i| !i.is_empty()) {
+        None => 0,
+        Some(text) => match text.parse::<u64>() {
+            Ok(index) => index,
+            Err(_) => return (400, "Invalid index".to_owned(), None),
+        },
+    };
+    if min_index > 0 {
+        let mut table = shared.namespaces_index.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(wait, table.wait_for(|index| *index > min_index)) => {}
+            () = until_shutdown(&mut shutdown) => {}
+        }
+    }
+    let index = (*shared.namespaces_index.borrow()).max(1);
+    let list: Vec<serde_json::Value> = lock(&shared.namespaces)
+        .iter()
+        .map(|ns| {
+            serde_json::json!({
+                "Name": ns.name, "Description": "", "Quota": "", "Meta": null,
+                "CreateIndex": ns.create_index, "ModifyIndex": ns.create_index,
+            })
+        })
+        .collect();
+    (200, serde_json::Value::from(list).to_string(), Some(index))
+}
+
 /// `Event.stream`: injected rejection, ACL check, namespace expansion, start position.
 fn subscribe(shared: &Shared, params: &Params) -> Result<Subscription, Denial> {
     match lock(&shared.reject).clone() {
@@ -304,7 +340,7 @@ fn subscribe(shared: &Shared, params: &Params) -> Result<Subscription, Denial> {
         None => {}
     }
     let namespaces = if params.namespace == "*" {
-        lock(&shared.namespaces).clone()
+        lock(&shared.namespaces).iter().map(|ns| ns.name.clone()).collect()
     } else {
         vec![params.namespace.clone()]
     };

@@ -57,10 +57,11 @@ pub(crate) struct Shared {
     pub buffer: Buffer,
     /// Highest index ever published.
     pub last_index: AtomicU64,
-    /// Existing namespaces (what `namespace=*` expands to).
-    pub namespaces: Mutex<Vec<String>>,
-    /// Raft index of the namespace table, as `X-Nomad-Index` on `/v1/namespaces`.
-    pub namespaces_index: std::sync::atomic::AtomicU64,
+    /// Existing namespaces (what `namespace=*` expands to), in creation order.
+    pub namespaces: Mutex<Vec<Namespace>>,
+    /// Raft index of the last write to the namespace table, as `X-Nomad-Index` on
+    /// `/v1/namespaces`; blocking queries wait on it.
+    pub namespaces_index: watch::Sender<u64>,
     /// ACL system, `None` = disabled.
     pub acl: Mutex<Option<AclConfig>>,
     /// Failure every new subscription meets.
@@ -83,6 +84,17 @@ pub(crate) struct Shared {
     pub conn_seq: AtomicU64,
 }
 
+/// One row of the namespace table.
+#[derive(Debug, Clone)]
+pub(crate) struct Namespace {
+    /// `Name`.
+    pub name: String,
+    /// `CreateIndex` (and `ModifyIndex`: the emulator never updates a namespace): the raft
+    /// index of its creation; the namespaces of the configuration exist from index 1, as
+    /// Nomad's `default` namespace does from bootstrap.
+    pub create_index: u64,
+}
+
 /// Locks a mutex, ignoring poisoning (the guarded data is always consistent).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -94,8 +106,10 @@ impl Shared {
         Shared {
             buffer: Buffer::new(config.buffer_size),
             last_index: AtomicU64::new(0),
-            namespaces: Mutex::new(config.namespaces.clone()),
-            namespaces_index: std::sync::atomic::AtomicU64::new(1),
+            namespaces: Mutex::new(
+                config.namespaces.iter().map(|name| Namespace { name: name.clone(), create_index: 1 }).collect(),
+            ),
+            namespaces_index: watch::Sender::new(1),
             acl: Mutex::new(config.acl.clone()),
             reject: Mutex::new(None),
             stalled: watch::Sender::new(false),

@@ -86,7 +86,7 @@ impl Telemetry {
 
     /// Per source: connection, index and line counters.
     fn render_sources(&self, out: &mut String) {
-        let source_gauges: [Reading<SourceStats>; 7] = [
+        let source_gauges: [Reading<SourceStats>; 8] = [
             ("nomad_relay_source_connected", "gauge", "1 while the event stream is open.", |s| {
                 u64::from(s.connected.load(Ordering::Relaxed))
             }),
@@ -113,6 +113,12 @@ impl Telemetry {
                 "counter",
                 "Lines that could not be read (malformed or too long).",
                 |s| s.lines_skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_source_namespace_catch_ups_total",
+                "counter",
+                "Resubscriptions from a new namespace's CreateIndex, below the checkpoint.",
+                |s| s.namespace_catch_ups.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, read) in source_gauges {

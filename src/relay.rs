@@ -12,8 +12,8 @@ use crate::journal::writer::JournalWriter;
 use crate::journal::{self, JournalError, Recovered, Recovery, SourceName};
 use crate::routing::Router;
 use crate::sinks::AnySink;
-use crate::source::Source;
 use crate::source::resume::Resume;
+use crate::source::{Source, catch_up};
 use crate::stats::{SinkStats, SourceStats};
 use crate::worker::SinkWorker;
 use std::fs::File;
@@ -195,9 +195,17 @@ impl Running {
             }
             let scope = recovered.scopes.get(&nomad.name).cloned().unwrap_or_else(|| nomad.name.clone());
             let name = SourceName { name: nomad.name.clone(), scope };
-            let resume = Resume::new(&name, checkpoint, nomad.start, nomad.gap_markers);
+            let catch_up_file = catch_up::path(&config.data_dir, &name.scope);
+            let saved = catch_up::load(&catch_up_file).map_err(|e| RelayError::Other(e.to_string()))?;
+            let resume =
+                Resume::new(&name, checkpoint, nomad.start, nomad.gap_markers).with_catch_up(saved.clone());
+            if saved.is_some() && resume.catch_up().is_none() {
+                // Finished before the last stop (the checkpoint is past it).
+                catch_up::save(&catch_up_file, None).map_err(|e| RelayError::Other(e.to_string()))?;
+            }
             let source = Source::new(nomad.clone(), resume, events.clone(), stats.clone())
-                .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?;
+                .map_err(|e| RelayError::Other(format!("Nomad source `{}`: {e}", nomad.name)))?
+                .with_catch_up_file(catch_up_file);
             sources.push((nomad.name.clone(), stats, source));
         }
         let mut all_stats = Vec::new();

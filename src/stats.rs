@@ -24,6 +24,8 @@ pub struct SourceStats {
     pub lines_skipped: AtomicU64,
     /// Lines below the checkpoint, skipped as already journaled.
     pub lines_stale: AtomicU64,
+    /// Resubscriptions below the checkpoint for namespaces the stream did not include.
+    pub namespace_catch_ups: AtomicU64,
 }
 
 /// One sink's counters.

@@ -9,6 +9,7 @@ use nomad_emulator::EmulatorConfig;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
+use support::endpoint::{free_port, metric};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -150,7 +151,7 @@ async fn a_namespace_created_after_subscribing_is_picked_up() {
     emulator.set_namespaces(vec!["default".into(), "team-b".into()]);
     emulator.wait_for_connections(2).await;
     // The resubscription came from the namespace watcher, not from a dropped connection.
-    relay.wait_for_log_after(added, "event stream ended (a namespace was added)", WAIT).await;
+    relay.wait_for_log_after(added, "event stream ended (namespace(s) [\"team-b\"] added)", WAIT).await;
     let mut event = job(7, "in-team-b").events.remove(0);
     event.namespace = "team-b".into();
     emulator.publish(nomad_emulator::Batch { index: 7, events: vec![event] });
@@ -164,4 +165,65 @@ async fn a_namespace_created_after_subscribing_is_picked_up() {
         &expected_lines(&emulator.published(), DEFAULT_TOPICS),
     );
     assert!(relay.log_since(added).contains("new Nomad namespace(s) [\"team-b\"]"), "{}", relay.log());
+}
+
+/// A batch of one Job event in `namespace`.
+fn job_in(index: u64, key: &str, namespace: &str) -> nomad_emulator::Batch {
+    let mut batch = job(index, key);
+    batch.events[0].namespace = namespace.into();
+    batch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_created_below_the_checkpoint_is_caught_up_across_a_kill() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(3, "in-default"));
+    let scratch = Scratch::new();
+    let port = free_port();
+    // The watcher polls once before subscribing, then not for 4 s: long enough for the new
+    // namespace's first event to fall below the checkpoint before the relay hears of it.
+    let config = scratch.config(
+        &emulator.url(),
+        "namespace_refresh = \"4s\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut relay = Relay::start(&config);
+    eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    let mark = relay.mark();
+    emulator.create_namespace("team-b", 4);
+    emulator.publish(job_in(5, "in-team-b", "team-b"));
+    emulator.publish(job(6, "after"));
+    // The open stream's frozen list leaves out team-b: index 6 arrives, 5 does not.
+    eventually("index 6", WAIT, || (scratch.lines("events.ndjson").len() == 2).then_some(())).await;
+    // The catch-up subscription is refused until the relay is killed, so the kill lands
+    // between the saved plan and the events it fetches.
+    emulator.set_reject(Some(nomad_emulator::Reject::ServerError("No path to region".into())));
+    relay.wait_for_log_after(mark, "resubscribing from index 4 to fetch their events up to 6", WAIT).await;
+    assert_eq!(metric(port, "nomad_relay_source_namespace_catch_ups_total{source=\"default\"}"), Some(1.0));
+    eventually("the refused catch-up subscription", WAIT, || {
+        emulator.requests().iter().any(|r| r.path == "/v1/event/stream" && r.index == Some(4)).then_some(())
+    })
+    .await;
+    relay.kill();
+    assert_eq!(scratch.lines("events.ndjson").len(), 2, "nothing of team-b before the kill");
+
+    emulator.set_reject(None);
+    let before_restart = emulator.requests().len();
+    let mut relay = Relay::start(&config);
+    eventually("the event of the new namespace", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 3).then_some(())
+    })
+    .await;
+    emulator.publish(job(7, "later"));
+    eventually("index 7", WAIT, || (scratch.lines("events.ndjson").len() == 4).then_some(())).await;
+    assert!(relay.terminate().success());
+    let first_stream = emulator.requests()[before_restart..]
+        .iter()
+        .find(|r| r.path == "/v1/event/stream")
+        .and_then(|r| r.index);
+    assert_eq!(first_stream, Some(4), "the restart finishes the saved catch-up");
+    let mut expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    // Delivered in the order the relay received them: index 5 came after 6.
+    expected.swap(1, 2);
+    assert_lines_equal(&scratch.lines("events.ndjson"), &expected);
 }

@@ -107,7 +107,11 @@ impl Shared {
             buffer: Buffer::new(config.buffer_size),
             last_index: AtomicU64::new(0),
             namespaces: Mutex::new(
-                config.namespaces.iter().map(|name| Namespace { name: name.clone(), create_index: 1 }).collect(),
+                config
+                    .namespaces
+                    .iter()
+                    .map(|name| Namespace { name: name.clone(), create_index: 1 })
+                    .collect(),
             ),
             namespaces_index: watch::Sender::new(1),
             acl: Mutex::new(config.acl.clone()),

@@ -295,7 +295,8 @@ async fn namespace_list_is_a_blocking_query_with_create_indexes() {
     assert_eq!(now, (200, Some("1".to_owned()), vec![("default".to_owned(), 1)]));
 
     // A query at the table's index waits for the next write to the table.
-    let blocked = tokio::spawn(async move { list(get(addr, "/v1/namespaces?index=1&wait=60s", &[]).await).await });
+    let blocked =
+        tokio::spawn(async move { list(get(addr, "/v1/namespaces?index=1&wait=60s", &[]).await).await });
     within(async {
         while !emu.requests().iter().any(|r| r.query.contains("wait=60s")) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -304,14 +305,21 @@ async fn namespace_list_is_a_blocking_query_with_create_indexes() {
     .await;
     emu.create_namespace("team-b", 42);
     let after = within(blocked).await.unwrap();
-    assert_eq!(after, (200, Some("42".to_owned()), vec![("default".to_owned(), 1), ("team-b".to_owned(), 42)]));
+    assert_eq!(
+        after,
+        (200, Some("42".to_owned()), vec![("default".to_owned(), 1), ("team-b".to_owned(), 42)])
+    );
     assert_eq!(emu.last_index(), 42, "a namespace write takes a raft index");
 
     // Nothing changes: the query returns when `wait` runs out, with the same index.
     let started = std::time::Instant::now();
     let idle = within(list(within(get(addr, "/v1/namespaces?index=42&wait=200ms", &[])).await)).await;
     assert_eq!(idle.1.as_deref(), Some("42"));
-    assert!(started.elapsed() >= Duration::from_millis(200), "returned before `wait`: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "returned before `wait`: {:?}",
+        started.elapsed()
+    );
 
     let mut bad = within(get(addr, "/v1/namespaces?wait=5", &[])).await;
     assert_eq!((bad.status, within(bad.rest()).await.as_str()), (400, "Invalid wait time"));

@@ -13,6 +13,7 @@
 //! or the modern server's "200 then close before the first heartbeat") is explained in terms
 //! of the ACL each topic needs and retried on a longer back-off, never in a hot loop.
 
+pub mod catch_up;
 pub mod frame;
 pub mod lines;
 pub mod namespaces;
@@ -28,8 +29,11 @@ use bytes::Bytes;
 use frame::{Frame, index_from_prefix, parse_line};
 use futures_util::StreamExt;
 use lines::{LineSplitter, Piece};
+use namespaces::Namespaces;
 use nomad_relay_sink_api::Envelope;
 use resume::{LineOutcome, Resume};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -82,7 +86,10 @@ pub struct Source {
     resume: Resume,
     out: EventSender,
     stats: Arc<SourceStats>,
-    namespace_changes: Option<watch::Receiver<u64>>,
+    /// Nomad's namespaces, as the watcher last listed them (with `namespace = "*"`).
+    namespaces: Option<watch::Receiver<Namespaces>>,
+    /// Where a namespace catch-up is saved.
+    catch_up_file: Option<PathBuf>,
 }
 
 impl Source {
@@ -111,22 +118,45 @@ impl Source {
             token: config.token.as_ref().map(|t| t.0.clone()),
             file: config.token_file.clone(),
         };
-        Ok(Source { config, addresses, client, token, resume, out, stats, namespace_changes: None })
+        Ok(Source {
+            config,
+            addresses,
+            client,
+            token,
+            resume,
+            out,
+            stats,
+            namespaces: None,
+            catch_up_file: None,
+        })
+    }
+
+    /// Saves namespace catch-ups in `path` ([`catch_up`]), so that a restart finishes them.
+    pub fn with_catch_up_file(mut self, path: PathBuf) -> Self {
+        self.catch_up_file = Some(path);
+        self
     }
 
     /// Follows the stream until `shutdown` is cancelled or the receiver of events is gone.
     pub async fn run(mut self, shutdown: CancellationToken) {
         if self.config.namespace == "*" {
-            let (changed, changes) = watch::channel(0);
-            self.namespace_changes = Some(changes);
+            let (list, mut listed) = watch::channel(Namespaces::default());
             tokio::spawn(namespaces::watch_namespaces(
                 self.client.clone(),
                 self.addresses.clone(),
                 self.token.clone(),
                 self.config.namespace_refresh.0,
-                changed,
+                list,
                 shutdown.clone(),
             ));
+            // The first subscription includes the namespaces listed before it (and maybe
+            // more); wait a little for that list, never for ever.
+            let wait = self.config.connect_timeout.0.saturating_mul(2);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::timeout(wait, listed.wait_for(|n| n.answered)) => {}
+            }
+            self.namespaces = Some(listed);
         }
         let reconnect = self.config.reconnect.clone();
         let builder = |min: Duration, max: Duration| {
@@ -203,16 +233,25 @@ impl Source {
     /// One connection: connect, then take each piece of the body in turn until the stream
     /// ends.
     async fn stream_once(&mut self, address: &str, shutdown: &CancellationToken) -> Ended {
+        // The namespaces listed before subscribing are in the subscription's list.
+        let namespaces = self.namespaces.clone().map(|mut list| {
+            let covered = list.borrow_and_update().created.keys().cloned().collect();
+            (list, covered)
+        });
         let response = match self.connect(address, shutdown).await {
             Ok(response) => response,
             Err(ended) => return ended,
         };
         self.resume.on_connect();
-        let mut connection = Connection::new(response, &self.config, self.namespace_changes.clone());
+        let mut connection = Connection::new(response, &self.config, namespaces);
         let mut pieces = Vec::new();
         loop {
             let chunk = match connection.next_chunk(self.config.idle_timeout.0, shutdown).await {
-                Ok(chunk) => chunk,
+                Ok(Next::Chunk(chunk)) => chunk,
+                Ok(Next::Namespaces(added)) => match self.include_namespaces(added).await {
+                    Some(ended) => return ended,
+                    None => continue,
+                },
                 Err(ended) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     return ended;
@@ -225,6 +264,52 @@ impl Source {
                     return ended;
                 }
             }
+        }
+    }
+
+    /// Namespaces (name and `CreateIndex`) created after this subscription's list was
+    /// taken: those it has delivered events of are in it; for the others, the connection ends
+    /// so that the next one includes them, from their `CreateIndex` when their events may lie
+    /// below the checkpoint (the catch-up is saved first).
+    async fn include_namespaces(&mut self, added: Vec<(String, u64)>) -> Option<Ended> {
+        let missing: Vec<(String, u64)> =
+            added.into_iter().filter(|(name, _)| !self.resume.saw_namespace(name)).collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = missing.iter().map(|(name, _)| name.as_str()).collect();
+        let checkpoint = self.resume.checkpoint().index;
+        let before = self.resume.catch_up().cloned();
+        let plan = self.resume.include_namespaces(&missing).cloned();
+        match &plan {
+            Some(plan) if before.as_ref() != Some(plan) => {
+                add(&self.stats.namespace_catch_ups, 1);
+                info!(
+                    source = %self.config.name,
+                    "Nomad namespace(s) {names:?} were created at or below index {checkpoint}, which the relay has: resubscribing from index {} to fetch their events up to {checkpoint}",
+                    plan.from
+                );
+                self.save_catch_up(plan).await;
+            }
+            _ => {
+                info!(source = %self.config.name, "new Nomad namespace(s) {names:?}: resubscribing so that namespace = \"*\" includes them")
+            }
+        }
+        Some(Ended::Dropped { streamed: true, reason: format!("namespace(s) {names:?} added") })
+    }
+
+    /// Saves a planned catch-up before the resubscription that runs it; a failure is logged
+    /// and the catch-up still runs, but a crash before it ends would not finish it.
+    async fn save_catch_up(&self, plan: &catch_up::CatchUp) {
+        let Some(path) = self.catch_up_file.clone() else { return };
+        let plan = plan.clone();
+        let saved = tokio::task::spawn_blocking(move || catch_up::save(&path, Some(&plan))).await;
+        if let Some(e) = match saved {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        } {
+            error!(source = %self.config.name, "cannot save the namespace catch-up ({e}); it runs, but if the relay stops before it ends, events of the new namespace(s) below the checkpoint are not fetched again");
         }
     }
 
@@ -382,7 +467,8 @@ fn refusal(status: reqwest::StatusCode, body: String) -> Ended {
 struct Connection {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
     splitter: LineSplitter,
-    namespace_changes: Option<watch::Receiver<u64>>,
+    /// Nomad's namespace list, and the namespaces this subscription's list includes.
+    namespaces: Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
     /// A line (a heartbeat at least) arrived: the subscription was accepted.
     saw_line: bool,
     data_lines: u64,
@@ -393,33 +479,29 @@ impl Connection {
     fn new(
         response: reqwest::Response,
         config: &NomadConfig,
-        mut namespace_changes: Option<watch::Receiver<u64>>,
+        namespaces: Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
     ) -> Connection {
-        if let Some(changes) = &mut namespace_changes {
-            changes.borrow_and_update();
-        }
         Connection {
             body: Box::pin(response.bytes_stream()),
             splitter: LineSplitter::new(config.max_line_bytes.0 as usize),
-            namespace_changes,
+            namespaces,
             saw_line: false,
             data_lines: 0,
             stale_reported: false,
         }
     }
 
-    /// The next bytes of the body, or how the stream ended: shutdown, a new namespace, no
-    /// byte for `idle` (the watchdog), a read error, or the end of the body.
-    async fn next_chunk(&mut self, idle: Duration, shutdown: &CancellationToken) -> Result<Bytes, Ended> {
+    /// The next bytes of the body or namespaces created since the subscription's list was
+    /// taken; or how the stream ended: shutdown, no byte for `idle` (the watchdog), a read
+    /// error, or the end of the body.
+    async fn next_chunk(&mut self, idle: Duration, shutdown: &CancellationToken) -> Result<Next, Ended> {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Err(Ended::Shutdown),
-            Some(()) = namespaces_changed(&mut self.namespace_changes) => {
-                return Err(Ended::Dropped { streamed: true, reason: "a namespace was added".to_owned() });
-            }
+            Some(added) = added_namespaces(&mut self.namespaces) => return Ok(Next::Namespaces(added)),
             next = tokio::time::timeout(idle, self.body.next()) => next,
         };
         match next {
-            Ok(Some(Ok(chunk))) => Ok(chunk),
+            Ok(Some(Ok(chunk))) => Ok(Next::Chunk(chunk)),
             Err(_) => Err(Ended::Dropped {
                 streamed: self.saw_line,
                 reason: format!(
@@ -478,11 +560,35 @@ async fn parse_off_runtime(line: Bytes) -> Result<Frame, frame::FrameError> {
     })
 }
 
-/// Resolves when the namespace watcher reports a change; never without a watcher.
-async fn namespaces_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
-    match changes {
-        Some(changes) => changes.changed().await.ok(),
-        None => std::future::pending().await,
+/// What a connection yields next.
+enum Next {
+    /// Bytes of the body.
+    Chunk(Bytes),
+    /// Namespaces (name and `CreateIndex`) not in the subscription's list.
+    Namespaces(Vec<(String, u64)>),
+}
+
+/// Resolves with the namespaces the watcher lists that `covered` does not hold (and then
+/// holds); never without a watcher, or while the watcher is gone.
+async fn added_namespaces(
+    namespaces: &mut Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
+) -> Option<Vec<(String, u64)>> {
+    let Some((list, covered)) = namespaces else { return std::future::pending().await };
+    loop {
+        if list.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let added: Vec<(String, u64)> = list
+            .borrow_and_update()
+            .created
+            .iter()
+            .filter(|(name, _)| !covered.contains(*name))
+            .map(|(name, created)| (name.clone(), *created))
+            .collect();
+        if !added.is_empty() {
+            covered.extend(added.iter().map(|(name, _)| name.clone()));
+            return Some(added);
+        }
     }
 }
 

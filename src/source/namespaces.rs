@@ -2,13 +2,15 @@
 //!
 //! Nomad expands `*` to the namespaces that exist when a subscription starts and freezes
 //! that list, so events of a namespace created later never reach an open stream. The watcher
-//! polls `GET /v1/namespaces` (a blocking query, at most once per `namespace_refresh`) and,
-//! when a namespace appears, tells the source to resubscribe at its checkpoint: the new
-//! subscription covers it, and the resume logic drops what was already journaled.
+//! polls `GET /v1/namespaces` (a blocking query, at most once per `namespace_refresh`) and
+//! publishes every namespace with its `CreateIndex`; the source decides what a new one needs
+//! (a resubscription, or a catch-up from its `CreateIndex`: [`super::catch_up`]). The source
+//! waits for the first answer before it subscribes, so that it knows which namespaces its
+//! first subscription can include.
 
 use super::TokenSource;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,18 +23,28 @@ const BLOCKING_WAIT: Duration = Duration::from_secs(300);
 struct Namespace {
     #[serde(rename = "Name")]
     name: String,
+    #[serde(rename = "CreateIndex", default)]
+    create_index: u64,
 }
 
-/// Polls the namespace list and bumps `changed` whenever a namespace is added.
+/// What the watcher knows of Nomad's namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// Whether the first attempt to list them is over (successful or not).
+    pub answered: bool,
+    /// Each namespace's `CreateIndex`, by name.
+    pub created: BTreeMap<String, u64>,
+}
+
+/// Polls the namespace list and publishes it in `list` whenever it changes.
 pub async fn watch_namespaces(
     client: reqwest::Client,
     addresses: Vec<String>,
     token: TokenSource,
     min_interval: Duration,
-    changed: watch::Sender<u64>,
+    list: watch::Sender<Namespaces>,
     shutdown: CancellationToken,
 ) {
-    let mut known: Option<BTreeSet<String>> = None;
     let mut index = 0u64;
     let mut attempt = 0usize;
     let mut warned = false;
@@ -57,26 +69,35 @@ pub async fn watch_namespaces(
                     .and_then(|v| v.parse().ok());
                 let body = response.bytes().await.unwrap_or_default();
                 match serde_json::from_slice::<Vec<Namespace>>(&body) {
-                    Ok(list) => {
-                        let names: BTreeSet<String> = list.into_iter().map(|n| n.name).collect();
-                        if let Some(previous) = &known {
-                            let added: Vec<&String> = names.difference(previous).collect();
-                            if !added.is_empty() {
-                                info!(
-                                    "new Nomad namespace(s) {added:?}: resubscribing so that namespace = \"*\" includes them"
-                                );
-                                changed.send_modify(|generation| *generation += 1);
+                    Ok(namespaces) => {
+                        let created: BTreeMap<String, u64> =
+                            namespaces.into_iter().map(|n| (n.name, n.create_index)).collect();
+                        list.send_if_modified(|known| {
+                            let changed = !known.answered || known.created != created;
+                            if known.answered {
+                                let added: Vec<&String> = created
+                                    .keys()
+                                    .filter(|name| !known.created.contains_key(*name))
+                                    .collect();
+                                if !added.is_empty() {
+                                    info!("new Nomad namespace(s) {added:?}");
+                                }
                             }
-                        }
-                        known = Some(names);
+                            *known = Namespaces { answered: true, created: created.clone() };
+                            changed
+                        });
                         index = next_index.unwrap_or(index);
                         warned = false;
                     }
-                    Err(e) => debug!("unreadable namespace list from {address}: {e}"),
+                    Err(e) => {
+                        answered(&list);
+                        debug!("unreadable namespace list from {address}: {e}");
+                    }
                 }
             }
             Ok(Ok(response)) => {
                 attempt += 1;
+                answered(&list);
                 delay = min_interval.max(Duration::from_secs(60));
                 if !warned {
                     warned = true;
@@ -88,13 +109,22 @@ pub async fn watch_namespaces(
             }
             Ok(Err(e)) => {
                 attempt += 1;
+                answered(&list);
                 debug!("namespace list from {address} failed: {e}");
             }
-            Err(_) => attempt += 1,
+            Err(_) => {
+                attempt += 1;
+                answered(&list);
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Marks the first attempt as over, so the source does not wait for a list it cannot have.
+fn answered(list: &watch::Sender<Namespaces>) {
+    list.send_if_modified(|known| !std::mem::replace(&mut known.answered, true));
 }

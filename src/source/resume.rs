@@ -19,13 +19,14 @@
 //! events between may be lost. That is reported and, unless disabled, journaled as a
 //! `NomadRelay`/`GapDetected` event so every sink and consumer sees it.
 
+use super::catch_up::CatchUp;
 use super::frame::RawEvent;
 use crate::config::{DEFAULT_SOURCE, StartAt};
 use crate::journal::SourceName;
 use crate::journal::checkpoint::SourceCheckpoint;
 use bytes::Bytes;
 use nomad_relay_sink_api::{Envelope, EventId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Topic of the events the relay itself adds to the stream.
 pub const RELAY_TOPIC: &str = "NomadRelay";
@@ -93,6 +94,10 @@ pub struct Resume {
     line_index: u64,
     occurrences: HashMap<u64, u32>,
     awaiting_first_line: bool,
+    /// A namespace catch-up in progress ([`super::catch_up`]).
+    catch_up: Option<CatchUp>,
+    /// Namespaces this connection has delivered events of.
+    namespaces_seen: BTreeSet<String>,
 }
 
 /// The stable digest of an event's identity fields and its source's id scope (raft indexes
@@ -128,7 +133,38 @@ impl Resume {
             line_index: 0,
             occurrences: HashMap::new(),
             awaiting_first_line: true,
+            catch_up: None,
+            namespaces_seen: BTreeSet::new(),
         }
+    }
+
+    /// Resumes a saved namespace catch-up, as far as the checkpoint still needs it.
+    pub fn with_catch_up(mut self, saved: Option<CatchUp>) -> Self {
+        if self.have_checkpoint {
+            self.catch_up = saved.and_then(|c| c.after_restart(self.checkpoint.index));
+        }
+        self
+    }
+
+    /// The catch-up in progress, if any.
+    pub fn catch_up(&self) -> Option<&CatchUp> {
+        self.catch_up.as_ref()
+    }
+
+    /// Whether this connection delivered an event of `namespace` (it is then in the
+    /// subscription's namespace list).
+    pub fn saw_namespace(&self, namespace: &str) -> bool {
+        self.namespaces_seen.contains(namespace)
+    }
+
+    /// Plans the resubscription for namespaces (name and `CreateIndex`) this connection does
+    /// not include: a catch-up from their `CreateIndex` when events of theirs can lie below
+    /// the checkpoint, else a plain resubscription at it. Returns the catch-up now planned.
+    pub fn include_namespaces(&mut self, added: &[(String, u64)]) -> Option<&CatchUp> {
+        if self.have_checkpoint {
+            self.catch_up = CatchUp::plan(self.catch_up.as_ref(), added, self.checkpoint.index);
+        }
+        self.catch_up.as_ref()
     }
 
     /// Does not report a first line above the start index as a gap: for `tail --index`, where
@@ -141,7 +177,7 @@ impl Resume {
     /// The `index` query parameter for the next connection.
     pub fn request_index(&self) -> u64 {
         if self.have_checkpoint {
-            return self.checkpoint.index;
+            return self.catch_up.as_ref().map_or(self.checkpoint.index, |c| c.from);
         }
         match self.start {
             StartAt::Oldest => 0,
@@ -173,18 +209,27 @@ impl Resume {
         self.line_index = 0;
         self.occurrences.clear();
         self.awaiting_first_line = true;
+        self.namespaces_seen.clear();
     }
 
     /// Processes one data line.
     pub fn on_line(&mut self, index: u64, events: Vec<RawEvent>) -> LineOutcome {
         let mut outcome = LineOutcome::default();
         let first_line = std::mem::replace(&mut self.awaiting_first_line, false);
-        if index < self.floor() {
+        // A line below the checkpoint is stale, unless a catch-up fetches some of its events.
+        let late_until =
+            self.catch_up.as_ref().filter(|c| index >= c.from && index < self.floor()).map(|c| c.until);
+        if index < self.floor() && late_until.is_none() {
             outcome.stale = true;
             return outcome;
         }
-        if index != self.line_index {
-            self.line_index = index;
+        if self.catch_up.as_ref().is_some_and(|c| index > c.until) {
+            self.catch_up = None;
+        }
+        // Late events take ids at the checkpoint's Index, counted on from the catch-up's start.
+        let id_index = late_until.unwrap_or(index);
+        if id_index != self.line_index {
+            self.line_index = id_index;
             self.occurrences.clear();
         }
         if let Some((gap, reason)) = self.gap_at(index).filter(|_| first_line) {
@@ -203,13 +248,21 @@ impl Resume {
         }
         let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
         for event in events {
+            if !event.namespace.is_empty() && !self.namespaces_seen.contains(&event.namespace) {
+                self.namespaces_seen.insert(event.namespace.clone());
+            }
+            if late_until.is_some() && !self.catching_up(&event.namespace) {
+                // Below the checkpoint, another namespace's event is journaled already.
+                outcome.already_journaled += 1;
+                continue;
+            }
             let digest = digest(&self.scope, &event.topic, &event.event_type, &event.namespace, &event.key);
             if !in_line.insert(digest) {
                 outcome.repeated_in_line += 1;
                 continue;
             }
             let occurrence = self.bump(digest);
-            let id = EventId { index, digest, occurrence };
+            let id = EventId { index: id_index, digest, occurrence };
             let envelope = Envelope {
                 seq: 0,
                 id,
@@ -223,6 +276,11 @@ impl Resume {
             self.accept(envelope, &mut outcome);
         }
         outcome
+    }
+
+    /// Whether a catch-up in progress fetches `namespace`'s events.
+    fn catching_up(&self, namespace: &str) -> bool {
+        self.catch_up.as_ref().is_some_and(|c| c.namespaces.contains(namespace))
     }
 
     /// Whether the first line after a connect, at `index`, shows that Nomad no longer held
@@ -357,6 +415,53 @@ mod tests {
         let second = resume.on_line(10, vec![event("Evaluation", "e1")]);
         assert_eq!(keys(&second), ["Evaluation:e1"]);
         assert!(second.gap.is_none());
+    }
+
+    #[test]
+    fn a_catch_up_takes_only_the_new_namespace_below_the_checkpoint_and_repeats_cleanly() {
+        let in_ns =
+            |key: &str, namespace: &str| RawEvent { namespace: namespace.into(), ..event("Job", key) };
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
+        resume.on_connect();
+        resume.on_line(8, vec![in_ns("web", "default")]);
+        let plan = resume.include_namespaces(&[("team-b".into(), 5), ("later".into(), 9)]).cloned();
+        assert_eq!(plan.as_ref().map(|p| (p.from, p.until)), Some((5, 8)));
+        assert_eq!(resume.request_index(), 5, "resubscribe at the namespace's CreateIndex");
+        let before = resume.checkpoint().clone();
+
+        let catch_up = |resume: &mut Resume| {
+            resume.on_connect();
+            let five = resume.on_line(5, vec![in_ns("api", "default"), in_ns("b1", "team-b")]);
+            let seven = resume.on_line(7, vec![in_ns("b1", "team-b")]);
+            let eight = resume.on_line(8, vec![in_ns("web", "default"), in_ns("b2", "team-b")]);
+            [five, seven, eight]
+        };
+        let [five, seven, eight] = catch_up(&mut resume);
+        assert_eq!((keys(&five), five.already_journaled), (vec!["Job:b1".to_owned()], 1));
+        assert_eq!(keys(&seven), ["Job:b1"]);
+        assert_eq!((keys(&eight), eight.already_journaled), (vec!["Job:b2".to_owned()], 1));
+        let ids: Vec<EventId> =
+            [&five, &seven, &eight].iter().flat_map(|o| o.events.iter().map(|e| e.id)).collect();
+        assert!(ids.iter().all(|id| id.index == 8), "late events get ids at the checkpoint: {ids:?}");
+        assert_ne!(ids[0], ids[1], "two changes of one object below the checkpoint stay distinct");
+        assert_eq!(resume.checkpoint().index, 8, "the checkpoint never went back");
+        assert!(five.gap.is_none() && !five.stale);
+
+        // The same catch-up again (a reconnect or a restart before index 9): nothing is new.
+        let mut again =
+            Resume::new(&default_source(), Some(resume.checkpoint().clone()), StartAt::Oldest, true)
+                .with_catch_up(plan.clone());
+        assert_eq!(again.request_index(), 5);
+        let repeated = catch_up(&mut again);
+        assert!(repeated.iter().all(|o| o.events.is_empty()), "{repeated:?}");
+        // Past `until` the catch-up is over and the next reconnect is at the checkpoint.
+        let nine = again.on_line(9, vec![in_ns("x", "team-b")]);
+        assert_eq!(keys(&nine), ["Job:x"]);
+        assert!(again.catch_up().is_none());
+        assert_eq!(again.request_index(), 9);
+        // Started from the checkpoint before the catch-up, the plan is simply still to do.
+        let fresh = Resume::new(&default_source(), Some(before), StartAt::Oldest, true).with_catch_up(plan);
+        assert_eq!(fresh.request_index(), 5);
     }
 
     #[test]

@@ -172,8 +172,8 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         }
         body.resize(len, 0);
         reader.read_exact(&mut body).map_err(io_error(&segment.path))?;
-        let peeked = if crc32fast::hash(&body) == crc { peek(&body) } else { None };
-        let Some((seq, id, source)) = peeked else {
+        let peeked = if crc32fast::hash(&body) == crc { peek(&body).zip(record::raw(&body)) } else { None };
+        let Some(((seq, id, source), raw)) = peeked else {
             let next = scan.valid_len + (HEADER_LEN + len) as u64;
             if record_follows(&segment.path, next, expected_seq + 1)? {
                 // Damaged in place, with whole records after it: not a write a crash cut
@@ -194,14 +194,15 @@ fn scan_segment(segment: &Segment) -> Result<Scan, JournalError> {
         expected_seq += 1;
         scan.valid_len += (HEADER_LEN + len) as u64;
         scan.last_seq = Some(seq);
+        let content = checkpoint::content(raw);
         match scan.sources.get_mut(source) {
             Some(tail) => {
-                if let Err(backwards) = tail.last.advance(id) {
+                if let Err(backwards) = tail.last.advance(id, content) {
                     warn!(segment = %segment.path.display(), "journal: record {seq}: {backwards}");
                 }
             }
             None => {
-                let tail = SourceTail { first_index: id.index, last: SourceCheckpoint::at(id) };
+                let tail = SourceTail { first_index: id.index, last: SourceCheckpoint::at(id, content) };
                 scan.sources.insert(source.to_owned(), tail);
             }
         }

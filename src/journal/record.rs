@@ -85,6 +85,14 @@ pub fn peek(body: &[u8]) -> Option<(u64, EventId, &str)> {
     Some((seq, EventId { index, digest, occurrence }, source))
 }
 
+/// The raw event bytes of a body, without decoding the rest; `None` if its lengths do not fit.
+pub fn raw(body: &[u8]) -> Option<&[u8]> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes([*body.get(at)?, *body.get(at + 1)?]) as usize);
+    let key_len = u32::from_le_bytes(body.get(36..40)?.try_into().ok()?) as usize;
+    let strings = u16_at(28)? + u16_at(30)? + u16_at(32)? + u16_at(34)? + key_len;
+    body.get(FIXED_BODY + strings..)
+}
+
 /// Decodes a body whose checksum was verified.
 pub fn decode(body: Bytes) -> Result<Envelope, RecordError> {
     let corrupt = |what: &str| RecordError(format!("journal record is damaged: {what}"));

@@ -15,6 +15,13 @@
 //! repeats of one object at one Index stay distinct while replays of them match. Exact repeats
 //! inside one line come from Nomad's key-filter quirk and are dropped.
 //!
+//! Nomad evicts whole lines, oldest first, so the lines it sends again at N can lack the
+//! first ones the relay journaled, and the rest are then numbered from 0 again: an id can
+//! name another event than the one journaled under it. So at N an event counts as journaled
+//! when an event with the same digest and the same bytes was ([`checkpoint::content`]), a new
+//! event never takes an id already used at N, and a first line at N whose first event is not
+//! journaled shows that Nomad no longer has the lines that began N: a gap.
+//!
 //! After a reconnect, if the first data line has an Index above N, Nomad no longer held N:
 //! events between may be lost. That is reported and, unless disabled, journaled as a
 //! `NomadRelay`/`GapDetected` event so every sink and consumer sees it.
@@ -23,7 +30,7 @@ use super::catch_up::CatchUp;
 use super::frame::RawEvent;
 use crate::config::{DEFAULT_SOURCE, StartAt};
 use crate::journal::SourceName;
-use crate::journal::checkpoint::SourceCheckpoint;
+use crate::journal::checkpoint::{self, SourceCheckpoint, UNKNOWN_CONTENT};
 use bytes::Bytes;
 use nomad_relay_sink_api::{Envelope, EventId};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -76,6 +83,16 @@ pub fn gap_marker(source: &str, id: EventId, payload: &str) -> Envelope {
     }
 }
 
+/// How an event at the checkpoint's Index compares with what was journaled there.
+enum Resend {
+    /// The same event (digest and bytes) was journaled: drop it.
+    Journaled,
+    /// Not journaled, and the connection's first at that Index: the lines before it are gone.
+    Evicted,
+    /// Not journaled.
+    New,
+}
+
 /// Resume and de-duplication state for one Nomad source.
 #[derive(Debug)]
 pub struct Resume {
@@ -98,6 +115,21 @@ pub struct Resume {
     catch_up: Option<CatchUp>,
     /// Namespaces this connection has delivered events of.
     namespaces_seen: BTreeSet<String>,
+    /// What this connection's lines at the checkpoint's Index are compared with.
+    resent: Option<Resent>,
+}
+
+/// The events journaled at the checkpoint's Index before a connection, which Nomad sends
+/// again.
+#[derive(Debug)]
+struct Resent {
+    /// The checkpoint's Index when the connection started.
+    index: u64,
+    /// How many events journaled there have each `(digest, content)` (where the content is
+    /// known) and were not yet sent again: identical repeats of one object count apart.
+    held: HashMap<(u64, u64), u32>,
+    /// Whether the connection's first event at `index` was looked at.
+    first_checked: bool,
 }
 
 /// The stable digest of an event's identity fields and its source's id scope (raft indexes
@@ -135,6 +167,7 @@ impl Resume {
             awaiting_first_line: true,
             catch_up: None,
             namespaces_seen: BTreeSet::new(),
+            resent: None,
         }
     }
 
@@ -210,6 +243,19 @@ impl Resume {
         self.occurrences.clear();
         self.awaiting_first_line = true;
         self.namespaces_seen.clear();
+        // Nomad never sends the relay's own markers again.
+        let marker = self.marker_digest();
+        let mut held: HashMap<(u64, u64), u32> = HashMap::new();
+        for (id, content) in &self.checkpoint.seen {
+            if *content != UNKNOWN_CONTENT && id.digest != marker {
+                *held.entry((id.digest, *content)).or_default() += 1;
+            }
+        }
+        self.resent = self.have_checkpoint.then_some(Resent {
+            index: self.checkpoint.index,
+            held,
+            first_checked: false,
+        });
     }
 
     /// Processes one data line.
@@ -242,8 +288,8 @@ impl Resume {
                     gap.last_index,
                     self.source_field()
                 );
-                let marker = self.marker(index, &payload);
-                self.accept(marker, &mut outcome);
+                let (marker, content) = self.marker(index, &payload, true);
+                self.accept(marker, content, &mut outcome);
             }
         }
         let mut in_line: HashSet<u64> = HashSet::with_capacity(events.len());
@@ -261,8 +307,18 @@ impl Resume {
                 outcome.repeated_in_line += 1;
                 continue;
             }
-            let occurrence = self.bump(digest);
-            let id = EventId { index: id_index, digest, occurrence };
+            let content = checkpoint::content(&event.raw);
+            match self.resent_check(index, id_index, digest, content) {
+                Resend::Journaled => {
+                    // It keeps its place in the numbering, as when it was journaled.
+                    self.bump(digest);
+                    outcome.already_journaled += 1;
+                    continue;
+                }
+                Resend::Evicted => self.report_evicted(index, &mut outcome),
+                Resend::New => {}
+            }
+            let id = self.next_id(id_index, digest, content);
             let envelope = Envelope {
                 seq: 0,
                 id,
@@ -273,9 +329,59 @@ impl Resume {
                 namespace: event.namespace,
                 raw: event.raw,
             };
-            self.accept(envelope, &mut outcome);
+            self.accept(envelope, content, &mut outcome);
         }
         outcome
+    }
+
+    /// Whether an event (line `index`, id at `id_index`) is one journaled at the checkpoint
+    /// before this connection, and whether it shows the lines that began that Index evicted:
+    /// the connection's first event at it is not journaled although others were.
+    fn resent_check(&mut self, index: u64, id_index: u64, digest: u64, content: u64) -> Resend {
+        let Some(resent) = self.resent.as_mut().filter(|r| r.index == id_index) else { return Resend::New };
+        let first = index == resent.index && !std::mem::replace(&mut resent.first_checked, true);
+        if let Some(count) = resent.held.get_mut(&(digest, content)).filter(|count| **count > 0) {
+            *count -= 1;
+            Resend::Journaled
+        } else if first && !resent.held.is_empty() {
+            Resend::Evicted
+        } else {
+            Resend::New
+        }
+    }
+
+    /// Journals a gap marker at `index`: Nomad no longer holds the lines that began it.
+    fn report_evicted(&mut self, index: u64, outcome: &mut LineOutcome) {
+        let gap = Gap { last_index: index, resumed_index: index };
+        outcome.gap = Some(gap);
+        if self.gap_markers {
+            let reason = serde_json::Value::from(format!(
+                "Nomad no longer holds the first lines at Index {index} (evicted from its buffer): events of lines the relay had not received may be lost"
+            ));
+            let payload = format!(
+                "{{\"Gap\":{{\"LastIndex\":{index},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
+                self.source_field()
+            );
+            let (marker, content) = self.marker(index, &payload, true);
+            self.accept(marker, content, outcome);
+        }
+    }
+
+    /// The id of a new event: the next occurrence of `digest` at `index`, passing over ids
+    /// journaled there for other bytes (Nomad renumbers the lines it still holds after an
+    /// eviction). An id journaled with unknown bytes, or any id when `content` is unknown,
+    /// is taken as this event's.
+    fn next_id(&mut self, index: u64, digest: u64, content: u64) -> EventId {
+        loop {
+            let id = EventId { index, digest, occurrence: self.bump(digest) };
+            if content == UNKNOWN_CONTENT {
+                return id;
+            }
+            match self.checkpoint.seen.get(&id) {
+                Some(&held) if held != UNKNOWN_CONTENT && held != content => {}
+                _ => return id,
+            }
+        }
     }
 
     /// Whether a catch-up in progress fetches `namespace`'s events.
@@ -322,14 +428,18 @@ impl Resume {
             self.line_index = index;
             self.occurrences.clear();
         }
+        if let Some(resent) = self.resent.as_mut().filter(|r| r.index == index) {
+            // A line at the checkpoint's Index came first: the lines that began it are there.
+            resent.first_checked = true;
+        }
         let last_index = self.checkpoint.index;
         let reason = serde_json::Value::from(reason).to_string();
         let payload = format!(
             "{{\"Gap\":{{\"LastIndex\":{last_index},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
             self.source_field()
         );
-        let marker = self.marker(index, &payload);
-        self.accept(marker, &mut outcome);
+        let (marker, content) = self.marker(index, &payload, false);
+        self.accept(marker, content, &mut outcome);
         if !outcome.events.is_empty() {
             outcome.gap = Some(Gap { last_index, resumed_index: index });
         }
@@ -346,20 +456,29 @@ impl Resume {
         }
     }
 
-    fn marker(&mut self, index: u64, payload: &str) -> Envelope {
-        let digest = digest(&self.scope, RELAY_TOPIC, GAP_TYPE, "", "");
-        let occurrence = self.bump(digest);
-        gap_marker(&self.source, EventId { index, digest, occurrence }, payload)
+    /// A gap marker at `index`, and its content digest: [`UNKNOWN_CONTENT`] unless
+    /// `by_bytes`, so that a marker whose payload differs from one connection to the next (it
+    /// names the checkpoint of the time) is recognised by its id alone.
+    fn marker(&mut self, index: u64, payload: &str, by_bytes: bool) -> (Envelope, u64) {
+        let digest = self.marker_digest();
+        let mut marker = gap_marker(&self.source, EventId { index, digest, occurrence: 0 }, payload);
+        let content = if by_bytes { checkpoint::content(&marker.raw) } else { UNKNOWN_CONTENT };
+        marker.id = self.next_id(index, digest, content);
+        (marker, content)
     }
 
-    fn accept(&mut self, envelope: Envelope, outcome: &mut LineOutcome) {
+    fn marker_digest(&self) -> u64 {
+        digest(&self.scope, RELAY_TOPIC, GAP_TYPE, "", "")
+    }
+
+    fn accept(&mut self, envelope: Envelope, content: u64, outcome: &mut LineOutcome) {
         if self.have_checkpoint && self.checkpoint.contains(&envelope.id) {
             outcome.already_journaled += 1;
             return;
         }
         // Lines below the checkpoint never get here (`floor`); a refusal would be a bug, and
         // the event is then treated as stale rather than journaled out of order.
-        if self.checkpoint.advance(envelope.id).is_err() {
+        if self.checkpoint.advance(envelope.id, content).is_err() {
             outcome.stale = true;
             return;
         }
@@ -465,6 +584,46 @@ mod tests {
     }
 
     #[test]
+    fn lines_evicted_from_the_start_of_an_index_are_a_gap_and_no_event_is_taken_for_another() {
+        let version = |key: &str, version: u32| RawEvent {
+            raw: Bytes::from(format!("{{\"Topic\":\"Job\",\"Key\":\"{key}\",\"Version\":{version}}}")),
+            ..event("Job", key)
+        };
+        // The relay journals the first line at 10, then stops.
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
+        resume.on_connect();
+        resume.on_line(10, vec![version("web", 1)]);
+        let journaled = resume.checkpoint().clone();
+
+        // Nomad still holds both lines: the first is recognised, the second is new.
+        let mut intact = Resume::new(&default_source(), Some(journaled.clone()), StartAt::Oldest, true);
+        intact.on_connect();
+        let first = intact.on_line(10, vec![version("web", 1)]);
+        let second = intact.on_line(10, vec![version("web", 2)]);
+        assert_eq!((first.events.len(), first.already_journaled, first.gap), (0, 1, None));
+        assert_eq!((keys(&second), second.gap), (vec!["Job:web".to_owned()], None));
+
+        // Nomad evicted the first line: the second, numbered from 0 again, has the first's id.
+        let mut evicted = Resume::new(&default_source(), Some(journaled.clone()), StartAt::Oldest, true);
+        evicted.on_connect();
+        let resent = evicted.on_line(10, vec![version("web", 2), version("api", 1)]);
+        assert_eq!(resent.gap, Some(Gap { last_index: 10, resumed_index: 10 }));
+        assert_eq!(keys(&resent), ["NomadRelay:", "Job:web", "Job:api"], "a marker, then both events");
+        let web = resent.events[1].id;
+        assert!(!journaled.contains(&web), "the new event did not take the journaled one's id");
+        assert_eq!(web, second.events[0].id, "the same id the intact stream gives it");
+        let reason = String::from_utf8_lossy(&resent.events[0].raw).to_string();
+        assert!(reason.contains("no longer holds the first lines at Index 10"), "{reason}");
+
+        // The same eviction seen again after a restart: nothing new, no second marker.
+        let mut again =
+            Resume::new(&default_source(), Some(evicted.checkpoint().clone()), StartAt::Oldest, true);
+        again.on_connect();
+        let repeated = again.on_line(10, vec![version("web", 2), version("api", 1)]);
+        assert!(repeated.events.is_empty() && repeated.gap.is_none(), "{repeated:?}");
+    }
+
+    #[test]
     fn repeats_of_one_object_across_lines_of_one_index_are_distinct() {
         let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
         resume.on_connect();
@@ -494,7 +653,7 @@ mod tests {
 
     #[test]
     fn stale_lines_below_the_checkpoint_are_skipped() {
-        let checkpoint = SourceCheckpoint { index: 50, seen: HashSet::new() };
+        let checkpoint = SourceCheckpoint { index: 50, seen: HashMap::new() };
         let mut resume = Resume::new(&default_source(), Some(checkpoint), StartAt::Oldest, true);
         resume.on_connect();
         let outcome = resume.on_line(40, vec![event("Job", "x")]);
@@ -505,7 +664,7 @@ mod tests {
     fn jump_past_the_checkpoint_is_a_gap_with_a_marker() {
         let mut resume = Resume::new(
             &default_source(),
-            Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 50, seen: HashMap::new() }),
             StartAt::Oldest,
             true,
         );
@@ -519,7 +678,7 @@ mod tests {
         );
         let mut named = Resume::new(
             &SourceName { name: "eu".into(), scope: "eu".into() },
-            Some(SourceCheckpoint { index: 50, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 50, seen: HashMap::new() }),
             StartAt::Oldest,
             true,
         );
@@ -540,7 +699,7 @@ mod tests {
     fn gap_markers_can_be_turned_off() {
         let mut resume = Resume::new(
             &default_source(),
-            Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 5, seen: HashMap::new() }),
             StartAt::Oldest,
             false,
         );
@@ -594,7 +753,7 @@ mod tests {
     fn oversized_line_leaves_a_marker_once() {
         let mut resume = Resume::new(
             &default_source(),
-            Some(SourceCheckpoint { index: 5, seen: HashSet::new() }),
+            Some(SourceCheckpoint { index: 5, seen: HashMap::new() }),
             StartAt::Oldest,
             true,
         );

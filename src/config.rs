@@ -190,6 +190,9 @@ pub struct NomadConfig {
     pub start: StartAt,
     /// Reconnect when no byte arrived for this long (Nomad heartbeats every 30 s).
     pub idle_timeout: HumanDuration,
+    /// How long a stream may stay below the checkpoint before its index is taken to have
+    /// gone backwards (a lagging server catches up well within it).
+    pub index_reset_after: HumanDuration,
     /// Time allowed to connect and receive response headers.
     pub connect_timeout: HumanDuration,
     /// Longest NDJSON line accepted; a longer one is skipped and recorded as a gap.
@@ -218,6 +221,7 @@ impl Default for NomadConfig {
             topics: DEFAULT_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
             start: StartAt::Oldest,
             idle_timeout: HumanDuration(Duration::from_secs(90)),
+            index_reset_after: HumanDuration(Duration::from_secs(60)),
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_line_bytes: ByteSize(64 << 20),
             compression: true,
@@ -260,6 +264,11 @@ impl NomadConfig {
         if self.idle_timeout.0 < Duration::from_millis(100) {
             return fail(format!(
                 "`{key}.idle_timeout`: too short; Nomad heartbeats every 30 s, so use at least \"60s\" in production"
+            ));
+        }
+        if self.index_reset_after.0 < Duration::from_secs(1) {
+            return fail(format!(
+                "`{key}.index_reset_after`: too short; a server that lags behind another needs time to catch up, so use at least \"30s\" in production"
             ));
         }
         if self.max_line_bytes.0 < 1024 {

@@ -86,7 +86,7 @@ impl Telemetry {
 
     /// Per source: connection, index and line counters.
     fn render_sources(&self, out: &mut String) {
-        let source_gauges: [Reading<SourceStats>; 8] = [
+        let source_gauges: [Reading<SourceStats>; 9] = [
             ("nomad_relay_source_connected", "gauge", "1 while the event stream is open.", |s| {
                 u64::from(s.connected.load(Ordering::Relaxed))
             }),
@@ -119,6 +119,12 @@ impl Telemetry {
                 "counter",
                 "Resubscriptions from a new namespace's CreateIndex, below the checkpoint.",
                 |s| s.namespace_catch_ups.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_source_index_resets_total",
+                "counter",
+                "Times Nomad's index went backwards (a stream stayed below the checkpoint).",
+                |s| s.index_resets.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, read) in source_gauges {

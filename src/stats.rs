@@ -26,6 +26,9 @@ pub struct SourceStats {
     pub lines_stale: AtomicU64,
     /// Resubscriptions below the checkpoint for namespaces the stream did not include.
     pub namespace_catch_ups: AtomicU64,
+    /// Times a stream stayed below the checkpoint long enough to mean Nomad's index went
+    /// backwards.
+    pub index_resets: AtomicU64,
 }
 
 /// One sink's counters.

@@ -9,6 +9,7 @@ mod support;
 use nomad_emulator::{AclConfig, AclToken, Batch, Cut, EmulatorConfig, Event, Framing};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use support::endpoint::{free_port, metric};
 use support::*;
 
 fn gap_line(last: u64, resumed: u64) -> String {
@@ -352,17 +353,81 @@ async fn an_index_that_goes_backwards_is_reported_not_silently_dropped() {
     let emulator = emulator(EmulatorConfig::default()).await;
     emulator.publish(job(5000, "before-rebuild"));
     let scratch = Scratch::new();
-    let config = scratch.config(&emulator.url(), "", "");
+    let port = free_port();
+    let config = scratch.config(
+        &emulator.url(),
+        "index_reset_after = \"1s\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let mut relay = Relay::start(&config);
     eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
     // The cluster is rebuilt: a new raft log starts from low indexes.
-    emulator.restart(false);
+    emulator.rebuild();
     emulator.wait_for_connections(2).await;
     for index in 10..20 {
         emulator.publish(job(index, &format!("after-{index}")));
     }
     let log = relay.wait_for_log("went backwards", WAIT).await;
     assert!(log.contains("below the index the relay already has (5000)"), "{log}");
+    // Still below after `index_reset_after`: journaled as an IndexReset event, once.
+    eventually("the IndexReset event", WAIT, || (scratch.lines("events.ndjson").len() == 2).then_some(()))
+        .await;
+    let series = "nomad_relay_source_index_resets_total{source=\"default\"}";
+    assert_eq!(metric(port, series), Some(1.0));
+    let reconnected = emulator.connection_count();
+    emulator.cut_connections(Cut::Clean);
+    emulator.wait_for_connections(reconnected + 1).await;
+    emulator.publish(job(20, "after-20"));
+    eventually("a second report after the reconnect", WAIT, || {
+        (metric(port, series) == Some(2.0)).then_some(())
+    })
+    .await;
     assert!(relay.terminate().success());
-    assert_eq!(scratch.lines("events.ndjson").len(), 1, "lines below the checkpoint are not journaled");
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(
+        lines.len(),
+        2,
+        "lines below the checkpoint are not journaled, the event is journaled once: {lines:#?}"
+    );
+    let reset: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (reset["Topic"].as_str(), reset["Type"].as_str(), reset["Index"].as_u64()),
+        (Some("NomadRelay"), Some("IndexReset"), Some(5000))
+    );
+    assert_eq!(reset["Payload"]["IndexReset"]["LastIndex"], 5000);
+    let resumed = reset["Payload"]["IndexReset"]["ResumedIndex"].as_u64().unwrap();
+    assert!((10..20).contains(&resumed), "{resumed}");
+    assert!(relay.own_log().contains("give this source a new `id_scope`"), "{}", relay.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lags_and_catches_up_is_not_an_index_reset() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(100, "a"));
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = scratch.config(
+        &emulator.url(),
+        "index_reset_after = \"2s\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut relay = Relay::start(&config);
+    eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
+    // The relay reconnects to a server that is behind: its lines are below 100 for a while.
+    emulator.restart(false);
+    emulator.wait_for_connections(2).await;
+    emulator.publish(job(97, "behind"));
+    emulator.publish(job(98, "behind"));
+    relay.wait_for_log("below the index the relay already has (100)", WAIT).await;
+    emulator.publish(job(101, "caught-up"));
+    eventually("the next event", WAIT, || (scratch.lines("events.ndjson").len() == 2).then_some(())).await;
+    // What is under test is a duration: past `index_reset_after` from the first line below
+    // the checkpoint, nothing is reported, since the server caught up.
+    emulator.publish(job(102, "later"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(port, "nomad_relay_source_index_resets_total{source=\"default\"}"), Some(0.0));
+    assert!(relay.terminate().success());
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("IndexReset")));
 }

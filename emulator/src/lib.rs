@@ -164,6 +164,15 @@ impl Emulator {
         }
     }
 
+    /// Emulates a cluster rebuilt at the same address (a new raft log, or a restore from an
+    /// older snapshot): a restart with an empty buffer after which the raft index starts over
+    /// from 0, so [`Emulator::last_index`] is 0 and batches may be published below earlier
+    /// ones. [`Emulator::published`] keeps the history.
+    pub fn rebuild(&self) {
+        self.restart(false);
+        self.shared().last_index.store(0, Ordering::Relaxed);
+    }
+
     /// While `true`, open streams write nothing (no heartbeats, no data) but stay
     /// open; new connections get their response head and nothing after it.
     pub fn set_stalled(&self, stalled: bool) {

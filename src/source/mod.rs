@@ -246,12 +246,21 @@ impl Source {
         let mut connection = Connection::new(response, &self.config, namespaces);
         let mut pieces = Vec::new();
         loop {
-            let chunk = match connection.next_chunk(self.config.idle_timeout.0, shutdown).await {
+            let next =
+                connection.next_chunk(self.config.idle_timeout.0, self.config.index_reset_after.0, shutdown);
+            let chunk = match next.await {
                 Ok(Next::Chunk(chunk)) => chunk,
                 Ok(Next::Namespaces(added)) => match self.include_namespaces(added).await {
                     Some(ended) => return ended,
                     None => continue,
                 },
+                Ok(Next::IndexReset) => {
+                    let outcome = self.index_reset(&mut connection, address);
+                    if let Err(ended) = self.journal(outcome.events, shutdown).await {
+                        return ended;
+                    }
+                    continue;
+                }
                 Err(ended) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     return ended;
@@ -265,6 +274,23 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// The stream has stayed below the checkpoint for `index_reset_after`: not a server that
+    /// lags (it would have caught up), but a raft index that went backwards. Reported once per
+    /// connection, and journaled once per checkpoint.
+    fn index_reset(&mut self, connection: &mut Connection, address: &str) -> LineOutcome {
+        let Some(below) = connection.below.as_mut() else { return LineOutcome::default() };
+        below.reported = true;
+        let resumed = below.index;
+        let checkpoint = self.resume.checkpoint().index;
+        add(&self.stats.index_resets, 1);
+        error!(
+            source = %self.config.name, nomad = %address,
+            "Nomad's raft index went backwards: the relay has index {checkpoint}, and for {:?} this server has sent only lines below it (up to {resumed}). The cluster was rebuilt, or restored from an older snapshot; its events up to index {checkpoint} are skipped. To follow the new cluster from its start, stop the relay and give this source a new `id_scope` (or move data_dir aside)",
+            self.config.index_reset_after.0
+        );
+        self.resume.on_index_reset(resumed)
     }
 
     /// Namespaces (name and `CreateIndex`) created after this subscription's list was
@@ -392,6 +418,7 @@ impl Source {
         self.stats.last_index.fetch_max(index, Ordering::Relaxed);
         connection.data_lines += 1;
         let outcome = self.resume.on_line(index, events);
+        connection.track_below(outcome.stale, index);
         if outcome.stale {
             add(&self.stats.lines_stale, 1);
             // The first line after a connect may be Nomad's newest batch (asked for an index
@@ -471,6 +498,8 @@ struct Connection {
     namespaces: Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
     /// A line (a heartbeat at least) arrived: the subscription was accepted.
     saw_line: bool,
+    /// Since when the stream's lines have all been below the checkpoint.
+    below: Option<Below>,
     data_lines: u64,
     stale_reported: bool,
 }
@@ -486,18 +515,38 @@ impl Connection {
             splitter: LineSplitter::new(config.max_line_bytes.0 as usize),
             namespaces,
             saw_line: false,
+            below: None,
             data_lines: 0,
             stale_reported: false,
         }
     }
 
-    /// The next bytes of the body or namespaces created since the subscription's list was
-    /// taken; or how the stream ended: shutdown, no byte for `idle` (the watchdog), a read
-    /// error, or the end of the body.
-    async fn next_chunk(&mut self, idle: Duration, shutdown: &CancellationToken) -> Result<Next, Ended> {
+    /// Notes whether a data line (at `index`) was below the checkpoint.
+    fn track_below(&mut self, stale: bool, index: u64) {
+        if !stale {
+            self.below = None;
+        } else if let Some(below) = &mut self.below {
+            below.index = below.index.max(index);
+        } else {
+            self.below = Some(Below { since: tokio::time::Instant::now(), index, reported: false });
+        }
+    }
+
+    /// The next bytes of the body, namespaces created since the subscription's list was
+    /// taken, or the moment the stream has stayed below the checkpoint for `reset_after`; or
+    /// how the stream ended: shutdown, no byte for `idle` (the watchdog), a read error, or
+    /// the end of the body.
+    async fn next_chunk(
+        &mut self,
+        idle: Duration,
+        reset_after: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Next, Ended> {
+        let reset_at = self.below.as_ref().filter(|b| !b.reported).map(|b| b.since + reset_after);
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Err(Ended::Shutdown),
             Some(added) = added_namespaces(&mut self.namespaces) => return Ok(Next::Namespaces(added)),
+            () = sleep_until(reset_at) => return Ok(Next::IndexReset),
             next = tokio::time::timeout(idle, self.body.next()) => next,
         };
         match next {
@@ -566,6 +615,25 @@ enum Next {
     Chunk(Bytes),
     /// Namespaces (name and `CreateIndex`) not in the subscription's list.
     Namespaces(Vec<(String, u64)>),
+    /// The stream has stayed below the checkpoint for `index_reset_after`.
+    IndexReset,
+}
+
+/// A stretch of lines below the checkpoint.
+struct Below {
+    since: tokio::time::Instant,
+    /// The highest index among them.
+    index: u64,
+    /// Whether it was reported as an index reset.
+    reported: bool,
+}
+
+/// Sleeps until `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves with the namespaces the watcher lists that `covered` does not hold (and then

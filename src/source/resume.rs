@@ -39,6 +39,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 pub const RELAY_TOPIC: &str = "NomadRelay";
 /// Type of the gap marker event.
 pub const GAP_TYPE: &str = "GapDetected";
+/// Type of the event that reports Nomad's index going backwards.
+pub const INDEX_RESET_TYPE: &str = "IndexReset";
 
 /// A possible loss of events reported by the resume logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +69,22 @@ pub struct LineOutcome {
 /// A `NomadRelay`/`GapDetected` event with id `id` and `payload` (`{"Gap":{...}}`), shaped
 /// like Nomad's own events, so every sink and consumer handles it as one.
 pub fn gap_marker(source: &str, id: EventId, payload: &str) -> Envelope {
+    relay_event(source, id, GAP_TYPE, payload)
+}
+
+/// A `NomadRelay` event of type `event_type` with id `id` and `payload`, shaped like Nomad's
+/// own events (`Index` is the id's).
+pub fn relay_event(source: &str, id: EventId, event_type: &str, payload: &str) -> Envelope {
     let index = id.index;
     let raw = format!(
-        "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{GAP_TYPE}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
+        "{{\"Topic\":\"{RELAY_TOPIC}\",\"Type\":\"{event_type}\",\"Key\":\"\",\"Namespace\":\"\",\"FilterKeys\":null,\"Index\":{index},\"Payload\":{payload}}}"
     );
     Envelope {
         seq: 0,
         id,
         source: source.to_owned(),
         topic: RELAY_TOPIC.to_owned(),
-        event_type: GAP_TYPE.to_owned(),
+        event_type: event_type.to_owned(),
         key: String::new(),
         namespace: String::new(),
         raw: Bytes::from(raw),
@@ -243,11 +251,11 @@ impl Resume {
         self.occurrences.clear();
         self.awaiting_first_line = true;
         self.namespaces_seen.clear();
-        // Nomad never sends the relay's own markers again.
-        let marker = self.marker_digest();
+        // Nomad never sends the relay's own events again.
+        let own = [self.marker_digest(), digest(&self.scope, RELAY_TOPIC, INDEX_RESET_TYPE, "", "")];
         let mut held: HashMap<(u64, u64), u32> = HashMap::new();
         for (id, content) in &self.checkpoint.seen {
-            if *content != UNKNOWN_CONTENT && id.digest != marker {
+            if *content != UNKNOWN_CONTENT && !own.contains(&id.digest) {
                 *held.entry((id.digest, *content)).or_default() += 1;
             }
         }
@@ -407,6 +415,29 @@ impl Resume {
             }
             _ => None,
         }
+    }
+
+    /// Reports that Nomad's index went backwards: the stream has stayed below the checkpoint
+    /// N (up to `resumed`) for longer than a lagging server would. Journals a
+    /// `NomadRelay`/`IndexReset` event at N, `{"IndexReset":{"LastIndex":N,"ResumedIndex":M}}`,
+    /// once per checkpoint (a repeat after a reconnect or restart has its id). Lines below N
+    /// are still skipped: the new history's events up to N are not relayed.
+    pub fn on_index_reset(&mut self, resumed: u64) -> LineOutcome {
+        let mut outcome = LineOutcome::default();
+        let index = self.checkpoint.index;
+        if index != self.line_index {
+            self.line_index = index;
+            self.occurrences.clear();
+        }
+        let payload = format!(
+            "{{\"IndexReset\":{{\"LastIndex\":{index},\"ResumedIndex\":{resumed}{}}}}}",
+            self.source_field()
+        );
+        let digest = digest(&self.scope, RELAY_TOPIC, INDEX_RESET_TYPE, "", "");
+        let id = self.next_id(index, digest, UNKNOWN_CONTENT);
+        let event = relay_event(&self.source, id, INDEX_RESET_TYPE, &payload);
+        self.accept(event, UNKNOWN_CONTENT, &mut outcome);
+        outcome
     }
 
     /// Processes a line that could not be read (too long, or not a valid frame): journals a

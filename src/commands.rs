@@ -314,7 +314,7 @@ impl Tally {
                         event.id
                     )));
                 }
-                Outcome::Retry(error) => {
+                Outcome::Retry(error) | Outcome::Parked(error) => {
                     return Err(RelayError::Other(format!(
                         "sink `{sink_name}` failed during replay after {replayed} events: {}; those {replayed} were delivered again, so a new replay should start after Nomad index {last_index}",
                         error.report()

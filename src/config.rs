@@ -437,6 +437,9 @@ pub struct CommonSinkConfig {
     /// Most bytes of events (their JSON) in one batch, besides `batch_size` events; a single
     /// larger event still goes, alone.
     pub batch_bytes: ByteSize,
+    /// Most bytes of events the worker sets aside, in memory, while their destination alone is
+    /// broken (`Outcome::Parked`); past it the sink waits as for a retry. `0`: never set aside.
+    pub max_parked_bytes: ByteSize,
 }
 
 impl Default for CommonSinkConfig {
@@ -447,6 +450,7 @@ impl Default for CommonSinkConfig {
             retry_min_delay: HumanDuration(Duration::from_millis(200)),
             retry_max_delay: HumanDuration(Duration::from_secs(30)),
             batch_bytes: ByteSize(16 << 20),
+            max_parked_bytes: ByteSize(8 << 20),
         }
     }
 }
@@ -773,7 +777,14 @@ mod tests {
     fn the_common_sink_keys_are_the_structs_fields() {
         assert_eq!(
             CommonSinkConfig::keys(),
-            ["when_full", "batch_size", "retry_min_delay", "retry_max_delay", "batch_bytes"]
+            [
+                "when_full",
+                "batch_size",
+                "retry_min_delay",
+                "retry_max_delay",
+                "batch_bytes",
+                "max_parked_bytes"
+            ]
         );
         // A common key is taken out of the sink's table before its kind's own settings are
         // read, so `deny_unknown_fields` there does not refuse it.

@@ -138,7 +138,7 @@ impl Telemetry {
 
     /// Per sink: outcomes and state (`head`: the journal head).
     fn render_sinks(&self, out: &mut String, head: u64) {
-        let sink_gauges: [Reading<SinkStats>; 10] = [
+        let sink_gauges: [Reading<SinkStats>; 11] = [
             (
                 "nomad_relay_sink_delivered_events_total",
                 "counter",
@@ -186,6 +186,12 @@ impl Telemetry {
                 "gauge",
                 "Batches a pipelined sink has been handed and not yet confirmed.",
                 |s| s.batches_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "nomad_relay_sink_parked_events",
+                "gauge",
+                "Events set aside because their own destination is broken (a Kafka topic), while the sink's others are served.",
+                |s| s.parked.load(Ordering::Relaxed),
             ),
             (
                 "nomad_relay_sink_cursor_index",

@@ -257,6 +257,7 @@ impl Running {
                 slot,
                 head: head.clone(),
                 stats,
+                parked: crate::worker::Parked::default(),
             };
             let (token, failure) = (self.worker_shutdown.clone(), self.failure.clone());
             self.tracker.spawn(async move {

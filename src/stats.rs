@@ -56,6 +56,8 @@ pub struct SinkStats {
     pub in_flight: AtomicU64,
     /// Batches a pipelined sink has been handed and not yet confirmed.
     pub batches_in_flight: AtomicU64,
+    /// Events set aside because their destination alone is broken (`Outcome::Parked`).
+    pub parked: AtomicU64,
     /// Why the sink last failed, for the readiness endpoint.
     pub last_problem: Mutex<Option<String>>,
     /// Failed attempts (open, send, confirm) by kind of failure, in [`FAILURE_KINDS`] order.
@@ -74,10 +76,16 @@ pub const FAILURE_KINDS: [SinkErrorKind; 5] = [
 impl SinkStats {
     /// Records a failed attempt: counted by kind, and the sink unhealthy for `reason`.
     pub fn failed(&self, kind: SinkErrorKind, reason: String) {
+        self.count_failure(kind);
+        self.set_unhealthy(reason);
+    }
+
+    /// Counts a failed attempt by kind, leaving health as it is (a parked destination: the
+    /// sink's others still work).
+    pub fn count_failure(&self, kind: SinkErrorKind) {
         if let Some(position) = FAILURE_KINDS.iter().position(|k| *k == kind) {
             self.failures[position].fetch_add(1, Ordering::Relaxed);
         }
-        self.set_unhealthy(reason);
     }
 
     /// Marks the sink unhealthy for `reason`.

@@ -17,6 +17,10 @@
 //! to its depth; after any failure the worker confirms everything in flight, then delivers
 //! the leftovers in journal order, unpipelined, before it submits anything new.
 //!
+//! An event the sink parks (its own destination is broken, the sink's others work) is set
+//! aside ([`parked`]) rather than retried in place: the worker goes on, offers it again after
+//! a back-off, and never saves the cursor past it.
+//!
 //! The worker's log lines, and those of the sink it drives, carry the `sink` span the relay
 //! runs it in.
 
@@ -42,6 +46,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub mod parked;
+pub use parked::Parked;
+
 /// Everything a worker needs.
 pub struct SinkWorker<S: Sink = AnySink> {
     /// The sink's name.
@@ -66,6 +73,8 @@ pub struct SinkWorker<S: Sink = AnySink> {
     pub head: watch::Receiver<u64>,
     /// This sink's counters.
     pub stats: Arc<SinkStats>,
+    /// Events set aside (none at start: `Parked::default()`).
+    pub parked: Parked,
 }
 
 /// Why a worker stopped with an error.
@@ -178,6 +187,14 @@ struct Attempt {
     reason: Option<SinkError>,
     /// The sink deferred events until its checkpoint state is saved.
     deferred: bool,
+}
+
+/// What the worker does next in its loop.
+enum Step {
+    /// Records were read from the journal.
+    Read(Read),
+    /// Parked events are due to be offered again.
+    OfferParked,
 }
 
 impl Attempt {
@@ -296,7 +313,17 @@ impl<S: Sink> SinkWorker<S> {
                 self.confirm_oldest(pipeline, shutdown).await?;
                 continue;
             }
-            let Some(read) = self.next_read(&mut reader, shutdown).await? else { return Ok(()) };
+            let read = match self.next_step(&mut reader, shutdown).await? {
+                None => return Ok(()),
+                Some(Step::OfferParked) => {
+                    while !pipeline.is_empty() {
+                        self.confirm_oldest(pipeline, shutdown).await?;
+                    }
+                    self.offer_parked(shutdown).await?;
+                    continue;
+                }
+                Some(Step::Read(read)) => read,
+            };
             match read {
                 Read::Skipped { from, to } => self.skip(from, to, pipeline, shutdown).await?,
                 Read::Damaged { from, to, reason, quarantined } => {
@@ -324,18 +351,29 @@ impl<S: Sink> SinkWorker<S> {
         pipeline.len() >= depth || pipeline.due_to_drain() || nothing_new || shutdown.is_cancelled()
     }
 
-    /// Waits until the journal holds records past the reader, and reads them; `None` at
-    /// shutdown or when the writer is gone.
-    async fn next_read(
+    /// Waits until the journal holds records past the reader, and reads them, or until the
+    /// parked events are due (at once while they fill their bound: nothing more is read
+    /// then); `None` at shutdown or when the writer is gone.
+    async fn next_step(
         &mut self,
         reader: &mut Reader,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Read>, WorkerError> {
+    ) -> Result<Option<Step>, WorkerError> {
         let Some(next_seq) = reader.next_seq() else { return Ok(None) };
-        while *self.head.borrow() < next_seq {
+        let full = self.parked.is_full(self.settings.max_parked_bytes.0);
+        while full || *self.head.borrow() < next_seq {
+            if self.parked.is_due(tokio::time::Instant::now()) {
+                return Ok(Some(Step::OfferParked));
+            }
+            // Once the writer is gone nothing new comes; parked events are still offered.
+            let writer_alive = self.head.has_changed().is_ok();
+            if !writer_alive && self.parked.is_empty() {
+                return Ok(None);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
-                changed = self.head.changed() => if changed.is_err() { return Ok(None) },
+                _ = self.head.changed(), if !full && writer_alive => {}
+                () = parked_due(self.parked.due()) => {}
             }
         }
         if shutdown.is_cancelled() {
@@ -343,7 +381,47 @@ impl<S: Sink> SinkWorker<S> {
         }
         let head = *self.head.borrow();
         let max_bytes = usize::try_from(self.settings.batch_bytes.0).unwrap_or(usize::MAX);
-        Ok(Some(reader.read(head, self.settings.batch_size, max_bytes).await?))
+        Ok(Some(Step::Read(reader.read(head, self.settings.batch_size, max_bytes).await?)))
+    }
+
+    /// Offers the parked events again, oldest first: those delivered or rejected are done,
+    /// the rest stay parked for a longer back-off; then the cursor is saved, which moves it
+    /// up to the oldest event still parked.
+    async fn offer_parked(&mut self, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let events = self.parked.take();
+        let offered = events.len();
+        let outcomes = self.sink.send(&events).await;
+        let mut attempt = self.judge(events, outcomes);
+        if attempt.deferred {
+            // The sink needs its state saved before it sends these (a Kafka topic it now
+            // found): saved with the cursor still before them, then sent at once.
+            self.save_cursor(shutdown).await?;
+            let again = std::mem::take(&mut attempt.retry);
+            let outcomes = self.sink.send(&again).await;
+            attempt = self.judge(again, outcomes);
+        }
+        // Whatever is still not final waits with the parked ones, not in place.
+        let reason = attempt.reason.take();
+        for event in attempt.retry {
+            let reason = reason.as_ref().map_or_else(
+                || SinkError::new(SinkErrorKind::Other, "deferred again"),
+                |r| SinkError::new(r.kind, r.report()),
+            );
+            self.parked.park(event, reason);
+        }
+        let (min, max) = (self.settings.retry_min_delay.0, self.settings.retry_max_delay.0);
+        self.parked.offered(min, max);
+        self.stats.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        match self.parked.reason() {
+            None => info!(offered, "every parked event was delivered (or rejected); the cursor moves on"),
+            Some(reason) => warn!(
+                offered,
+                parked = self.parked.len(),
+                "parked events still cannot be delivered: {}; offered again in up to {max:.0?}",
+                reason.report()
+            ),
+        }
+        self.save_cursor(shutdown).await
     }
 
     /// The events of a read that go to this sink, with where the read ends; `None` for an
@@ -498,8 +576,10 @@ impl<S: Sink> SinkWorker<S> {
         (attempt, (last_seq, last_index))
     }
 
-    /// Counts and logs the final outcomes of an attempt and keeps the events to send again.
-    fn judge(&self, events: Vec<Envelope>, outcomes: Vec<Outcome>) -> Attempt {
+    /// Counts and logs the final outcomes of an attempt, sets aside the events the sink
+    /// parked (while the bound allows; past it they are retried in place), and keeps the
+    /// events to send again.
+    fn judge(&mut self, events: Vec<Envelope>, outcomes: Vec<Outcome>) -> Attempt {
         let mut outcomes = outcomes;
         if outcomes.len() != events.len() {
             let message = format!(
@@ -539,6 +619,14 @@ impl<S: Sink> SinkWorker<S> {
                     attempt.deferred = true;
                     attempt.retry.push(event);
                 }
+                Outcome::Parked(error) => {
+                    if self.parked.accepts(self.settings.max_parked_bytes.0) {
+                        self.set_aside(event, error);
+                    } else {
+                        attempt.reason.get_or_insert(error);
+                        attempt.retry.push(event);
+                    }
+                }
             }
         }
         if duplicates > 0 {
@@ -546,6 +634,25 @@ impl<S: Sink> SinkWorker<S> {
             info!(duplicates, "events sent again were already at the destination and were not stored again");
         }
         attempt
+    }
+
+    /// Parks `event`: counted as a failure of its kind, logged, and offered again no sooner
+    /// than the first back-off.
+    fn set_aside(&mut self, event: Envelope, error: SinkError) {
+        if self.parked.is_empty() {
+            warn!(
+                event = %event.id,
+                topic = %event.topic,
+                error_kind = error.kind.name(),
+                "setting events aside: {}; the sink goes on with events for its other destinations, and the cursor waits at journal record {}",
+                error.report(),
+                event.seq
+            );
+        }
+        self.stats.count_failure(error.kind);
+        self.parked.park(event, error);
+        self.parked.wait_at_least(self.settings.retry_min_delay.0);
+        self.stats.parked.store(self.parked.len() as u64, Ordering::Relaxed);
     }
 
     /// Sends what `attempt` left over until every event is delivered or rejected, or until
@@ -668,13 +775,18 @@ impl<S: Sink> SinkWorker<S> {
 
     async fn try_save_cursor(&mut self) -> Result<(), JournalError> {
         self.cursor.sink_state = self.sink.checkpoint_state();
-        let cursor = self.cursor.clone();
+        let mut cursor = self.cursor.clone();
+        if let Some(first) = self.parked.first_seq() {
+            // Never past a parked event: a crash sends it (and what came after it) again.
+            cursor.position.next_seq = cursor.position.next_seq.min(first);
+        }
+        let saved_seq = cursor.next_seq();
         let data_dir = self.data_dir.clone();
         tokio::task::spawn_blocking(move || cursor::save(&data_dir, &cursor)).await.map_err(|e| {
             JournalError::Io { path: self.data_dir.clone(), source: std::io::Error::other(e) }
         })??;
-        self.board.update(self.slot, self.cursor.next_seq());
-        self.stats.cursor.store(self.cursor.next_seq(), Ordering::Relaxed);
+        self.board.update(self.slot, saved_seq);
+        self.stats.cursor.store(saved_seq, Ordering::Relaxed);
         self.stats.cursor_index.store(self.cursor.position.last_index, Ordering::Relaxed);
         Ok(())
     }
@@ -683,6 +795,14 @@ impl<S: Sink> SinkWorker<S> {
         if let Err(error) = self.sink.flush().await {
             warn!("flush at shutdown failed: {}", error.report());
         }
+    }
+}
+
+/// Sleeps until `due`; never without one.
+async fn parked_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -78,6 +78,7 @@ impl Journal {
             board: self.board.clone(),
             head: self.head.clone(),
             stats: Arc::default(),
+            parked: Parked::default(),
         }
     }
 
@@ -340,4 +341,67 @@ async fn a_cursor_that_cannot_be_saved_holds_the_sink_back_until_it_can_not_the_
     shutdown.cancel();
     running.await.expect("task").expect("worker");
     assert_eq!(journal.saved(), (9, 8));
+}
+
+#[tokio::test]
+async fn a_parked_event_is_set_aside_the_rest_go_on_and_the_cursor_waits_for_it() {
+    let journal = journal(6).await;
+    let (sink, script) = ScriptedSink::new(1);
+    // Event 2's destination is broken: parked. Offered again, it fails once more, then goes.
+    script.then([
+        Answer::Each(vec![Kind::Delivered, Kind::Parked]),
+        Answer::Deliver,
+        Answer::Deliver,
+        Answer::Fail,
+        Answer::Deliver,
+    ]);
+    let worker = journal.worker(sink, 2, Some(Duration::from_millis(100)));
+    let stats = worker.stats.clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while script.calls().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "no offer of the parked event: {:?}", script.calls());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Events 3..6 are delivered, but the saved cursor stays at the parked event.
+    assert_eq!(journal.saved().0, 2, "{:?}", script.calls());
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 1);
+    while stats.cursor.load(Ordering::Relaxed) <= 6 {
+        assert!(std::time::Instant::now() < deadline, "the cursor did not pass the parked event");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker");
+    assert_eq!(
+        script.calls(),
+        [call(Sent, 1..=2), call(Sent, 3..=4), call(Sent, 5..=6), call(Sent, [2]), call(Sent, [2])]
+    );
+    assert_eq!(script.delivered(), [1, 3, 4, 5, 6, 2]);
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 0);
+    assert_eq!(journal.saved().0, 7);
+}
+
+#[tokio::test]
+async fn parked_events_past_their_bound_stop_the_reading_until_they_go() {
+    let journal = journal(4).await;
+    let (sink, script) = ScriptedSink::new(1);
+    script.then([Answer::Each(vec![Kind::Parked, Kind::Delivered])]);
+    let mut worker = journal.worker(sink, 2, None);
+    worker.settings.max_parked_bytes = crate::config::ByteSize(1);
+    run_to_end(worker, 4).await;
+    // One parked event fills a bound of one byte: it is offered before anything more is read.
+    assert_eq!(script.calls(), [call(Sent, 1..=2), call(Sent, [1]), call(Sent, 3..=4)]);
+    assert_eq!(journal.saved().0, 5);
+}
+
+#[tokio::test]
+async fn without_room_to_park_an_event_is_retried_in_place() {
+    let journal = journal(2).await;
+    let (sink, script) = ScriptedSink::new(1);
+    script.then([Answer::Each(vec![Kind::Parked, Kind::Delivered])]);
+    let mut worker = journal.worker(sink, 2, None);
+    worker.settings.max_parked_bytes = crate::config::ByteSize(0);
+    run_to_end(worker, 2).await;
+    assert_eq!(script.calls(), [call(Sent, 1..=2), call(Sent, [1])]);
 }

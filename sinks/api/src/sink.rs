@@ -32,6 +32,18 @@
 //!   the first event of the batch that is not yet delivered or rejected, and sends the
 //!   deferred events again without a back-off. A sink defers only on such a change, never
 //!   twice in a row for the same reason.
+//! - [`Outcome::Parked`]: not delivered, because this event's own destination is broken (a
+//!   Kafka topic that does not exist or cannot be described), while the sink's other
+//!   destinations work. The relay sets the event aside and goes on with later events; it
+//!   offers the parked events again with [`Sink::send`], in journal order among themselves,
+//!   after a growing back-off, until each is delivered or rejected. The cursor stays at the
+//!   first parked event, so a crash sends again everything after it, and the events already
+//!   delivered after it must be recognised (an exactly-once sink keeps the state that finds
+//!   them, and must describe it in [`Sink::checkpoint_state`] for a cursor at the first
+//!   parked event). A sink parks only for a failure that concerns the event's destination;
+//!   when the broker itself fails, it answers [`Outcome::Retry`]. The relay parks at most
+//!   `max_parked_bytes` of events per sink; past that it stops reading the journal until the
+//!   parked events are delivered, as with a retry.
 //!
 //! After `send` returns, the relay calls [`Sink::checkpoint_state`] and stores the value
 //! atomically with its cursor (the cursor is the position of the first event not yet delivered
@@ -132,6 +144,9 @@ pub enum Outcome {
     Rejected(SinkError),
     /// Not sent yet: the relay saves the sink's checkpoint state, then sends it again at once.
     Deferred,
+    /// Not delivered: this event's destination is broken while the sink's others work; the
+    /// relay sets it aside, goes on with later events, and offers it again after a back-off.
+    Parked(SinkError),
 }
 
 impl Outcome {

@@ -51,6 +51,8 @@ pub enum Kind {
     Rejected,
     /// [`Outcome::Deferred`].
     Deferred,
+    /// [`Outcome::Parked`].
+    Parked,
 }
 
 /// Which method was called.
@@ -170,6 +172,9 @@ fn outcome(kind: Kind) -> Outcome {
         Kind::Retry => Outcome::Retry(SinkError::new(SinkErrorKind::Unavailable, "scripted failure")),
         Kind::Rejected => Outcome::Rejected(SinkError::new(SinkErrorKind::Refused, "scripted refusal")),
         Kind::Deferred => Outcome::Deferred,
+        Kind::Parked => {
+            Outcome::Parked(SinkError::new(SinkErrorKind::Refused, "scripted broken destination"))
+        }
     }
 }
 

@@ -10,9 +10,11 @@ mod support;
 use nomad_emulator::{EmulatorConfig, GeneratorConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use support::endpoint::{free_port, get, parse_metrics, wait_until_unhealthy};
-use support::kafka::{OwnedTansu, Record, read_all, shared_brokers, unique};
+use support::endpoint::{free_port, get, parse_metrics, wait_for_metric, wait_until_unhealthy};
+use support::kafka::{OwnedTansu, Record, create_topic, read_all, shared_brokers, unique};
 use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
 
 fn kafka_sink(brokers: &str, prefix: &str, extra: &str) -> String {
     format!(
@@ -246,4 +248,56 @@ async fn a_hung_kafka_is_noticed_within_delivery_timeout_and_nothing_is_lost_or_
     .await;
     assert!(relay.terminate().success());
     assert_exactly_once_in_key_order(&broker.brokers(), &prefix, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_holds_back_only_its_own_events_across_a_sigkill() {
+    let brokers = shared_brokers();
+    let prefix = unique("park");
+    // The sink may not create topics: the Job topic exists, the Allocation topic does not.
+    create_topic(&brokers, &format!("{prefix}.Job"), 3).await;
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for n in 0..10u64 {
+        emulator.publish(job(100 + 2 * n, &format!("job-{n}")));
+        let allocation = nomad_emulator::Event {
+            topic: "Allocation".into(),
+            event_type: "AllocationUpdated".into(),
+            key: format!("alloc-{n}"),
+            namespace: "default".into(),
+            filter_keys: None,
+            payload: format!(r#"{{"Allocation":{{"ID":"alloc-{n}"}}}}"#),
+        };
+        emulator.publish(nomad_emulator::Batch { index: 101 + 2 * n, events: vec![allocation] });
+    }
+    let scratch = Scratch::new();
+    let port = free_port();
+    let sink = format!(
+        "[sinks.kafka]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{{{Topic}}}}\"\nretry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\n"
+    );
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let parked = "nomad_relay_sink_parked_events{sink=\"kafka\"}";
+    let duplicates = "nomad_relay_sink_duplicate_events_total{sink=\"kafka\"}";
+    let job_topic = format!("{prefix}.Job");
+    let jobs_in_kafka = || read_all(&brokers, &job_topic).len();
+
+    let mut relay = Relay::start(&config);
+    // The Job events go through while the Allocation events, before and between them, wait.
+    eventually("every Job event in Kafka", WAIT, || (jobs_in_kafka() == 10).then_some(())).await;
+    assert_eq!(wait_for_metric(port, parked, WAIT, |n| n == 10.0).await, Some(10.0));
+    relay.kill();
+
+    // The saved cursor waited at the first parked event (journal record 2, after job-0): the
+    // restart sends the 9 Job events after it again, and the tail check finds them in Kafka.
+    let mut relay = Relay::start(&config);
+    assert_eq!(wait_for_metric(port, duplicates, WAIT, |n| n >= 9.0).await, Some(9.0), "{}", relay.log());
+    assert_eq!(wait_for_metric(port, parked, WAIT, |n| n == 10.0).await, Some(10.0));
+    assert_eq!(jobs_in_kafka(), 10, "nothing written twice");
+
+    create_topic(&brokers, &format!("{prefix}.Allocation"), 3).await;
+    assert_eq!(wait_for_metric(port, parked, WAIT, |n| n == 0.0).await, Some(0.0), "{}", relay.log());
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("setting events aside"), "{}", relay.log());
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    assert_exactly_once_in_key_order(&brokers, &prefix, &expected);
 }

@@ -58,3 +58,31 @@ impl Drop for OwnedTansu {
         let _ = self.child.wait();
     }
 }
+
+/// Creates topic `name` with `partitions` partitions (replication 1) and waits until its
+/// metadata shows it.
+#[allow(dead_code)]
+pub async fn create_topic(brokers: &str, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin.create_topics([&topic], &AdminOptions::new()).await.expect("create_topics");
+    for result in results {
+        result.expect("topic created");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metadata = admin.inner().fetch_metadata(Some(name), Duration::from_secs(5)).expect("metadata");
+        if metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -189,8 +189,9 @@ pub fn describe_topic<C: ClientContext>(
         if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
             return Ok(None);
         }
+        // An error of this topic alone (authorization, no leader): its events wait apart.
         return Err(SinkError::new(
-            SinkErrorKind::Unavailable,
+            SinkErrorKind::Refused,
             format!("Kafka cannot describe topic `{topic}`: {code}"),
         ));
     }

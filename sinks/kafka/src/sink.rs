@@ -43,12 +43,17 @@ pub struct KafkaSink {
     /// Whether a batch may be handed over before the previous one is confirmed; turned off
     /// when librdkafka's queue is too small to hold two batches.
     pipelining: bool,
+    /// Journal positions of events parked (their topic could not be found or described) and
+    /// not yet final: while there are any, the relay's cursor waits at the oldest, so the
+    /// offsets a tail read starts at are not settled past what was written since.
+    parked: BTreeSet<u64>,
 }
 
 /// What `prepare` decided for a batch.
 enum Prepared {
-    /// Send, with each event's topic.
-    Send(FutureProducer<LogContext>, Vec<String>),
+    /// Send, with each event's topic, except to the topics that are broken (why, by name):
+    /// their events are parked.
+    Send(FutureProducer<LogContext>, Vec<String>, BTreeMap<String, SinkError>),
     /// Topics or partitions were added: the relay must save the progress first.
     Defer,
 }
@@ -69,6 +74,7 @@ impl KafkaSink {
             in_flight: Vec::new(),
             submitted: VecDeque::new(),
             pipelining: true,
+            parked: BTreeSet::new(),
         })
     }
 
@@ -174,26 +180,42 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Looks up (or creates) topics the sink has not written to yet.
-    async fn resolve_topics(&mut self, names: BTreeSet<String>) -> Result<(), SinkError> {
+    /// Looks up (or creates) topics the sink has not written to yet. Gives the ones that are
+    /// broken on their own (missing and not to be created, refused, or with a metadata error),
+    /// with why; fails when the brokers cannot be reached at all.
+    async fn resolve_topics(
+        &mut self,
+        names: BTreeSet<String>,
+    ) -> Result<BTreeMap<String, SinkError>, SinkError> {
         let config = self.config.clone();
         let brokers = self.brokers();
         let layouts = blocking(move || {
             let mut layouts = Vec::new();
             for name in names {
-                layouts.push((name.clone(), find_or_create_topic(&config, &name, &brokers)?));
+                match find_or_create_topic(&config, &name, &brokers) {
+                    Err(error) if error.kind == SinkErrorKind::Unavailable => return Err(error),
+                    found => layouts.push((name, found)),
+                }
             }
             Ok(layouts)
         })
         .await?;
+        let mut broken = BTreeMap::new();
         for (name, layout) in layouts {
-            info!(
-                "Kafka topic `{name}`: {} partitions; records are keyed with `{}`",
-                layout.partitions, self.config.key
-            );
-            self.progress.add_topic(&name, layout.partitions, &layout.read_start());
+            match layout {
+                Ok(layout) => {
+                    info!(
+                        "Kafka topic `{name}`: {} partitions; records are keyed with `{}`",
+                        layout.partitions, self.config.key
+                    );
+                    self.progress.add_topic(&name, layout.partitions, &layout.read_start());
+                }
+                Err(error) => {
+                    broken.insert(name, error);
+                }
+            }
         }
-        Ok(())
+        Ok(broken)
     }
 
     /// Everything that must hold before a batch is sent: a producer, checked tails, known
@@ -215,14 +237,12 @@ impl KafkaSink {
         let topics: Vec<String> = batch.iter().map(|event| self.topic.render(event)).collect();
         let unknown: BTreeSet<String> =
             topics.iter().filter(|name| self.progress.topic(name).is_none()).cloned().collect();
-        if !unknown.is_empty() {
-            self.resolve_topics(unknown).await?;
-        }
+        let broken = if unknown.is_empty() { BTreeMap::new() } else { self.resolve_topics(unknown).await? };
         if self.progress.has_unsaved_layout() {
             self.progress.layout_saved();
             return Ok(Prepared::Defer);
         }
-        Ok(Prepared::Send(producer, topics))
+        Ok(Prepared::Send(producer, topics, broken))
     }
 
     fn headers(&self, event: &Envelope, id: &str) -> OwnedHeaders {
@@ -252,9 +272,11 @@ impl KafkaSink {
         producer: FutureProducer<LogContext>,
         batch: &[Envelope],
         topics: Vec<String>,
+        broken: BTreeMap<String, SinkError>,
     ) {
         let mut submitted = SubmittedBatch {
             first_seq: batch.first().map_or(0, |e| e.seq),
+            seqs: batch.iter().map(|e| e.seq).collect(),
             outcomes: batch.iter().map(|_| None).collect(),
             pending: VecDeque::new(),
             topics: Vec::new(),
@@ -265,6 +287,12 @@ impl KafkaSink {
             let id = event.id.to_string();
             if self.progress.is_found(event.seq, &id) {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
+                continue;
+            }
+            if let Some(error) = broken.get(&topics[position]) {
+                self.parked.insert(event.seq);
+                submitted.outcomes[position] =
+                    Some(Outcome::Parked(SinkError::new(error.kind, error.report())));
                 continue;
             }
             self.enqueue(&producer, &mut submitted, &topics, position, event, id).await;
@@ -385,7 +413,7 @@ impl KafkaSink {
     /// event it was given.
     async fn confirm_batch(&mut self) -> Vec<Outcome> {
         let Some(submitted) = self.submitted.pop_front() else { return Vec::new() };
-        let SubmittedBatch { outcomes, mut pending, topics, mut failed, unsent, .. } = submitted;
+        let SubmittedBatch { outcomes, mut pending, topics, mut failed, unsent, seqs, .. } = submitted;
         let mut outcomes = outcomes;
         while let Some(record) = pending.pop_front() {
             let position = record.position;
@@ -434,11 +462,19 @@ impl KafkaSink {
                 })
             })
             .collect();
+        for (seq, outcome) in seqs.iter().zip(&outcomes) {
+            if outcome.is_delivered() || matches!(outcome, Outcome::Rejected(_)) {
+                self.parked.remove(seq);
+            }
+        }
         if self.submitted.is_empty() {
             if !self.producer_failed {
                 // Nothing is in flight and every record handed over is reported: the offsets
-                // reached are where a tail read may start.
-                self.progress.settle();
+                // reached are where a tail read may start, unless events are parked (the
+                // cursor waits before what was written since).
+                if self.parked.is_empty() {
+                    self.progress.settle();
+                }
             } else if self.in_flight.is_empty() {
                 self.discard_producer().await;
             }
@@ -532,6 +568,8 @@ enum Report {
 struct SubmittedBatch {
     /// The journal position of the batch's first event.
     first_seq: u64,
+    /// Each event's journal position.
+    seqs: Vec<u64>,
     /// Per event, the outcome known so far (found already in Kafka, rejected by the client,
     /// failed before it was handed over).
     outcomes: Vec<Option<Outcome>>,
@@ -771,8 +809,8 @@ impl Sink for KafkaSink {
             return Submission::Done(Outcome::retry_all(batch.len(), &error));
         }
         match self.prepare(batch).await {
-            Ok(Prepared::Send(producer, topics)) => {
-                self.submit_batch(producer, batch, topics).await;
+            Ok(Prepared::Send(producer, topics, broken)) => {
+                self.submit_batch(producer, batch, topics, broken).await;
                 Submission::InFlight
             }
             Ok(Prepared::Defer) => Submission::Done(batch.iter().map(|_| Outcome::Deferred).collect()),

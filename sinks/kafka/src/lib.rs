@@ -41,6 +41,12 @@
 //!    batch the cursor has not passed, and a crash with batches in flight reads those back
 //!    like any other. After a failed report the producer takes no new batch until the
 //!    failure is dealt with as in 3.
+//! 7. **A topic broken on its own holds back only its events** ([`broken`]): one that is
+//!    missing (without `create_topics`), that Kafka will not describe, or whose records are
+//!    refused for the topic's sake has its events parked
+//!    ([`nomad_relay_sink_api::Outcome::Parked`]); the relay goes on with the other topics and
+//!    keeps its cursor at the oldest parked event. While any event is parked the saved offsets
+//!    do not move, so a crash reads back everything written since and re-sends nothing twice.
 //!
 //! # Assumptions
 //!
@@ -66,6 +72,7 @@
 //! Kafka transactions are not used: the sink works the same on brokers that have none (such
 //! as tansu) and on Apache Kafka, and consumers need no `read_committed`.
 
+pub mod broken;
 mod client;
 mod config;
 mod partition;

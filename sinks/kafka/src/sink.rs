@@ -1,6 +1,7 @@
 //! The Kafka sink itself: producer lifecycle, topic resolution, one outcome per delivery
 //! report, and the tail check that makes a re-sent event a no-op.
 
+use crate::broken::{self, BrokenTopics};
 use crate::client::{self, LogContext, TopicLayout};
 use crate::config::KafkaSinkConfig;
 use crate::partition::partition_for;
@@ -47,6 +48,8 @@ pub struct KafkaSink {
     /// not yet final: while there are any, the relay's cursor waits at the oldest, so the
     /// offsets a tail read starts at are not settled past what was written since.
     parked: BTreeSet<u64>,
+    /// Topics broken on their own: their events are parked until they are tried again.
+    broken: BrokenTopics,
 }
 
 /// What `prepare` decided for a batch.
@@ -75,6 +78,7 @@ impl KafkaSink {
             submitted: VecDeque::new(),
             pipelining: true,
             parked: BTreeSet::new(),
+            broken: BrokenTopics::default(),
         })
     }
 
@@ -121,11 +125,21 @@ impl KafkaSink {
             self.progress.topics().map(|(name, topic)| (name.clone(), topic.partitions)).collect();
         let brokers = self.brokers();
         let writer = self.progress.writer().to_owned();
-        let (layouts, tails) = blocking(move || {
+        let (layouts, unreadable, tails) = blocking(move || {
             let reader = client::reader(&config)?;
             let mut layouts = BTreeMap::new();
+            let mut unreadable = Vec::new();
             for (name, _) in &known {
-                layouts.insert(name.clone(), describe_known_topic(reader.client(), name, &config, &brokers)?);
+                match describe_known_topic(reader.client(), name, &config, &brokers) {
+                    Ok(layout) => {
+                        layouts.insert(name.clone(), layout);
+                    }
+                    // This topic alone: its events are parked, and it is read when tried again.
+                    Err(error) if error.kind != SinkErrorKind::Unavailable => {
+                        unreadable.push((name.clone(), error))
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             drop(reader);
             let from: BTreeMap<String, BTreeMap<i32, i64>> = saved
@@ -139,9 +153,16 @@ impl KafkaSink {
                 })
                 .collect();
             let tails = tail::read_tails(&config, &from, &writer)?;
-            Ok((layouts, tails))
+            Ok((layouts, unreadable, tails))
         })
         .await?;
+        for (name, error) in unreadable {
+            warn!(
+                "Kafka topic `{name}` cannot be read back: {}; its events are set aside until it can",
+                error.report()
+            );
+            self.broken.mark(&name, &error);
+        }
         for (name, layout) in layouts {
             let Some(layout) = layout else {
                 warn!(
@@ -225,6 +246,13 @@ impl KafkaSink {
             self.settle_in_flight().await?;
         }
         let producer = self.producer().await?;
+        let now = Instant::now();
+        let topics: Vec<String> = batch.iter().map(|event| self.topic.render(event)).collect();
+        // A broken topic due to be tried again goes the whole way, its partitions read back
+        // first.
+        if topics.iter().any(|name| self.broken.due(name, now) && self.progress.topic(name).is_some()) {
+            self.tails_checked = false;
+        }
         if !self.tails_checked {
             self.check_tails().await?;
         }
@@ -234,15 +262,23 @@ impl KafkaSink {
         if let Some(seq) = first_unconfirmed {
             self.progress.expire_found(seq);
         }
-        let topics: Vec<String> = batch.iter().map(|event| self.topic.render(event)).collect();
-        let unknown: BTreeSet<String> =
-            topics.iter().filter(|name| self.progress.topic(name).is_none()).cloned().collect();
-        let broken = if unknown.is_empty() { BTreeMap::new() } else { self.resolve_topics(unknown).await? };
+        let unknown: BTreeSet<String> = topics
+            .iter()
+            .filter(|name| self.progress.topic(name).is_none() && self.broken.parks(name, now).is_none())
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            for (name, error) in self.resolve_topics(unknown).await? {
+                self.broken.mark(&name, &error);
+            }
+        }
         if self.progress.has_unsaved_layout() {
             self.progress.layout_saved();
             return Ok(Prepared::Defer);
         }
-        Ok(Prepared::Send(producer, topics, broken))
+        let parked: BTreeMap<String, SinkError> =
+            topics.iter().filter_map(|name| Some((name.clone(), self.broken.parks(name, now)?))).collect();
+        Ok(Prepared::Send(producer, topics, parked))
     }
 
     fn headers(&self, event: &Envelope, id: &str) -> OwnedHeaders {
@@ -398,7 +434,7 @@ impl KafkaSink {
         let position = waited.position;
         match self.await_delivery(waited, &topics[position]).await {
             Report::Done(outcome) => {
-                submitted.failed |= matches!(outcome, Outcome::Retry(_));
+                submitted.failed |= matches!(outcome, Outcome::Retry(_) | Outcome::Parked(_));
                 submitted.outcomes[position] = Some(outcome);
             }
             Report::Late(record) => {
@@ -419,7 +455,9 @@ impl KafkaSink {
             let position = record.position;
             match self.await_delivery(record, &topics[position]).await {
                 Report::Done(outcome) => {
-                    if matches!(outcome, Outcome::Retry(_)) && !failed {
+                    // A record refused for its topic's sake fails the producer too: nothing
+                    // queued after it may overtake it in its partition.
+                    if matches!(outcome, Outcome::Retry(_) | Outcome::Parked(_)) && !failed {
                         failed = true;
                         // Nothing not yet sent may follow a failed record: drop what is still
                         // queued. Records in flight are left to finish (their fate must be known
@@ -463,8 +501,14 @@ impl KafkaSink {
             })
             .collect();
         for (seq, outcome) in seqs.iter().zip(&outcomes) {
-            if outcome.is_delivered() || matches!(outcome, Outcome::Rejected(_)) {
-                self.parked.remove(seq);
+            match outcome {
+                Outcome::Parked(_) => {
+                    self.parked.insert(*seq);
+                }
+                Outcome::Delivered | Outcome::Duplicate | Outcome::Rejected(_) => {
+                    self.parked.remove(seq);
+                }
+                Outcome::Retry(_) | Outcome::Deferred => {}
             }
         }
         if self.submitted.is_empty() {
@@ -540,7 +584,13 @@ impl KafkaSink {
         let outcome = match tokio::time::timeout_at(record.due, &mut record.delivery).await {
             Ok(Ok(Ok(delivered))) => {
                 self.progress.delivered(topic, delivered.partition, delivered.offset);
+                self.broken.healed(topic);
                 Outcome::Delivered
+            }
+            Ok(Ok(Err((error, _)))) if error.rdkafka_error_code().is_some_and(broken::concerns_the_topic) => {
+                let error = delivery_error(&record.id, topic, error);
+                self.broken.mark(topic, &error);
+                Outcome::Parked(error)
             }
             Ok(Ok(Err((error, _)))) => Outcome::Retry(delivery_error(&record.id, topic, error)),
             Ok(Err(_canceled)) => Outcome::Retry(SinkError::new(

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use nomad_relay_sink_api::units::HumanDuration;
-use nomad_relay_sink_api::{Outcome, Sink};
+use nomad_relay_sink_api::{Envelope, Outcome, Sink};
 use nomad_relay_sink_kafka::KafkaSink;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -20,33 +20,111 @@ fn cluster(topic: &str, partitions: i32) -> (MockCluster<'static, DefaultProduce
     (mock, brokers)
 }
 
+/// Sends `batch` as the relay's worker does, until every event is final or parked: events the
+/// sink parks are set aside, the others are sent again in place. Gives the parked ones.
+async fn deliver_or_park(sink: &mut KafkaSink, batch: &[Envelope]) -> Vec<Envelope> {
+    let mut parked = Vec::new();
+    let mut pending = batch.to_vec();
+    for _ in 0..20 {
+        if pending.is_empty() {
+            break;
+        }
+        let outcomes = sink.send(&pending).await;
+        let mut again = Vec::new();
+        for (event, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Parked(_) => parked.push(event),
+                Outcome::Retry(_) | Outcome::Deferred => again.push(event),
+                Outcome::Delivered | Outcome::Duplicate | Outcome::Rejected(_) => {}
+            }
+        }
+        pending = again;
+    }
+    assert!(pending.is_empty(), "still pending: {:?}", pending.iter().map(|e| e.seq).collect::<Vec<_>>());
+    parked.sort_by_key(|e| e.seq);
+    parked
+}
+
+/// Offers parked events again, as the worker does after its back-off, until they are all
+/// delivered (the sink tries a broken topic again after its own back-off, 1 s at first).
+async fn offer_until_delivered(sink: &mut KafkaSink, mut parked: Vec<Envelope>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !parked.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still parked: {}", parked.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        parked = deliver_or_park(sink, &parked).await;
+    }
+}
+
 #[tokio::test]
-async fn a_refused_produce_request_is_retried_without_repeats() {
+async fn a_refused_produce_request_parks_its_events_and_nothing_is_repeated() {
     let topic = unique("mock-refused");
     let (mock, brokers) = cluster(&topic, 2);
     let mut sink = KafkaSink::new(config(&brokers, &topic, 2)).expect("sink");
     sink.open(None).await.expect("open");
     deliver(&mut sink, &events(1, 10)).await;
 
-    // The broker refuses the next produce requests for good (not retried by librdkafka).
+    // The broker refuses the next produce requests for the topic's sake (not retried by
+    // librdkafka): the events are parked, with the broker's reason.
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
     );
     let batch = events(11, 20);
     let outcomes = sink.send(&batch).await;
-    let failed: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Retry(_))).collect();
-    assert!(!failed.is_empty(), "the refused requests must show: {outcomes:?}");
-    if let Outcome::Retry(error) = failed[0] {
-        assert!(error.report().contains("Kafka did not take event"), "{}", error.report());
+    let refused: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Parked(_))).collect();
+    assert!(!refused.is_empty(), "the refused requests must show: {outcomes:?}");
+    if let Outcome::Parked(error) = refused[0] {
+        assert!(error.report().contains("grant it WRITE on the topic"), "{}", error.report());
     }
     mock.clear_request_errors(RDKafkaApiKey::Produce);
 
-    // The relay sends the undelivered ones again, as its worker does.
+    // The rest go as the worker sends them; the parked ones once the topic is tried again.
     let pending: Vec<_> =
         batch.iter().zip(&outcomes).filter(|(_, o)| !o.is_delivered()).map(|(e, _)| e.clone()).collect();
-    deliver_with_retries(&mut sink, &pending, 5).await;
+    let parked = deliver_or_park(&mut sink, &pending).await;
+    offer_until_delivered(&mut sink, parked).await;
     assert_exactly_once(&read_all(&brokers, &topic), 1..=30);
+}
+
+#[tokio::test]
+async fn a_known_topic_kafka_will_not_describe_parks_only_its_own_events() {
+    let (a, b) = (unique("mock-a"), unique("mock-b"));
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(&a, 2, 1).expect("topic a");
+    mock.create_topic(&b, 2, 1).expect("topic b");
+    let brokers = mock.bootstrap_servers();
+    let settings = || config(&brokers, "{{Namespace}}", 2);
+    let mixed = |from: u64| -> Vec<Envelope> {
+        (from..from + 10)
+            .map(|seq| Envelope {
+                namespace: if seq % 2 == 0 { a.clone() } else { b.clone() },
+                ..event(seq, 1000 + seq, &format!("alloc-{}", seq % 5))
+            })
+            .collect()
+    };
+    let mut sink = KafkaSink::new(settings()).expect("sink");
+    sink.open(None).await.expect("open");
+    deliver(&mut sink, &mixed(1)).await;
+    let saved = sink.checkpoint_state();
+    drop(sink);
+
+    // On the restart Kafka refuses to describe topic `a` to this client: the sink opens, its
+    // events are parked without being sent, and topic `b`'s go on.
+    mock.topic_error(&a, RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).expect("error");
+    let mut sink = KafkaSink::new(settings()).expect("sink");
+    sink.open(saved).await.expect("open with a broken topic");
+    let batch = mixed(11);
+    let parked = deliver_or_park(&mut sink, &batch).await;
+    let parked_seqs: Vec<u64> = parked.iter().map(|e| e.seq).collect();
+    assert_eq!(parked_seqs, [12, 14, 16, 18, 20], "exactly topic a's events");
+    assert_exactly_once(&read_all(&brokers, &b), (1..=20).filter(|seq| seq % 2 == 1));
+
+    // Whole again: tried after the sink's back-off, read back, and written once.
+    mock.topic_error(&a, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).expect("clear");
+    assert_exactly_once(&read_all(&brokers, &a), (1..=10).filter(|seq| seq % 2 == 0));
+    offer_until_delivered(&mut sink, parked).await;
+    assert_exactly_once(&read_all(&brokers, &a), (1..=20).filter(|seq| seq % 2 == 0));
 }
 
 #[tokio::test]

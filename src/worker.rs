@@ -360,6 +360,10 @@ impl<S: Sink> SinkWorker<S> {
         shutdown: &CancellationToken,
     ) -> Result<Option<Step>, WorkerError> {
         let Some(next_seq) = reader.next_seq() else { return Ok(None) };
+        // Due parked events go before more is read, also under a steady flow of new ones.
+        if self.parked.is_due(tokio::time::Instant::now()) {
+            return Ok(Some(Step::OfferParked));
+        }
         let full = self.parked.is_full(self.settings.max_parked_bytes.0);
         while full || *self.head.borrow() < next_seq {
             if self.parked.is_due(tokio::time::Instant::now()) {
@@ -394,7 +398,8 @@ impl<S: Sink> SinkWorker<S> {
         let mut attempt = self.judge(events, outcomes);
         if attempt.deferred {
             // The sink needs its state saved before it sends these (a Kafka topic it now
-            // found): saved with the cursor still before them, then sent at once.
+            // found): saved with the cursor still before them (the offer holds it at the
+            // oldest), then sent at once.
             self.save_cursor(shutdown).await?;
             let again = std::mem::take(&mut attempt.retry);
             let outcomes = self.sink.send(&again).await;

@@ -26,6 +26,9 @@ pub struct Parked {
     due: Option<Instant>,
     /// Consecutive offers that left some parked, for the back-off.
     attempts: u32,
+    /// The oldest event of an offer in progress: taken out, not yet final, so the cursor
+    /// must not pass it either.
+    offering: Option<u64>,
 }
 
 impl Parked {
@@ -48,9 +51,13 @@ impl Parked {
         !self.events.is_empty() && self.bytes >= limit
     }
 
-    /// The journal position of the oldest parked event.
+    /// The journal position of the oldest parked event, or of the oldest one being offered.
     pub fn first_seq(&self) -> Option<u64> {
-        self.events.keys().next().copied()
+        let parked = self.events.keys().next().copied();
+        match (parked, self.offering) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// How many are parked.
@@ -78,15 +85,18 @@ impl Parked {
         if self.events.is_empty() { None } else { self.due }
     }
 
-    /// Takes every parked event, oldest first, to offer them again.
+    /// Takes every parked event, oldest first, to offer them again; until [`Parked::offered`],
+    /// [`Parked::first_seq`] still holds the cursor at the oldest of them.
     pub fn take(&mut self) -> Vec<Envelope> {
         self.bytes = 0;
+        self.offering = self.events.keys().next().copied();
         std::mem::take(&mut self.events).into_values().collect()
     }
 
     /// After an offer: with events parked again, the next offer waits a back-off growing from
     /// `min` to `max`; with none, the back-off starts over.
     pub fn offered(&mut self, min: Duration, max: Duration) {
+        self.offering = None;
         if self.events.is_empty() {
             self.attempts = 0;
             self.due = None;
@@ -131,12 +141,13 @@ mod tests {
         assert!(parked.is_due(now), "new ones are offered at once unless told to wait");
         let taken: Vec<u64> = parked.take().iter().map(|e| e.seq).collect();
         assert_eq!(taken, [4, 9, 12]);
+        assert_eq!(parked.first_seq(), Some(4), "an offer in progress still holds the cursor");
         parked.park(event(4, 40), reason());
         parked.offered(Duration::from_millis(100), Duration::from_secs(1));
         assert!(!parked.is_due(Instant::now()), "parked again: after a back-off");
         parked.take();
         parked.offered(Duration::from_millis(100), Duration::from_secs(1));
-        assert!(parked.due().is_none() && parked.reason().is_none());
+        assert!(parked.due().is_none() && parked.reason().is_none() && parked.first_seq().is_none());
         assert!(!Parked::default().accepts(0), "a bound of 0 parks nothing");
     }
 }

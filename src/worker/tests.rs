@@ -405,3 +405,27 @@ async fn without_room_to_park_an_event_is_retried_in_place() {
     run_to_end(worker, 2).await;
     assert_eq!(script.calls(), [call(Sent, 1..=2), call(Sent, [1])]);
 }
+
+#[tokio::test]
+async fn a_deferral_while_parked_events_are_offered_keeps_the_cursor_before_them() {
+    let journal = journal(4).await;
+    let (sink, script) = ScriptedSink::new(1);
+    // Event 2 is parked; 3 and 4 go. Offered again, it is deferred (the sink found its
+    // destination and must save its state first), then its second send hangs.
+    script.then([
+        Answer::Each(vec![Kind::Delivered, Kind::Parked]),
+        Answer::Deliver,
+        Answer::Defer,
+        Answer::Hang,
+    ]);
+    let worker = journal.worker(sink, 2, Some(Duration::from_millis(20)));
+    let running = tokio::spawn(worker.run(CancellationToken::new()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while script.calls().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "no second send of the offer: {:?}", script.calls());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    running.abort();
+    assert_eq!(script.calls()[2..], [call(Sent, [2]), call(Sent, [2])]);
+    assert_eq!(journal.saved().0, 2, "the cursor saved for the deferral is not past the offered event");
+}

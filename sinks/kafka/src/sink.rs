@@ -44,10 +44,11 @@ pub struct KafkaSink {
     /// Whether a batch may be handed over before the previous one is confirmed; turned off
     /// when librdkafka's queue is too small to hold two batches.
     pipelining: bool,
-    /// Journal positions of events parked (their topic could not be found or described) and
-    /// not yet final: while there are any, the relay's cursor waits at the oldest, so the
-    /// offsets a tail read starts at are not settled past what was written since.
-    parked: BTreeSet<u64>,
+    /// Events parked and not yet final, by journal position, with their topic: while there
+    /// are any, the relay's cursor waits at the oldest, so the offsets a tail read starts at
+    /// are not settled past what was written since; and a topic's newer events wait behind
+    /// its parked ones, so they reach its partitions in order.
+    parked: BTreeMap<u64, String>,
     /// Topics broken on their own: their events are parked until they are tried again.
     broken: BrokenTopics,
 }
@@ -77,7 +78,7 @@ impl KafkaSink {
             in_flight: Vec::new(),
             submitted: VecDeque::new(),
             pipelining: true,
-            parked: BTreeSet::new(),
+            parked: BTreeMap::new(),
             broken: BrokenTopics::default(),
         })
     }
@@ -319,16 +320,26 @@ impl KafkaSink {
             failed: false,
             unsent: None,
         };
+        let held_back = self.held_back(batch);
         for (position, event) in batch.iter().enumerate() {
             let id = event.id.to_string();
             if self.progress.is_found(event.seq, &id) {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
                 continue;
             }
-            if let Some(error) = broken.get(&topics[position]) {
-                self.parked.insert(event.seq);
-                submitted.outcomes[position] =
-                    Some(Outcome::Parked(SinkError::new(error.kind, error.report())));
+            let topic = &topics[position];
+            let error = match (broken.get(topic), held_back.get(topic)) {
+                (Some(error), _) => Some(SinkError::new(error.kind, error.report())),
+                (None, Some(&oldest)) if oldest < event.seq => Some(SinkError::new(
+                    SinkErrorKind::Unavailable,
+                    format!(
+                        "held behind the parked event at journal position {oldest} for `{topic}`, so its records stay in order"
+                    ),
+                )),
+                _ => None,
+            };
+            if let Some(error) = error {
+                submitted.outcomes[position] = Some(Outcome::Parked(error));
                 continue;
             }
             self.enqueue(&producer, &mut submitted, &topics, position, event, id).await;
@@ -346,6 +357,19 @@ impl KafkaSink {
         // The sink keeps its own handle; the last one is dropped off the runtime.
         drop(producer);
         self.submitted.push_back(submitted);
+    }
+
+    /// Per topic, the oldest parked event that `batch` does not offer again: the topic's
+    /// newer events in the batch wait behind it.
+    fn held_back(&self, batch: &[Envelope]) -> BTreeMap<String, u64> {
+        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
+        let mut oldest = BTreeMap::new();
+        for (seq, topic) in &self.parked {
+            if !offered.contains(seq) {
+                oldest.entry(topic.clone()).or_insert(*seq);
+            }
+        }
+        oldest
     }
 
     /// Hands the record of `event` (the batch's `position`th) to the producer, or records why
@@ -500,10 +524,10 @@ impl KafkaSink {
                 })
             })
             .collect();
-        for (seq, outcome) in seqs.iter().zip(&outcomes) {
+        for ((seq, outcome), topic) in seqs.iter().zip(&outcomes).zip(&topics) {
             match outcome {
                 Outcome::Parked(_) => {
-                    self.parked.insert(*seq);
+                    self.parked.insert(*seq, topic.clone());
                 }
                 Outcome::Delivered | Outcome::Duplicate | Outcome::Rejected(_) => {
                     self.parked.remove(seq);

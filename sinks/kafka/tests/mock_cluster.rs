@@ -8,9 +8,11 @@ use common::*;
 use nomad_relay_sink_api::units::HumanDuration;
 use nomad_relay_sink_api::{Envelope, Outcome, Sink};
 use nomad_relay_sink_kafka::KafkaSink;
+use nomad_relay_sink_kafka::broken;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn cluster(topic: &str, partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
@@ -120,11 +122,29 @@ async fn a_known_topic_kafka_will_not_describe_parks_only_its_own_events() {
     assert_eq!(parked_seqs, [12, 14, 16, 18, 20], "exactly topic a's events");
     assert_exactly_once(&read_all(&brokers, &b), (1..=20).filter(|seq| seq % 2 == 1));
 
-    // Whole again: tried after the sink's back-off, read back, and written once.
+    // Whole again, and due to be tried: a newer batch's events for `a` still wait behind the
+    // parked ones, which go first when they are offered; every key stays in order.
     mock.topic_error(&a, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).expect("clear");
     assert_exactly_once(&read_all(&brokers, &a), (1..=10).filter(|seq| seq % 2 == 0));
-    offer_until_delivered(&mut sink, parked).await;
-    assert_exactly_once(&read_all(&brokers, &a), (1..=20).filter(|seq| seq % 2 == 0));
+    tokio::time::sleep(broken::FIRST_TRY).await;
+    let newer = deliver_or_park(&mut sink, &mixed(21)).await;
+    assert_eq!(newer.iter().map(|e| e.seq).collect::<Vec<_>>(), [22, 24, 26, 28, 30], "held behind 12..20");
+    let mut all = parked;
+    all.extend(newer);
+    offer_until_delivered(&mut sink, all).await;
+    let records = read_all(&brokers, &a);
+    assert_exactly_once(&records, (1..=30).filter(|seq| seq % 2 == 0));
+    let mut by_key: BTreeMap<(i32, String), Vec<(i64, u64)>> = BTreeMap::new();
+    for record in &records {
+        by_key
+            .entry((record.partition, record.key.clone().unwrap_or_default()))
+            .or_default()
+            .push((record.offset, record.seq()));
+    }
+    for (key, mut stored) in by_key {
+        stored.sort();
+        assert!(stored.windows(2).all(|w| w[0].1 < w[1].1), "{key:?} out of order: {stored:?}");
+    }
 }
 
 #[tokio::test]

@@ -431,3 +431,29 @@ async fn a_server_that_lags_and_catches_up_is_not_an_index_reset() {
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(!lines.iter().any(|l| l.contains("IndexReset")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_index_above_nomads_is_not_an_index_reset() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(5, "old"));
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = scratch.config(
+        &emulator.url(),
+        "start = 1000\nindex_reset_after = \"1s\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_connections(1).await;
+    // Nomad answers a start index it does not have yet with its newest batch (5), below it.
+    // What is under test is a duration: past `index_reset_after`, nothing is reported.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    emulator.publish(job(1000, "wanted"));
+    eventually("the event at the start index", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(metric(port, "nomad_relay_source_index_resets_total{source=\"default\"}"), Some(0.0));
+    assert!(relay.terminate().success());
+    assert_eq!(scratch.lines("events.ndjson"), vec![job(1000, "wanted").events[0].to_json(1000)]);
+}

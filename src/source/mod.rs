@@ -233,10 +233,14 @@ impl Source {
     /// One connection: connect, then take each piece of the body in turn until the stream
     /// ends.
     async fn stream_once(&mut self, address: &str, shutdown: &CancellationToken) -> Ended {
-        // The namespaces listed before subscribing are in the subscription's list.
+        // The namespaces listed before subscribing are in the subscription's list; without a
+        // list yet, those created at or below the index asked for are taken to be.
+        let subscribed_at = self.resume.request_index();
         let namespaces = self.namespaces.clone().map(|mut list| {
-            let covered = list.borrow_and_update().created.keys().cloned().collect();
-            (list, covered)
+            let known = list.borrow_and_update();
+            let covered = known.listed.then(|| known.created.keys().cloned().collect());
+            drop(known);
+            Covered { list, covered, subscribed_at }
         });
         let response = match self.connect(address, shutdown).await {
             Ok(response) => response,
@@ -418,7 +422,8 @@ impl Source {
         self.stats.last_index.fetch_max(index, Ordering::Relaxed);
         connection.data_lines += 1;
         let outcome = self.resume.on_line(index, events);
-        connection.track_below(outcome.stale, index);
+        // Below a start index (no checkpoint yet) is not below anything the relay had.
+        connection.track_below(outcome.stale && self.resume.has_checkpoint(), index);
         if outcome.stale {
             add(&self.stats.lines_stale, 1);
             // The first line after a connect may be Nomad's newest batch (asked for an index
@@ -495,7 +500,7 @@ struct Connection {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
     splitter: LineSplitter,
     /// Nomad's namespace list, and the namespaces this subscription's list includes.
-    namespaces: Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
+    namespaces: Option<Covered>,
     /// A line (a heartbeat at least) arrived: the subscription was accepted.
     saw_line: bool,
     /// Since when the stream's lines have all been below the checkpoint.
@@ -505,11 +510,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(
-        response: reqwest::Response,
-        config: &NomadConfig,
-        namespaces: Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
-    ) -> Connection {
+    fn new(response: reqwest::Response, config: &NomadConfig, namespaces: Option<Covered>) -> Connection {
         Connection {
             body: Box::pin(response.bytes_stream()),
             splitter: LineSplitter::new(config.max_line_bytes.0 as usize),
@@ -636,18 +637,36 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Resolves with the namespaces the watcher lists that `covered` does not hold (and then
-/// holds); never without a watcher, or while the watcher is gone.
-async fn added_namespaces(
-    namespaces: &mut Option<(watch::Receiver<Namespaces>, BTreeSet<String>)>,
-) -> Option<Vec<(String, u64)>> {
-    let Some((list, covered)) = namespaces else { return std::future::pending().await };
+/// The namespaces one subscription includes, as far as the relay can tell.
+struct Covered {
+    /// Nomad's namespace list, as the watcher follows it.
+    list: watch::Receiver<Namespaces>,
+    /// The namespaces in the subscription's list; `None` while no list was read.
+    covered: Option<BTreeSet<String>>,
+    /// The index the subscription asked for.
+    subscribed_at: u64,
+}
+
+/// Resolves with the namespaces the watcher lists that the subscription does not hold (and
+/// then holds); never without a watcher, or while the watcher is gone. Without a list read
+/// before the subscription, the first one read counts the namespaces created at or below the
+/// index asked for as included (they existed when Nomad froze the subscription's list).
+async fn added_namespaces(namespaces: &mut Option<Covered>) -> Option<Vec<(String, u64)>> {
+    let Some(Covered { list, covered, subscribed_at }) = namespaces else {
+        return std::future::pending().await;
+    };
     loop {
         if list.changed().await.is_err() {
             return std::future::pending().await;
         }
-        let added: Vec<(String, u64)> = list
-            .borrow_and_update()
+        let known = list.borrow_and_update().clone();
+        if !known.listed {
+            continue;
+        }
+        let covered = covered.get_or_insert_with(|| {
+            known.created.iter().filter(|(_, c)| **c <= *subscribed_at).map(|(n, _)| n.clone()).collect()
+        });
+        let added: Vec<(String, u64)> = known
             .created
             .iter()
             .filter(|(name, _)| !covered.contains(*name))
@@ -672,4 +691,35 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(created: &[(&str, u64)]) -> Namespaces {
+        Namespaces {
+            answered: true,
+            listed: true,
+            created: created.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_list_before_subscribing_namespaces_created_at_or_below_its_index_count_as_included() {
+        // The first listing failed: the subscription at index 10 was made with no list.
+        let (sender, list) = watch::channel(Namespaces { answered: true, ..Namespaces::default() });
+        let mut covered = Some(Covered { list, covered: None, subscribed_at: 10 });
+        sender.send_replace(listed(&[("default", 1), ("quiet", 4), ("new", 12)]));
+        let added = tokio::time::timeout(Duration::from_secs(5), added_namespaces(&mut covered)).await;
+        assert_eq!(
+            added.expect("an answer"),
+            Some(vec![("new".to_owned(), 12)]),
+            "only the one created after it"
+        );
+        // A later list with nothing new resolves nothing.
+        sender.send_replace(listed(&[("default", 1), ("quiet", 4), ("new", 12)]));
+        let nothing = tokio::time::timeout(Duration::from_millis(50), added_namespaces(&mut covered)).await;
+        assert!(nothing.is_err(), "{nothing:?}");
+    }
 }

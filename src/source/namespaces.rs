@@ -32,6 +32,8 @@ struct Namespace {
 pub struct Namespaces {
     /// Whether the first attempt to list them is over (successful or not).
     pub answered: bool,
+    /// Whether a list was read: until then `created` is unknown, not empty.
+    pub listed: bool,
     /// Each namespace's `CreateIndex`, by name.
     pub created: BTreeMap<String, u64>,
 }
@@ -73,8 +75,8 @@ pub async fn watch_namespaces(
                         let created: BTreeMap<String, u64> =
                             namespaces.into_iter().map(|n| (n.name, n.create_index)).collect();
                         list.send_if_modified(|known| {
-                            let changed = !known.answered || known.created != created;
-                            if known.answered {
+                            let changed = !known.listed || known.created != created;
+                            if known.listed {
                                 let added: Vec<&String> = created
                                     .keys()
                                     .filter(|name| !known.created.contains_key(*name))
@@ -83,7 +85,7 @@ pub async fn watch_namespaces(
                                     info!("new Nomad namespace(s) {added:?}");
                                 }
                             }
-                            *known = Namespaces { answered: true, created: created.clone() };
+                            *known = Namespaces { answered: true, listed: true, created: created.clone() };
                             changed
                         });
                         index = next_index.unwrap_or(index);

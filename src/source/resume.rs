@@ -239,6 +239,11 @@ impl Resume {
         }
     }
 
+    /// Whether the source has journaled anything (its checkpoint is the journal's).
+    pub fn has_checkpoint(&self) -> bool {
+        self.have_checkpoint && self.checkpoint.index > 0
+    }
+
     /// The current checkpoint.
     pub fn checkpoint(&self) -> &SourceCheckpoint {
         &self.checkpoint
@@ -259,10 +264,13 @@ impl Resume {
                 *held.entry((id.digest, *content)).or_default() += 1;
             }
         }
+        // With ids of unknown bytes at N (from the sources file) the first event cannot be
+        // judged: no eviction is inferred.
+        let unknown = self.checkpoint.seen.values().any(|c| *c == UNKNOWN_CONTENT);
         self.resent = self.have_checkpoint.then_some(Resent {
             index: self.checkpoint.index,
             held,
-            first_checked: false,
+            first_checked: unknown,
         });
     }
 
@@ -316,7 +324,9 @@ impl Resume {
                 continue;
             }
             let content = checkpoint::content(&event.raw);
-            match self.resent_check(index, id_index, digest, content) {
+            // A caught-up namespace's events were never journaled at N: no sign of eviction.
+            let fresh = self.catching_up(&event.namespace);
+            match self.resent_check(index, id_index, digest, content, fresh) {
                 Resend::Journaled => {
                     // It keeps its place in the numbering, as when it was journaled.
                     self.bump(digest);
@@ -344,10 +354,11 @@ impl Resume {
 
     /// Whether an event (line `index`, id at `id_index`) is one journaled at the checkpoint
     /// before this connection, and whether it shows the lines that began that Index evicted:
-    /// the connection's first event at it is not journaled although others were.
-    fn resent_check(&mut self, index: u64, id_index: u64, digest: u64, content: u64) -> Resend {
+    /// the connection's first event at it is not journaled although others were (`fresh`:
+    /// an event of a namespace being caught up, which proves nothing either way).
+    fn resent_check(&mut self, index: u64, id_index: u64, digest: u64, content: u64, fresh: bool) -> Resend {
         let Some(resent) = self.resent.as_mut().filter(|r| r.index == id_index) else { return Resend::New };
-        let first = index == resent.index && !std::mem::replace(&mut resent.first_checked, true);
+        let first = index == resent.index && !fresh && !std::mem::replace(&mut resent.first_checked, true);
         if let Some(count) = resent.held.get_mut(&(digest, content)).filter(|count| **count > 0) {
             *count -= 1;
             Resend::Journaled
@@ -433,8 +444,12 @@ impl Resume {
             "{{\"IndexReset\":{{\"LastIndex\":{index},\"ResumedIndex\":{resumed}{}}}}}",
             self.source_field()
         );
-        let digest = digest(&self.scope, RELAY_TOPIC, INDEX_RESET_TYPE, "", "");
-        let id = self.next_id(index, digest, UNKNOWN_CONTENT);
+        // Always occurrence 0: one such event per checkpoint, however often it is seen.
+        let id = EventId {
+            index,
+            digest: digest(&self.scope, RELAY_TOPIC, INDEX_RESET_TYPE, "", ""),
+            occurrence: 0,
+        };
         let event = relay_event(&self.source, id, INDEX_RESET_TYPE, &payload);
         self.accept(event, UNKNOWN_CONTENT, &mut outcome);
         outcome
@@ -652,6 +667,25 @@ mod tests {
         again.on_connect();
         let repeated = again.on_line(10, vec![version("web", 2), version("api", 1)]);
         assert!(repeated.events.is_empty() && repeated.gap.is_none(), "{repeated:?}");
+    }
+
+    #[test]
+    fn an_index_reset_is_journaled_once_per_checkpoint() {
+        let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
+        resume.on_connect();
+        resume.on_line(50, vec![event("Job", "web")]);
+        assert!(resume.has_checkpoint());
+        let first = resume.on_index_reset(7);
+        assert_eq!(keys(&first), ["NomadRelay:"]);
+        assert!(
+            String::from_utf8_lossy(&first.events[0].raw)
+                .contains(r#""IndexReset":{"LastIndex":50,"ResumedIndex":7}"#)
+        );
+        // A line at 50 and a second stretch below it, on the same connection: nothing new.
+        resume.on_line(50, vec![event("Job", "web")]);
+        assert!(resume.on_index_reset(9).events.is_empty());
+        let fresh = Resume::new(&default_source(), None, StartAt::Index(1000), true);
+        assert!(!fresh.has_checkpoint(), "a start index is not a checkpoint");
     }
 
     #[test]

@@ -314,11 +314,16 @@ async fn several_lines_with_one_index_survive_a_cut_between_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_evicted_from_the_start_of_an_index_are_a_gap_and_the_rest_is_not_taken_for_them() {
-    // Nomad keeps 3 lines. Two lines share index 10 and change one job twice (same Topic,
-    // Type, Namespace and Key): the relay has the first when it is killed.
+    // Nomad keeps 3 lines. Two lines share index 10; the second changes `web` again (same
+    // Topic, Type, Namespace and Key) after another job: the relay has the first line when it
+    // is killed.
     let emulator = emulator(EmulatorConfig { buffer_size: 3, ..EmulatorConfig::default() }).await;
-    let version = |pad: usize| Batch { index: 10, events: vec![job_event("web", "JobRegistered", pad)] };
-    emulator.publish(version(1));
+    let first = Batch { index: 10, events: vec![job_event("web", "JobRegistered", 1)] };
+    let second = Batch {
+        index: 10,
+        events: vec![job_event("api", "JobRegistered", 1), job_event("web", "JobRegistered", 2)],
+    };
+    emulator.publish(first.clone());
     let scratch = Scratch::new();
     let config = scratch.config(&emulator.url(), "", "");
     let mut relay = Relay::start(&config);
@@ -326,25 +331,25 @@ async fn lines_evicted_from_the_start_of_an_index_are_a_gap_and_the_rest_is_not_
         .await;
     relay.kill();
     // While it is down, the second line at 10 arrives and the first is evicted.
-    emulator.publish(version(2));
+    emulator.publish(second.clone());
     emulator.publish(job(11, "a"));
     emulator.publish(job(12, "b"));
     assert_eq!(emulator.buffered().first().map(|b| b.index), Some(10), "one line at 10 is left");
     assert_eq!(emulator.buffered().len(), 3);
     let mut relay = Relay::start(&config);
-    eventually("the marker and the three lines Nomad still had", WAIT, || {
-        (scratch.lines("events.ndjson").len() >= 5).then_some(())
+    eventually("the marker and the lines Nomad still had", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= 6).then_some(())
     })
     .await;
     assert!(relay.terminate().success());
     let lines = scratch.lines("events.ndjson");
-    assert_eq!(lines.len(), 5, "{lines:#?}");
-    assert_eq!(lines[0], version(1).events[0].to_json(10));
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert_eq!(lines[0], first.events[0].to_json(10));
     assert_eq!(index_and_type(&lines[1]), (10, "GapDetected".to_owned()));
-    assert!(lines[1].contains("no longer holds the first lines at Index 10"), "{}", lines[1]);
-    // The second version was not mistaken for the first (the same id once renumbered).
-    assert_eq!(lines[2], version(2).events[0].to_json(10));
-    assert_lines_equal(&lines[3..], &expected_lines(&emulator.buffered()[1..], DEFAULT_TOPICS));
+    assert!(lines[1].contains("no longer holds the first lines at this Index"), "{}", lines[1]);
+    // The second change of `web` was not taken for the first (the same id once renumbered).
+    assert_lines_equal(&lines[2..4], &expected_lines(&[second], DEFAULT_TOPICS));
+    assert_lines_equal(&lines[4..], &expected_lines(&emulator.buffered()[1..], DEFAULT_TOPICS));
     assert!(relay.own_log().contains("possible gap"), "{}", relay.log());
 }
 

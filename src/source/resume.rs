@@ -91,16 +91,6 @@ pub fn relay_event(source: &str, id: EventId, event_type: &str, payload: &str) -
     }
 }
 
-/// How an event at the checkpoint's Index compares with what was journaled there.
-enum Resend {
-    /// The same event (digest and bytes) was journaled: drop it.
-    Journaled,
-    /// Not journaled, and the connection's first at that Index: the lines before it are gone.
-    Evicted,
-    /// Not journaled.
-    New,
-}
-
 /// Resume and de-duplication state for one Nomad source.
 #[derive(Debug)]
 pub struct Resume {
@@ -138,6 +128,9 @@ struct Resent {
     held: HashMap<(u64, u64), u32>,
     /// Whether the connection's first event at `index` was looked at.
     first_checked: bool,
+    /// Whether that first event showed the lines that began `index` evicted: the events at
+    /// it are then matched by their bytes and numbered past the ids already used.
+    evicted: bool,
 }
 
 /// The stable digest of an event's identity fields and its source's id scope (raft indexes
@@ -271,6 +264,7 @@ impl Resume {
             index: self.checkpoint.index,
             held,
             first_checked: unknown,
+            evicted: false,
         });
     }
 
@@ -326,15 +320,14 @@ impl Resume {
             let content = checkpoint::content(&event.raw);
             // A caught-up namespace's events were never journaled at N: no sign of eviction.
             let fresh = self.catching_up(&event.namespace);
-            match self.resent_check(index, id_index, digest, content, fresh) {
-                Resend::Journaled => {
-                    // It keeps its place in the numbering, as when it was journaled.
-                    self.bump(digest);
-                    outcome.already_journaled += 1;
-                    continue;
-                }
-                Resend::Evicted => self.report_evicted(index, &mut outcome),
-                Resend::New => {}
+            if let Some(reason) = self.first_at_checkpoint(index, id_index, digest, content, fresh) {
+                self.report_resent_gap(index, reason, &mut outcome);
+            }
+            if self.held_by_bytes(id_index, digest, content) {
+                // It keeps its place in the numbering, as when it was journaled.
+                self.bump(digest);
+                outcome.already_journaled += 1;
+                continue;
             }
             let id = self.next_id(id_index, digest, content);
             let envelope = Envelope {
@@ -352,31 +345,66 @@ impl Resume {
         outcome
     }
 
-    /// Whether an event (line `index`, id at `id_index`) is one journaled at the checkpoint
-    /// before this connection, and whether it shows the lines that began that Index evicted:
-    /// the connection's first event at it is not journaled although others were (`fresh`:
-    /// an event of a namespace being caught up, which proves nothing either way).
-    fn resent_check(&mut self, index: u64, id_index: u64, digest: u64, content: u64, fresh: bool) -> Resend {
-        let Some(resent) = self.resent.as_mut().filter(|r| r.index == id_index) else { return Resend::New };
-        let first = index == resent.index && !fresh && !std::mem::replace(&mut resent.first_checked, true);
-        if let Some(count) = resent.held.get_mut(&(digest, content)).filter(|count| **count > 0) {
-            *count -= 1;
-            Resend::Journaled
-        } else if first && !resent.held.is_empty() {
-            Resend::Evicted
-        } else {
-            Resend::New
+    /// Looks at the connection's first event at the checkpoint's Index N (`fresh`: of a
+    /// namespace being caught up, which proves nothing): Nomad sends again what it holds at N
+    /// from its oldest line, so that event is the first one the relay journaled at N, under
+    /// the same id and with the same bytes. When it is not, why that may have lost events:
+    /// its id is not journaled (Nomad evicted the lines that began N; the events at N are then
+    /// matched by their bytes), or the id is journaled with other bytes (that, or the server
+    /// encodes events differently, another Nomad version: ids still decide, so nothing is
+    /// journaled twice).
+    fn first_at_checkpoint(
+        &mut self,
+        index: u64,
+        id_index: u64,
+        digest: u64,
+        content: u64,
+        fresh: bool,
+    ) -> Option<&'static str> {
+        let natural = EventId {
+            index: id_index,
+            digest,
+            occurrence: self.occurrences.get(&digest).copied().unwrap_or(0),
+        };
+        let resent = self.resent.as_mut().filter(|r| r.index == index && id_index == index && !fresh)?;
+        if std::mem::replace(&mut resent.first_checked, true) || resent.held.is_empty() {
+            return None;
+        }
+        match self.checkpoint.seen.get(&natural) {
+            None => {
+                resent.evicted = true;
+                Some(
+                    "Nomad no longer holds the first lines at this Index (evicted from its buffer): events of lines the relay had not received may be lost",
+                )
+            }
+            Some(&held) if held != content => Some(
+                "Nomad sent an event at this Index with other bytes than the relay journaled: either it evicted the first lines at this Index (an event of the lines the relay had not received may be lost) or this server encodes events differently (another Nomad version)",
+            ),
+            Some(_) => None,
         }
     }
 
-    /// Journals a gap marker at `index`: Nomad no longer holds the lines that began it.
-    fn report_evicted(&mut self, index: u64, outcome: &mut LineOutcome) {
+    /// Whether, at a checkpoint whose first lines Nomad evicted, an event with these bytes
+    /// was journaled there (counted, so identical repeats stay apart).
+    fn held_by_bytes(&mut self, id_index: u64, digest: u64, content: u64) -> bool {
+        let Some(resent) = self.resent.as_mut().filter(|r| r.evicted && r.index == id_index) else {
+            return false;
+        };
+        match resent.held.get_mut(&(digest, content)).filter(|count| **count > 0) {
+            Some(count) => {
+                *count -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Journals a gap marker at the checkpoint's `index`, for `reason`.
+    fn report_resent_gap(&mut self, index: u64, reason: &str, outcome: &mut LineOutcome) {
         let gap = Gap { last_index: index, resumed_index: index };
         outcome.gap = Some(gap);
         if self.gap_markers {
-            let reason = serde_json::Value::from(format!(
-                "Nomad no longer holds the first lines at Index {index} (evicted from its buffer): events of lines the relay had not received may be lost"
-            ));
+            let reason = serde_json::Value::from(reason);
             let payload = format!(
                 "{{\"Gap\":{{\"LastIndex\":{index},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
                 self.source_field()
@@ -391,9 +419,10 @@ impl Resume {
     /// eviction). An id journaled with unknown bytes, or any id when `content` is unknown,
     /// is taken as this event's.
     fn next_id(&mut self, index: u64, digest: u64, content: u64) -> EventId {
+        let renumbered = self.resent.as_ref().is_some_and(|r| r.evicted && r.index == index);
         loop {
             let id = EventId { index, digest, occurrence: self.bump(digest) };
-            if content == UNKNOWN_CONTENT {
+            if content == UNKNOWN_CONTENT || !renumbered {
                 return id;
             }
             match self.checkpoint.seen.get(&id) {
@@ -635,38 +664,55 @@ mod tests {
             raw: Bytes::from(format!("{{\"Topic\":\"Job\",\"Key\":\"{key}\",\"Version\":{version}}}")),
             ..event("Job", key)
         };
+        let reason = |outcome: &LineOutcome| String::from_utf8_lossy(&outcome.events[0].raw).to_string();
         // The relay journals the first line at 10, then stops.
         let mut resume = Resume::new(&default_source(), None, StartAt::Oldest, true);
         resume.on_connect();
         resume.on_line(10, vec![version("web", 1)]);
         let journaled = resume.checkpoint().clone();
+        let again = |checkpoint: &SourceCheckpoint| {
+            let mut resume = Resume::new(&default_source(), Some(checkpoint.clone()), StartAt::Oldest, true);
+            resume.on_connect();
+            resume
+        };
 
         // Nomad still holds both lines: the first is recognised, the second is new.
-        let mut intact = Resume::new(&default_source(), Some(journaled.clone()), StartAt::Oldest, true);
-        intact.on_connect();
+        let mut intact = again(&journaled);
         let first = intact.on_line(10, vec![version("web", 1)]);
         let second = intact.on_line(10, vec![version("web", 2)]);
         assert_eq!((first.events.len(), first.already_journaled, first.gap), (0, 1, None));
         assert_eq!((keys(&second), second.gap), (vec!["Job:web".to_owned()], None));
 
-        // Nomad evicted the first line: the second, numbered from 0 again, has the first's id.
-        let mut evicted = Resume::new(&default_source(), Some(journaled.clone()), StartAt::Oldest, true);
-        evicted.on_connect();
-        let resent = evicted.on_line(10, vec![version("web", 2), version("api", 1)]);
+        // Nomad evicted the first line; the line it still holds begins with another object.
+        // The second change of `web`, numbered from 0 again, would have the first's id.
+        let mut evicted = again(&journaled);
+        let resent = evicted.on_line(10, vec![version("api", 1), version("web", 2)]);
         assert_eq!(resent.gap, Some(Gap { last_index: 10, resumed_index: 10 }));
-        assert_eq!(keys(&resent), ["NomadRelay:", "Job:web", "Job:api"], "a marker, then both events");
-        let web = resent.events[1].id;
+        assert_eq!(keys(&resent), ["NomadRelay:", "Job:api", "Job:web"], "a marker, then both events");
+        assert!(
+            reason(&resent).contains("no longer holds the first lines at this Index"),
+            "{}",
+            reason(&resent)
+        );
+        let web = resent.events[2].id;
         assert!(!journaled.contains(&web), "the new event did not take the journaled one's id");
         assert_eq!(web, second.events[0].id, "the same id the intact stream gives it");
-        let reason = String::from_utf8_lossy(&resent.events[0].raw).to_string();
-        assert!(reason.contains("no longer holds the first lines at Index 10"), "{reason}");
-
         // The same eviction seen again after a restart: nothing new, no second marker.
-        let mut again =
-            Resume::new(&default_source(), Some(evicted.checkpoint().clone()), StartAt::Oldest, true);
-        again.on_connect();
-        let repeated = again.on_line(10, vec![version("web", 2), version("api", 1)]);
-        assert!(repeated.events.is_empty() && repeated.gap.is_none(), "{repeated:?}");
+        let mut repeated = again(evicted.checkpoint());
+        let repeat = repeated.on_line(10, vec![version("api", 1), version("web", 2)]);
+        assert!(repeat.events.is_empty() && repeat.gap.is_none(), "{repeat:?}");
+
+        // The first event Nomad sends at 10 has the journaled one's id and other bytes: the
+        // first line was evicted and the same object changed again, or the server encodes
+        // differently (another Nomad version). Ids decide, nothing is journaled twice, and
+        // the marker says which event may be lost.
+        let mut changed = again(&journaled);
+        let reencoded = changed.on_line(
+            10,
+            vec![RawEvent { raw: Bytes::from("{\"Key\":\"web\",\"New\":1}"), ..version("web", 1) }],
+        );
+        assert_eq!(keys(&reencoded), ["NomadRelay:"], "{reencoded:?}");
+        assert!(reason(&reencoded).contains("another Nomad version"), "{}", reason(&reencoded));
     }
 
     #[test]

@@ -180,16 +180,13 @@ async fn a_namespace_created_below_the_checkpoint_is_caught_up_across_a_kill() {
     emulator.publish(job(3, "in-default"));
     let scratch = Scratch::new();
     let port = free_port();
-    // The watcher polls once before subscribing, then not for 4 s: long enough for the new
-    // namespace's first event to fall below the checkpoint before the relay hears of it.
-    let config = scratch.config(
-        &emulator.url(),
-        "namespace_refresh = \"4s\"",
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    let config = scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
     let mut relay = Relay::start(&config);
     eventually("the first event", WAIT, || (scratch.lines("events.ndjson").len() == 1).then_some(())).await;
     let mark = relay.mark();
+    // The namespace list answers slowly: the relay hears of the new namespace only after its
+    // first event has fallen below the checkpoint.
+    emulator.hold_namespace_lists(true);
     emulator.create_namespace("team-b", 4);
     emulator.publish(job_in(5, "in-team-b", "team-b"));
     emulator.publish(job(6, "after"));
@@ -198,6 +195,7 @@ async fn a_namespace_created_below_the_checkpoint_is_caught_up_across_a_kill() {
     // The catch-up subscription is refused until the relay is killed, so the kill lands
     // between the saved plan and the events it fetches.
     emulator.set_reject(Some(nomad_emulator::Reject::ServerError("No path to region".into())));
+    emulator.hold_namespace_lists(false);
     relay.wait_for_log_after(mark, "resubscribing from index 4 to fetch their events up to 6", WAIT).await;
     assert_eq!(metric(port, "nomad_relay_source_namespace_catch_ups_total{source=\"default\"}"), Some(1.0));
     eventually("the refused catch-up subscription", WAIT, || {

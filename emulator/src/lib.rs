@@ -197,6 +197,12 @@ impl Emulator {
         shared.namespaces_index.send_modify(|index| *index += 1);
     }
 
+    /// While `true`, answers to `GET /v1/namespaces` are held back until it is `false` again,
+    /// as from a slow server or network: a client hears of namespace changes late.
+    pub fn hold_namespace_lists(&self, held: bool) {
+        self.shared().namespaces_held.send_replace(held);
+    }
+
     /// Creates namespace `name` at raft index `index` (its `CreateIndex`), as `nomad
     /// namespace apply` does: later subscriptions with `namespace=*` include it, open ones do
     /// not, and a blocking query on `/v1/namespaces` returns. Like [`Emulator::publish`], the

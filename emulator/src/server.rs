@@ -319,6 +319,12 @@ async fn list_namespaces(shared: &Shared, pairs: &[(String, String)]) -> (u16, S
             () = until_shutdown(&mut shutdown) => {}
         }
     }
+    let mut held = shared.namespaces_held.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = held.wait_for(|held| !held) => {}
+        () = until_shutdown(&mut shutdown) => {}
+    }
     let index = (*shared.namespaces_index.borrow()).max(1);
     let list: Vec<serde_json::Value> = lock(&shared.namespaces)
         .iter()

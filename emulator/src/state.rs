@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     /// Raft index of the last write to the namespace table, as `X-Nomad-Index` on
     /// `/v1/namespaces`; blocking queries wait on it.
     pub namespaces_index: watch::Sender<u64>,
+    /// While `true`, namespace list answers are held back (a slow server or network).
+    pub namespaces_held: watch::Sender<bool>,
     /// ACL system, `None` = disabled.
     pub acl: Mutex<Option<AclConfig>>,
     /// Failure every new subscription meets.
@@ -114,6 +116,7 @@ impl Shared {
                     .collect(),
             ),
             namespaces_index: watch::Sender::new(1),
+            namespaces_held: watch::Sender::new(false),
             acl: Mutex::new(config.acl.clone()),
             reject: Mutex::new(None),
             stalled: watch::Sender::new(false),

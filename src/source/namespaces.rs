@@ -2,7 +2,8 @@
 //!
 //! Nomad expands `*` to the namespaces that exist when a subscription starts and freezes
 //! that list, so events of a namespace created later never reach an open stream. The watcher
-//! polls `GET /v1/namespaces` (a blocking query, at most once per `namespace_refresh`) and
+//! polls `GET /v1/namespaces` (a blocking query; again at once after a change, else at most
+//! once per `namespace_refresh`) and
 //! publishes every namespace with its `CreateIndex`; the source decides what a new one needs
 //! (a resubscription, or a catch-up from its `CreateIndex`: [`super::catch_up`]). The source
 //! waits for the first answer before it subscribes, so that it knows which namespaces its
@@ -88,6 +89,11 @@ pub async fn watch_namespaces(
                             *known = Namespaces { answered: true, listed: true, created: created.clone() };
                             changed
                         });
+                        // The table changed: ask again at once (the query then blocks until the
+                        // next change), so a new namespace is heard of within moments.
+                        if next_index.is_some_and(|next| next > index) {
+                            delay = Duration::ZERO;
+                        }
                         index = next_index.unwrap_or(index);
                         warned = false;
                     }

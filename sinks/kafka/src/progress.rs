@@ -17,7 +17,7 @@
 //! batch, or the start of a read), because some brokers serve fetches only from there.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The checkpoint state as saved with the relay's cursor.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -200,9 +200,12 @@ impl Progress {
         }
     }
 
-    /// Records found by a tail read replace those of any earlier read.
-    pub fn set_found(&mut self, found: Vec<FoundRecord>) {
-        self.found = found.into_iter().map(|record| (record.seq, record)).collect();
+    /// Records found by a tail read of `read` topics replace those an earlier read found in
+    /// them; records found before in topics not read this time are kept (they still hold
+    /// their saved offsets back).
+    pub fn set_found(&mut self, found: Vec<FoundRecord>, read: &BTreeSet<String>) {
+        self.found.retain(|_, record| !read.contains(&record.topic));
+        self.found.extend(found.into_iter().map(|record| (record.seq, record)));
     }
 
     /// Forgets found records of events before `seq`: the relay is past them.
@@ -271,7 +274,7 @@ mod tests {
             offset,
             read_from: 10,
         };
-        progress.set_found(vec![found(100, 10), found(101, 11)]);
+        progress.set_found(vec![found(100, 10), found(101, 11)], &BTreeSet::from(["t".to_owned()]));
         progress.read_to("t", 0, 12);
         progress.settle();
         assert_eq!(progress.saved().topics["t"].read_from[&0], 10);
@@ -284,6 +287,30 @@ mod tests {
         progress.expire_found(102);
         assert_eq!(progress.found_count(), 0);
         assert_eq!(progress.saved().topics["t"].read_from[&0], 12);
+    }
+
+    #[test]
+    fn a_tail_read_that_skips_a_topic_keeps_the_records_found_there() {
+        let mut progress = Progress::new();
+        progress.add_topic("a", 1, &offsets(&[(0, 10)]));
+        progress.add_topic("b", 1, &offsets(&[(0, 0)]));
+        let found = |seq, topic: &str| FoundRecord {
+            seq,
+            id: format!("id{seq}"),
+            topic: topic.into(),
+            partition: 0,
+            offset: 10,
+            read_from: 10,
+        };
+        progress
+            .set_found(vec![found(5, "a"), found(6, "b")], &BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+        // A second read could not read `a` (Kafka would not describe it): what was found there
+        // still counts, and still holds `a`'s saved offset back.
+        progress.set_found(vec![], &BTreeSet::from(["b".to_owned()]));
+        assert!(progress.is_found(5, "id5") && !progress.is_found(6, "id6"));
+        progress.read_to("a", 0, 20);
+        progress.settle();
+        assert_eq!(progress.saved().topics["a"].read_from[&0], 10);
     }
 
     #[test]

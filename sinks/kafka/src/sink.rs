@@ -164,6 +164,8 @@ impl KafkaSink {
             );
             self.broken.mark(&name, &error);
         }
+        // The topics described were read; records found before in the others are kept.
+        let read: BTreeSet<String> = layouts.keys().cloned().collect();
         for (name, layout) in layouts {
             let Some(layout) = layout else {
                 warn!(
@@ -186,7 +188,7 @@ impl KafkaSink {
         for ((topic, partition), end) in &tails.ends {
             self.progress.read_to(topic, *partition, *end);
         }
-        self.progress.set_found(tails.found);
+        self.progress.set_found(tails.found, &read);
         if found > 0 {
             info!(
                 "Kafka tail check: {found} events sent before the last saved cursor are already in Kafka and are not sent again ({} records read past the saved offsets)",

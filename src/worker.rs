@@ -187,6 +187,9 @@ struct Attempt {
     reason: Option<SinkError>,
     /// The sink deferred events until its checkpoint state is saved.
     deferred: bool,
+    /// The sink parked events there was no room to set aside: they are retried in place,
+    /// together with the parked ones (the sink may hold them behind those).
+    overflow: bool,
 }
 
 /// What the worker does next in its loop.
@@ -210,6 +213,7 @@ impl Attempt {
             self.reason = later.reason;
         }
         self.deferred |= later.deferred;
+        self.overflow |= later.overflow;
     }
 }
 
@@ -629,6 +633,7 @@ impl<S: Sink> SinkWorker<S> {
                         self.set_aside(event, error);
                     } else {
                         attempt.reason.get_or_insert(error);
+                        attempt.overflow = true;
                         attempt.retry.push(event);
                     }
                 }
@@ -695,9 +700,42 @@ impl<S: Sink> SinkWorker<S> {
             if pending.is_empty() {
                 return Ok(());
             }
-            let outcomes = self.sink.send(&pending).await;
-            attempt = self.judge(pending, outcomes);
+            attempt = if attempt.overflow {
+                self.send_with_parked(pending).await
+            } else {
+                let outcomes = self.sink.send(&pending).await;
+                self.judge(pending, outcomes)
+            };
         }
+    }
+
+    /// Sends `pending` (which holds parked outcomes there was no room to set aside) together
+    /// with the parked events, in journal order: a sink that holds a destination's newer
+    /// events behind its parked ones would otherwise park them again for ever. The parked
+    /// events that are still not final are set aside again, whatever the bound; what is left
+    /// of `pending` is retried in place.
+    async fn send_with_parked(&mut self, pending: Vec<Envelope>) -> Attempt {
+        let parked = self.parked.take();
+        let offered: std::collections::BTreeSet<u64> = parked.iter().map(|e| e.seq).collect();
+        let mut events = pending;
+        events.extend(parked);
+        events.sort_by_key(|e| e.seq);
+        let outcomes = self.sink.send(&events).await;
+        let mut attempt = self.judge(events, outcomes);
+        let (again, own): (Vec<Envelope>, Vec<Envelope>) =
+            std::mem::take(&mut attempt.retry).into_iter().partition(|e| offered.contains(&e.seq));
+        for event in again {
+            let reason = attempt.reason.as_ref().map_or_else(
+                || SinkError::new(SinkErrorKind::Other, "deferred again"),
+                |r| SinkError::new(r.kind, r.report()),
+            );
+            self.parked.park(event, reason);
+        }
+        attempt.retry = own;
+        let (min, max) = (self.settings.retry_min_delay.0, self.settings.retry_max_delay.0);
+        self.parked.offered(min, max);
+        self.stats.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        attempt
     }
 
     /// Saves the cursor at the first event still pending, with the sink's new state, as a

@@ -234,8 +234,9 @@ impl Source {
     /// ends.
     async fn stream_once(&mut self, address: &str, shutdown: &CancellationToken) -> Ended {
         // The namespaces listed before subscribing are in the subscription's list; without a
-        // list yet, those created at or below the index asked for are taken to be.
-        let subscribed_at = self.resume.request_index();
+        // list yet, those created at or below the checkpoint are taken to be (they existed
+        // when Nomad froze the list; with no checkpoint, none is).
+        let subscribed_at = if self.resume.has_checkpoint() { self.resume.checkpoint().index } else { 0 };
         let namespaces = self.namespaces.clone().map(|mut list| {
             let known = list.borrow_and_update();
             let covered = known.listed.then(|| known.created.keys().cloned().collect());
@@ -643,14 +644,14 @@ struct Covered {
     list: watch::Receiver<Namespaces>,
     /// The namespaces in the subscription's list; `None` while no list was read.
     covered: Option<BTreeSet<String>>,
-    /// The index the subscription asked for.
+    /// An index below which every namespace existed when the subscription started.
     subscribed_at: u64,
 }
 
 /// Resolves with the namespaces the watcher lists that the subscription does not hold (and
 /// then holds); never without a watcher, or while the watcher is gone. Without a list read
-/// before the subscription, the first one read counts the namespaces created at or below the
-/// index asked for as included (they existed when Nomad froze the subscription's list).
+/// before the subscription, the first one read counts the namespaces created at or below
+/// `subscribed_at` as included (they existed when Nomad froze the subscription's list).
 async fn added_namespaces(namespaces: &mut Option<Covered>) -> Option<Vec<(String, u64)>> {
     let Some(Covered { list, covered, subscribed_at }) = namespaces else {
         return std::future::pending().await;

@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How soon the list is asked for again after an answer that changed it.
+const REPOLL_AFTER_CHANGE: Duration = Duration::from_millis(250);
+
 /// How long Nomad may hold a blocking query open.
 const BLOCKING_WAIT: Duration = Duration::from_secs(300);
 
@@ -89,10 +92,11 @@ pub async fn watch_namespaces(
                             *known = Namespaces { answered: true, listed: true, created: created.clone() };
                             changed
                         });
-                        // The table changed: ask again at once (the query then blocks until the
-                        // next change), so a new namespace is heard of within moments.
+                        // The table changed: ask again soon (the query then blocks until the
+                        // next change), so a new namespace is heard of within moments; not at
+                        // once, in case a server answers without blocking.
                         if next_index.is_some_and(|next| next > index) {
-                            delay = Duration::ZERO;
+                            delay = REPOLL_AFTER_CHANGE.min(min_interval);
                         }
                         index = next_index.unwrap_or(index);
                         warned = false;

@@ -320,7 +320,7 @@ impl Resume {
             let content = checkpoint::content(&event.raw);
             // A caught-up namespace's events were never journaled at N: no sign of eviction.
             let fresh = self.catching_up(&event.namespace);
-            if let Some(reason) = self.first_at_checkpoint(index, id_index, digest, content, fresh) {
+            if let Some(reason) = self.check_at_checkpoint(index, id_index, digest, content, fresh) {
                 self.report_resent_gap(index, reason, &mut outcome);
             }
             if self.held_by_bytes(id_index, digest, content) {
@@ -345,15 +345,17 @@ impl Resume {
         outcome
     }
 
-    /// Looks at the connection's first event at the checkpoint's Index N (`fresh`: of a
-    /// namespace being caught up, which proves nothing): Nomad sends again what it holds at N
-    /// from its oldest line, so that event is the first one the relay journaled at N, under
-    /// the same id and with the same bytes. When it is not, why that may have lost events:
-    /// its id is not journaled (Nomad evicted the lines that began N; the events at N are then
-    /// matched by their bytes), or the id is journaled with other bytes (that, or the server
-    /// encodes events differently, another Nomad version: ids still decide, so nothing is
-    /// journaled twice).
-    fn first_at_checkpoint(
+    /// Looks at the events Nomad sends again at the checkpoint's Index N (`fresh`: of a
+    /// namespace being caught up, which proves nothing). Nomad sends what it holds at N from
+    /// its oldest line, so the first one is the first the relay journaled at N, under the same
+    /// id and with the same bytes. When it is not, why that may have lost events: its id is not
+    /// journaled (Nomad evicted the lines that began N; the events at N are then matched by
+    /// their bytes), or the id is journaled with other bytes (that, or the server encodes
+    /// events differently, another Nomad version: ids still decide, so nothing is journaled
+    /// twice). Any later event whose id is journaled with other bytes while its own bytes are
+    /// journaled under another id proves an eviction too (a re-encoding cannot give one
+    /// event's id another journaled event's bytes).
+    fn check_at_checkpoint(
         &mut self,
         index: u64,
         id_index: u64,
@@ -361,27 +363,28 @@ impl Resume {
         content: u64,
         fresh: bool,
     ) -> Option<&'static str> {
+        const EVICTED: &str = "Nomad no longer holds the first lines at this Index (evicted from its buffer): events of lines the relay had not received may be lost";
         let natural = EventId {
             index: id_index,
             digest,
             occurrence: self.occurrences.get(&digest).copied().unwrap_or(0),
         };
+        let held_as = self.checkpoint.seen.get(&natural).copied();
         let resent = self.resent.as_mut().filter(|r| r.index == index && id_index == index && !fresh)?;
-        if std::mem::replace(&mut resent.first_checked, true) || resent.held.is_empty() {
+        if resent.evicted || resent.held.is_empty() {
             return None;
         }
-        match self.checkpoint.seen.get(&natural) {
-            None => {
-                resent.evicted = true;
-                Some(
-                    "Nomad no longer holds the first lines at this Index (evicted from its buffer): events of lines the relay had not received may be lost",
-                )
-            }
-            Some(&held) if held != content => Some(
-                "Nomad sent an event at this Index with other bytes than the relay journaled: either it evicted the first lines at this Index (an event of the lines the relay had not received may be lost) or this server encodes events differently (another Nomad version)",
-            ),
-            Some(_) => None,
+        let first = !std::mem::replace(&mut resent.first_checked, true);
+        let other_bytes = held_as.is_some_and(|held| held != content && held != UNKNOWN_CONTENT);
+        if (held_as.is_none() && first)
+            || (other_bytes && resent.held.get(&(digest, content)).is_some_and(|n| *n > 0))
+        {
+            resent.evicted = true;
+            return Some(EVICTED);
         }
+        (first && other_bytes).then_some(
+            "Nomad sent an event at this Index with other bytes than the relay journaled: either it evicted the first lines at this Index (an event of the lines the relay had not received may be lost) or this server encodes events differently (another Nomad version)",
+        )
     }
 
     /// Whether, at a checkpoint whose first lines Nomad evicted, an event with these bytes
@@ -402,8 +405,13 @@ impl Resume {
     /// Journals a gap marker at the checkpoint's `index`, for `reason`.
     fn report_resent_gap(&mut self, index: u64, reason: &str, outcome: &mut LineOutcome) {
         let gap = Gap { last_index: index, resumed_index: index };
-        outcome.gap = Some(gap);
-        if self.gap_markers {
+        if !self.gap_markers {
+            outcome.gap = Some(gap);
+            return;
+        }
+        // Reported once: a marker journaled before (the same eviction seen again) is not.
+        let before = outcome.events.len();
+        {
             let reason = serde_json::Value::from(reason);
             let payload = format!(
                 "{{\"Gap\":{{\"LastIndex\":{index},\"ResumedIndex\":{index},\"Reason\":{reason}{}}}}}",
@@ -411,6 +419,9 @@ impl Resume {
             );
             let (marker, content) = self.marker(index, &payload, true);
             self.accept(marker, content, outcome);
+        }
+        if outcome.events.len() > before {
+            outcome.gap = Some(gap);
         }
     }
 
@@ -538,7 +549,14 @@ impl Resume {
         let digest = self.marker_digest();
         let mut marker = gap_marker(&self.source, EventId { index, digest, occurrence: 0 }, payload);
         let content = if by_bytes { checkpoint::content(&marker.raw) } else { UNKNOWN_CONTENT };
-        marker.id = self.next_id(index, digest, content);
+        // A marker is never taken for another one journaled at this Index.
+        marker.id = loop {
+            let id = EventId { index, digest, occurrence: self.bump(digest) };
+            match self.checkpoint.seen.get(&id) {
+                Some(&held) if content != UNKNOWN_CONTENT && held != UNKNOWN_CONTENT && held != content => {}
+                _ => break id,
+            }
+        };
         (marker, content)
     }
 
@@ -701,6 +719,20 @@ mod tests {
         let mut repeated = again(evicted.checkpoint());
         let repeat = repeated.on_line(10, vec![version("api", 1), version("web", 2)]);
         assert!(repeat.events.is_empty() && repeat.gap.is_none(), "{repeat:?}");
+
+        // The relay had both lines; Nomad evicted the first, whose first event is another
+        // object's, and a third line changes `web` once more. `web`'s second change, numbered
+        // from 0 again, carries the first change's id but its own bytes are journaled: proof
+        // of the eviction, so the third change is not taken for the second.
+        let mut both = Resume::new(&default_source(), None, StartAt::Oldest, true);
+        both.on_connect();
+        both.on_line(10, vec![version("web", 1)]);
+        both.on_line(10, vec![version("api", 1), version("web", 2)]);
+        let mut evicted_first = again(both.checkpoint());
+        let resent = evicted_first.on_line(10, vec![version("api", 1), version("web", 2)]);
+        assert_eq!(keys(&resent), ["NomadRelay:"], "a marker, nothing journaled twice: {resent:?}");
+        let third = evicted_first.on_line(10, vec![version("web", 3)]);
+        assert_eq!(keys(&third), ["Job:web"], "the third change is new: {third:?}");
 
         // The first event Nomad sends at 10 has the journaled one's id and other bytes: the
         // first line was evicted and the same object changed again, or the server encodes

@@ -429,3 +429,19 @@ async fn a_deferral_while_parked_events_are_offered_keeps_the_cursor_before_them
     assert_eq!(script.calls()[2..], [call(Sent, [2]), call(Sent, [2])]);
     assert_eq!(journal.saved().0, 2, "the cursor saved for the deferral is not past the offered event");
 }
+
+#[tokio::test]
+async fn a_parked_event_without_room_is_retried_together_with_the_parked_ones() {
+    let journal = journal(2).await;
+    let (sink, script) = ScriptedSink::new(1);
+    // Both events parked; a one-byte bound takes the first only, so the second is retried in
+    // place, and the parked one goes with it (a sink holding newer events behind parked ones
+    // would otherwise park it again for ever).
+    script.then([Answer::Each(vec![Kind::Parked, Kind::Parked]), Answer::Deliver]);
+    let mut worker = journal.worker(sink, 2, None);
+    worker.settings.max_parked_bytes = crate::config::ByteSize(1);
+    let stats = run_to_end(worker, 2).await;
+    assert_eq!(script.calls(), [call(Sent, 1..=2), call(Sent, 1..=2)]);
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 0);
+    assert_eq!(journal.saved().0, 3);
+}

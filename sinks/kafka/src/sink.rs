@@ -341,6 +341,8 @@ impl KafkaSink {
                 _ => None,
             };
             if let Some(error) = error {
+                // Known at once, so a later batch's events for the topic wait behind it.
+                self.parked.insert(event.seq, topic.clone());
                 submitted.outcomes[position] = Some(Outcome::Parked(error));
                 continue;
             }

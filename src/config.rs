@@ -774,6 +774,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_sink_mode_is_octal_permission_bits() {
+        let parse = |mode: &str| {
+            Config::from_toml(&format!("[sinks.out]\ntype = \"file\"\npath = \"x\"\nmode = \"{mode}\"\n"))
+        };
+        let config = parse("0640").expect("octal");
+        let SinkKindConfig::File(file) = &config.sinks["out"].kind else { panic!("a file sink") };
+        assert_eq!(file.mode.0, 0o640);
+        for bad in ["0800", "1777", "rw-r--r--"] {
+            let error = parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("is not a file mode"), "{error}");
+        }
+    }
+
+    #[test]
     fn the_common_sink_keys_are_the_structs_fields() {
         assert_eq!(
             CommonSinkConfig::keys(),

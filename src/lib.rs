@@ -12,6 +12,7 @@ pub mod cursor;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod private;
 pub mod relay;
 pub mod routing;
 pub mod sinks;

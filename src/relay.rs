@@ -46,8 +46,11 @@ pub struct DataDirLock {
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, RelayError> {
     crate::state_file::create_dir_durably(data_dir)
         .map_err(|e| RelayError::Other(format!("cannot create data_dir: {e}")))?;
+    if let Err(e) = crate::private::restrict_dir(data_dir) {
+        warn!("cannot make {} owner-only ({e}); other local users may read the journal", data_dir.display());
+    }
     let path = data_dir.join("LOCK");
-    let file = File::create(&path)
+    let file = crate::private::create_file(&path, crate::private::FILE_MODE)
         .map_err(|e| RelayError::Other(format!("cannot create {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),

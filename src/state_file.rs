@@ -54,7 +54,7 @@ pub fn save<T: StateFile>(path: &Path, value: &T) -> Result<(), StateFileError> 
     let temp = dir.join(format!(".{name}.tmp"));
     create_dir_durably(dir)?;
     let text = serde_json::to_vec(value).map_err(|e| io_error(&temp)(io::Error::other(e)))?;
-    let mut file = File::create(&temp).map_err(io_error(&temp))?;
+    let mut file = crate::private::create_file(&temp, crate::private::FILE_MODE).map_err(io_error(&temp))?;
     file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
     fs::rename(&temp, path).map_err(io_error(path))?;
     sync_dir(dir)
@@ -87,9 +87,9 @@ pub fn load<T: StateFile>(path: &Path) -> Result<Option<T>, StateFileError> {
         .map_err(|e| damaged(format!("not a {} ({e}){}", T::WHAT, T::IF_DAMAGED)))
 }
 
-/// Creates `dir` and any missing parents, each made durable in its own parent (a directory
-/// created but not yet in its parent's entries on disk can vanish in a power loss, with the
-/// files written in it), blocking.
+/// Creates `dir` and any missing parents, owner-only ([`crate::private`]), each made durable
+/// in its own parent (a directory created but not yet in its parent's entries on disk can
+/// vanish in a power loss, with the files written in it), blocking.
 pub fn create_dir_durably(dir: &Path) -> Result<(), StateFileError> {
     let mut missing = Vec::new();
     let mut next = Some(dir);
@@ -98,7 +98,7 @@ pub fn create_dir_durably(dir: &Path) -> Result<(), StateFileError> {
         next = path.parent();
     }
     for path in missing.into_iter().rev() {
-        match fs::create_dir(path) {
+        match crate::private::create_dir(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_error(path)(e)),

@@ -457,3 +457,48 @@ async fn a_damaged_journal_record_becomes_a_gap_marker_not_a_crash_loop() {
     assert!(lines[4].contains("journal record 5") && lines[4].contains("fails its checksum"), "{}", lines[4]);
     assert!(relay.log().contains("quarantine"), "{}", relay.log());
 }
+
+/// Permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_the_relay_writes_is_owner_only_whatever_the_umask() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.publish(job(10, "web"));
+    let scratch = Scratch::new();
+    let shared = scratch.path("shared.ndjson");
+    let extra =
+        format!("[sinks.shared]\ntype = \"file\"\npath = \"{}\"\nmode = \"0640\"\n", shared.display());
+    let config = scratch.config(&emulator.url(), "", &extra);
+    // A umask that takes nothing away: every mode below is the relay's own choice.
+    let mut relay = Relay::start_with_umask(&config, "000");
+    eventually("the event in both files", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1 && scratch.lines("shared.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    let data = scratch.path("data");
+    let mut dirs = vec![data.clone()];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { dirs.push(path) } else { files.push(path) }
+        }
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let names: Vec<String> =
+        files.iter().map(|p| p.strip_prefix(&data).unwrap().display().to_string()).collect();
+    for wanted in ["LOCK", "cursors/out.json", "cursors/shared.json"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} not among {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("journal/") && n.ends_with(".seg")), "{names:?}");
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    assert_eq!(mode(&scratch.path("events.ndjson")), 0o600, "the file sink's default");
+    assert_eq!(mode(&shared), 0o640, "the file sink's `mode`");
+}

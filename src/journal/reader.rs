@@ -183,12 +183,14 @@ impl JournalReader {
     /// Copies bytes `start..end` of `segment` to the journal's `quarantine` directory.
     fn copy_aside(&self, segment: &Segment, start: u64, end: u64) -> std::io::Result<PathBuf> {
         let dir = self.dir.join("quarantine");
-        std::fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            crate::private::create_dir(&dir)?;
+        }
         let stem = segment.path.file_stem().and_then(|n| n.to_str()).unwrap_or("segment");
         let path = dir.join(format!("{stem}-at-{start}.bin"));
         let mut file = File::open(&segment.path)?;
         file.seek(SeekFrom::Start(start))?;
-        let mut out = File::create(&path)?;
+        let mut out = crate::private::create_file(&path, crate::private::FILE_MODE)?;
         std::io::copy(&mut file.take(end.saturating_sub(start)), &mut out)?;
         out.sync_all()?;
         Ok(path)

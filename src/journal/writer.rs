@@ -254,7 +254,7 @@ impl JournalWriter {
             return;
         }
         let reserve = self.dir.join("RESERVE");
-        let written = File::create(&reserve)
+        let written = crate::private::create_file(&reserve, crate::private::FILE_MODE)
             .and_then(|mut file| file.write_all(&[0; RESERVE_BYTES]).and_then(|()| file.sync_all()));
         match written {
             Ok(()) => self.reserve_missing_since = None,
@@ -397,7 +397,9 @@ impl JournalWriter {
 
 fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, JournalError> {
     let path = segment_path(dir, first_seq);
-    File::create(&path).and_then(|f| f.sync_all()).map_err(io_error(&path))?;
+    crate::private::create_file(&path, crate::private::FILE_MODE)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(&path))?;
     sync_dir(dir)?;
     Ok(Segment { first_seq, path, len: 0, modified: SystemTime::now() })
 }

@@ -16,7 +16,7 @@
 use nomad_relay_sink_api::{Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind};
 use serde::Deserialize;
 use serde_json::json;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -29,6 +29,32 @@ use tracing::{info, warn};
 pub struct FileSinkConfig {
     /// The NDJSON file to append to (created if missing; its directory must exist).
     pub path: PathBuf,
+    /// The mode a missing file is created with, in octal (`"0640"`); owner-only (`"0600"`)
+    /// by default. An existing file keeps its mode.
+    #[serde(default)]
+    pub mode: FileMode,
+}
+
+/// A file mode written in octal, as `chmod` takes it (`"0640"`, `"640"`): permission bits only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl Default for FileMode {
+    fn default() -> Self {
+        FileMode(crate::private::FILE_MODE)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => Ok(FileMode(mode)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{text}` is not a file mode; write permission bits in octal, such as \"0600\" (owner only) or \"0640\""
+            ))),
+        }
+    }
 }
 
 /// Which file: its device and inode.
@@ -76,6 +102,8 @@ struct Opened {
 /// The file sink.
 pub struct FileSink {
     path: PathBuf,
+    /// The mode the file is created with.
+    mode: u32,
     file: Option<Arc<File>>,
     /// The open file's identity.
     identity: Option<Identity>,
@@ -86,9 +114,9 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// A sink writing to `path` (opened by [`Sink::open`]).
-    pub fn new(path: PathBuf) -> Self {
-        FileSink { path, file: None, identity: None, length: 0, buffer: Vec::new() }
+    /// A sink writing to `path` (opened by [`Sink::open`]), creating it with mode `mode`.
+    pub fn new(path: PathBuf, mode: FileMode) -> Self {
+        FileSink { path, mode: mode.0, file: None, identity: None, length: 0, buffer: Vec::new() }
     }
 
     fn io_error(&self, what: &str, error: std::io::Error) -> SinkError {
@@ -108,9 +136,9 @@ impl FileSink {
     /// Opens (or creates) the file at `path`; cuts it back to the checkpoint's length only
     /// when it is the file the checkpoint was taken of.
     async fn open_file(&mut self, checkpoint: Option<Checkpoint>) -> Result<(), SinkError> {
-        let path = self.path.clone();
+        let (path, mode) = (self.path.clone(), self.mode);
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = crate::private::open_append(&path, mode)?;
             let metadata = file.metadata()?;
             let (identity, found) = (Identity::of(&metadata), metadata.len());
             let same = checkpoint.is_some_and(|c| c.identity.is_none_or(|saved| saved == identity));

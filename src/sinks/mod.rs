@@ -73,7 +73,7 @@ impl AnySink {
     /// Builds the sink described by `config` (it connects in [`Sink::open`]).
     pub fn from_config(config: &SinkKindConfig) -> Result<AnySink, String> {
         Ok(match config {
-            SinkKindConfig::File(file) => AnySink::File(file::FileSink::new(file.path.clone())),
+            SinkKindConfig::File(file) => AnySink::File(file::FileSink::new(file.path.clone(), file.mode)),
             SinkKindConfig::Stdout(_) => AnySink::Stdout(stdout::StdoutSink::new()),
             SinkKindConfig::Nats(nats) => {
                 AnySink::Nats(Box::new(nomad_relay_sink_nats::NatsSink::new((**nats).clone())?))

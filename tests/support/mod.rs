@@ -165,14 +165,34 @@ impl Relay {
     /// Starts `nomad-relay run --config <config>`; stderr is appended to `relay.log` beside
     /// the config, so restarts add to one log.
     pub fn start(config: &Path) -> Relay {
+        Relay::spawn(config, relay_command(&["run", "--config", config.to_str().unwrap()]))
+    }
+
+    /// Starts `run` with the process umask set to `umask` (octal, as the shell takes it).
+    #[allow(dead_code)]
+    pub fn start_with_umask(config: &Path, umask: &str) -> Relay {
+        let command = relay_command(&[]);
+        let program = command.get_program().to_owned();
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" run --config \"$1\""))
+            .arg(program)
+            .arg(config);
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => shell.env(key, value),
+                None => shell.env_remove(key),
+            };
+        }
+        Relay::spawn(config, shell)
+    }
+
+    fn spawn(config: &Path, mut command: Command) -> Relay {
         let stderr_path = config.with_file_name("relay.log");
         let stderr = File::options().create(true).append(true).open(&stderr_path).unwrap();
         let started_at = LogMark(stderr.metadata().map(|m| m.len() as usize).unwrap_or(0));
-        let child = relay_command(&["run", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap();
+        let child = command.stdout(Stdio::null()).stderr(Stdio::from(stderr)).spawn().unwrap();
         Relay { child, stderr_path, started_at }
     }
 

@@ -91,6 +91,7 @@ async fn answer(mut stream: TcpStream, telemetry: Arc<Telemetry>) -> std::io::Re
     match path {
         "/metrics" => match tokio::task::spawn_blocking(move || telemetry.render()).await {
             Ok(text) => {
+                let text = crate::redact::scrub(&text);
                 let content_type = "text/plain; version=0.0.4; charset=utf-8";
                 respond(&mut stream, "200 OK", content_type, text.as_bytes(), with_body).await
             }
@@ -100,6 +101,7 @@ async fn answer(mut stream: TcpStream, telemetry: Arc<Telemetry>) -> std::io::Re
         "/readyz" => {
             let problems = telemetry.not_ready();
             let body = serde_json::json!({ "ready": problems.is_empty(), "not_ready": problems }).to_string();
+            let body = crate::redact::scrub(&body);
             let status = if problems.is_empty() { "200 OK" } else { "503 Service Unavailable" };
             respond(&mut stream, status, "application/json", body.as_bytes(), with_body).await
         }

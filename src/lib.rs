@@ -13,6 +13,7 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod private;
+pub mod redact;
 pub mod relay;
 pub mod routing;
 pub mod sinks;

@@ -5,7 +5,7 @@
 use clap::Parser;
 use nomad_relay::cli::{CheckpointAction, Cli, Command, JournalAction, LogFormat};
 use nomad_relay::config::{Config, LoadFrom};
-use nomad_relay::{commands, relay};
+use nomad_relay::{commands, redact, relay};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| nomad_relay::redact::ScrubbedStderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -47,11 +47,14 @@ fn main() -> ExitCode {
     code
 }
 
+/// Reads the configuration and, from then on, hides its secrets in everything printed.
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
-    Config::load(LoadFrom { file: config.as_deref(), environment: true }).map_err(|e| {
+    let config = Config::load(LoadFrom { file: config.as_deref(), environment: true }).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    redact::install(redact::secrets_of(&config));
+    Ok(config)
 }
 
 async fn dispatch(command: Command) -> ExitCode {
@@ -99,7 +102,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 let checked = tokio::task::spawn_blocking(move || commands::journal_check(&config)).await;
                 match checked {
                     Ok(Ok((report, damaged))) => {
-                        println!("{report}");
+                        println!("{}", redact::scrub(&report));
                         return if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS };
                     }
                     Ok(Err(e)) => Err(e),
@@ -118,12 +121,12 @@ async fn dispatch(command: Command) -> ExitCode {
     };
     match result {
         Ok(Some(text)) => {
-            println!("{}", text.trim_end());
+            println!("{}", redact::scrub(text.trim_end()));
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", redact::scrub(&e.to_string()));
             ExitCode::from(1)
         }
     }

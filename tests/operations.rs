@@ -270,3 +270,81 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_configured_secret_reaches_any_output() {
+    // A distinct secret in every place a configuration can hold one; nothing listens at the
+    // addresses, so every connect fails and every failure path logs and reports.
+    let secrets =
+        ["NomadPass-41", "NomadToken-42", "NatsUrlPass-43", "NatsPassword-44", "AmqpPass-45", "KafkaPass-46"];
+    let scratch = Scratch::new();
+    let port = free_port();
+    let dead = free_port();
+    let text = format!(
+        r#"data_dir = "{data}"
+[nomad]
+address = "http://admin:NomadPass-41@127.0.0.1:{dead}"
+token = "NomadToken-42"
+idle_timeout = "60s"
+[nomad.reconnect]
+min_delay = "50ms"
+max_delay = "200ms"
+[http]
+listen = "127.0.0.1:{port}"
+[sinks.nats]
+type = "nats"
+url = "nats://u:NatsUrlPass-43@127.0.0.1:{dead}"
+retry_min_delay = "50ms"
+retry_max_delay = "200ms"
+[sinks.nats2]
+type = "nats"
+url = "nats://127.0.0.1:{dead}"
+user = "u"
+password = "NatsPassword-44"
+[sinks.rabbit]
+type = "amqp"
+uri = "amqp://guest:AmqpPass-45@127.0.0.1:{dead}/%2f"
+[sinks.kafka]
+type = "kafka"
+brokers = "127.0.0.1:{dead}"
+topic = "t"
+librdkafka = {{ "security.protocol" = "sasl_plaintext", "sasl.mechanisms" = "PLAIN", "sasl.username" = "u", "sasl.password" = "KafkaPass-46" }}
+"#,
+        data = scratch.path("data").display(),
+    );
+    let config = scratch.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let leaks = |what: &str, output: &str| {
+        for secret in secrets {
+            assert!(!output.contains(secret), "{what} shows {secret}:\n{output}");
+        }
+    };
+
+    let validate = relay_command(&["validate", "--config", config.to_str().unwrap()]).output().unwrap();
+    let printed =
+        format!("{}{}", String::from_utf8_lossy(&validate.stdout), String::from_utf8_lossy(&validate.stderr));
+    assert!(printed.contains("127.0.0.1"), "validate printed the addresses: {printed}");
+    leaks("validate", &printed);
+
+    let mut relay = Relay::start(&config);
+    // Every sink has failed at least once and Nomad has been tried again: the failure paths
+    // have all printed what they print.
+    relay.wait_for_log("event stream failed", WAIT).await;
+    let ready = eventually("every sink reported not ready", WAIT, || {
+        let (_, body) = get(port, "/readyz")?;
+        ["nats", "nats2", "rabbit", "kafka"]
+            .iter()
+            .all(|sink| {
+                body.contains(&format!("\"name\":\"{sink}\"")) && !body.contains("not delivering yet")
+            })
+            .then_some(body)
+    })
+    .await;
+    leaks("/readyz", &ready);
+    leaks("/metrics", &get(port, "/metrics").unwrap().1);
+    leaks("/healthz", &get(port, "/healthz").unwrap().1);
+    assert!(relay.terminate().success());
+    let log = relay.log();
+    assert!(log.contains("***"), "the log shows where a secret was: {log}");
+    leaks("the log", &log);
+}

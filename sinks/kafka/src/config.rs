@@ -46,6 +46,23 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+/// Whether a librdkafka setting's name says its value is secret (a password, key, secret,
+/// token or JAAS configuration).
+fn is_secret_setting(name: &str) -> bool {
+    ["password", "secret", "key", "token", "jaas"].iter().any(|word| name.contains(word))
+}
+
+impl KafkaSinkConfig {
+    /// The values of the librdkafka settings whose names say they are secret.
+    pub fn secret_settings(&self) -> Vec<String> {
+        self.librdkafka
+            .iter()
+            .filter(|(name, _)| is_secret_setting(name))
+            .map(|(_, v)| v.to_setting())
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for KafkaSinkConfig {
     /// Shows every key, with the values of secret librdkafka settings (passwords, keys,
     /// secrets) replaced, so `validate` and logs never print them.
@@ -54,9 +71,10 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .librdkafka
             .iter()
             .map(|(name, value)| {
-                let secret =
-                    ["password", "secret", "key", "token", "jaas"].iter().any(|word| name.contains(word));
-                (name.as_str(), if secret { "<redacted>".to_owned() } else { value.to_setting() })
+                (
+                    name.as_str(),
+                    if is_secret_setting(name) { "<redacted>".to_owned() } else { value.to_setting() },
+                )
             })
             .collect();
         f.debug_struct("KafkaSinkConfig")

@@ -31,7 +31,7 @@ pub fn validate(config: &Config) -> String {
         ));
     }
     for (name, sink) in &config.sinks {
-        text.push_str(&format!("sink {name}: {:?}\n", sink.kind));
+        text.push_str(&format!("sink {name}: {}\n", sink.kind.summary()));
     }
     text.push_str(&format!(
         "routes: {}\n",

@@ -324,6 +324,8 @@ librdkafka = {{ "security.protocol" = "sasl_plaintext", "sasl.mechanisms" = "PLA
     let printed =
         format!("{}{}", String::from_utf8_lossy(&validate.stdout), String::from_utf8_lossy(&validate.stderr));
     assert!(printed.contains("127.0.0.1"), "validate printed the addresses: {printed}");
+    assert!(printed.contains("sink rabbit: RabbitMQ at amqp://guest:***@127.0.0.1"), "a summary: {printed}");
+    assert!(!printed.contains("SinkConfig"), "no Rust structures: {printed}");
     leaks("validate", &printed);
 
     let mut relay = Relay::start(&config);

@@ -32,6 +32,47 @@ pub enum SinkKindConfig {
 }
 
 impl SinkKindConfig {
+    /// What the sink is set to do, for `validate`: one line an operator reads, with URL
+    /// passwords shown as `***` (the caller scrubs every other secret).
+    pub fn summary(&self) -> String {
+        let hide = |url: &str| match reqwest::Url::parse(url) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(Some("***"));
+                parsed.to_string()
+            }
+            _ => url.to_owned(),
+        };
+        match self {
+            SinkKindConfig::File(file) => {
+                format!("file {} (created with mode {:04o})", file.path.display(), file.mode.0)
+            }
+            SinkKindConfig::Stdout(_) => "standard output".to_owned(),
+            SinkKindConfig::Nats(nats) => {
+                let urls: Vec<String> = nats.url.to_vec().iter().map(|u| hide(u)).collect();
+                let delivery = match (&nats.jetstream, &nats.stream) {
+                    (true, Some(stream)) => format!("JetStream, stream {stream}"),
+                    (true, None) => "JetStream".to_owned(),
+                    (false, _) => "NATS core (at most once)".to_owned(),
+                };
+                format!("{delivery} at {}, subject {}", urls.join(", "), nats.subject)
+            }
+            SinkKindConfig::Amqp(amqp) => format!(
+                "RabbitMQ at {}, exchange `{}` ({}), routing key {}",
+                hide(&amqp.uri.0),
+                amqp.exchange,
+                amqp.exchange_type,
+                amqp.routing_key
+            ),
+            SinkKindConfig::Kafka(kafka) => format!(
+                "Kafka at {}, topic {}, key {}{}",
+                kafka.brokers.to_vec().join(", "),
+                kafka.topic,
+                kafka.key,
+                if kafka.create_topics.is_some() { ", creates missing topics" } else { "" }
+            ),
+        }
+    }
+
     /// The `type` this table has.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -649,7 +649,8 @@ impl<S: Sink> SinkWorker<S> {
     /// Parks `event`: counted as a failure of its kind, logged, and offered again no sooner
     /// than the first back-off.
     fn set_aside(&mut self, event: Envelope, error: SinkError) {
-        if self.parked.is_empty() {
+        // Said once when events start being parked, not again at each offer of them.
+        if self.parked.first_seq().is_none() {
             warn!(
                 event = %event.id,
                 topic = %event.topic,

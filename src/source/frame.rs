@@ -275,11 +275,20 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// The position of the quote closing a string whose content starts at `from`.
+    /// The position of the quote closing a string whose content starts at `from`. A raw
+    /// control character inside is an error: JSON allows them only escaped (RFC 8259 §7), and
+    /// a consumer's parser would refuse the event.
     fn string_end(&self, mut from: usize) -> Result<usize, String> {
+        let start = from;
         loop {
             match memchr::memchr2(b'"', b'\\', &self.bytes()[from..]) {
-                Some(offset) if self.bytes()[from + offset] == b'"' => return Ok(from + offset),
+                Some(offset) if self.bytes()[from + offset] == b'"' => {
+                    let end = from + offset;
+                    if self.bytes()[start..end].iter().any(|byte| *byte < 0x20) {
+                        return Err("a raw control character in a string".into());
+                    }
+                    return Ok(end);
+                }
                 Some(offset) => from += offset + 2,
                 None => return Err("unterminated string".into()),
             }
@@ -413,6 +422,54 @@ mod tests {
         ] {
             assert!(parse_line(&Bytes::copy_from_slice(line)).is_err(), "{line:?}");
         }
+    }
+
+    #[test]
+    fn hostile_lines_are_errors_or_agree_with_serde_never_a_panic() {
+        let event = |payload: &str| {
+            format!(
+                r#"{{"Topic":"Job","Type":"JobRegistered","Key":"k","Namespace":"default","Index":5,"Payload":{payload}}}"#
+            )
+        };
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let many: Vec<String> = (0..10_000).map(|n| event(&format!(r#"{{"N":{n}}}"#))).collect();
+        let lines: Vec<Vec<u8>> = vec![
+            // Index not a number, negative, beyond u64, fractional.
+            br#"{"Index":"5","Events":[]}"#.to_vec(),
+            br#"{"Index":-5,"Events":[]}"#.to_vec(),
+            br#"{"Index":18446744073709551616,"Events":[]}"#.to_vec(),
+            br#"{"Index":5.5,"Events":[]}"#.to_vec(),
+            // An escaped NUL in a payload, invalid UTF-8 in a key, and a raw NUL byte in one.
+            format!(r#"{{"Index":5,"Events":[{}]}}"#, event(r#""\u0000ok""#)).into_bytes(),
+            [
+                &br#"{"Index":5,"Events":[{"Topic":"Job","Type":"T","Key":""#[..],
+                b"\xff\xfe",
+                br#"","Index":5,"Payload":{}}]}"#,
+            ]
+            .concat(),
+            [
+                &br#"{"Index":5,"Events":[{"Topic":"Job","Type":"T","Key":"a"#[..],
+                b"\0",
+                br#"b","Index":5,"Payload":{}}]}"#,
+            ]
+            .concat(),
+            // A payload nested 200,000 deep, and a line of 10,000 events.
+            format!(r#"{{"Index":5,"Events":[{}]}}"#, event(&deep)).into_bytes(),
+            format!(r#"{{"Index":5,"Events":[{}]}}"#, many.join(",")).into_bytes(),
+        ];
+        for line in &lines {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
+            match (scanned(line), reference(line)) {
+                (Ok(ours), Some(theirs)) => assert_eq!(ours, theirs, "{shown}"),
+                (Err(_), None) => {}
+                (ours, theirs) => {
+                    // The scanner may be stricter than serde (never looser) on what it reads.
+                    assert!(ours.is_err(), "accepted what serde refuses: {shown}: {ours:?} / {theirs:?}");
+                }
+            }
+        }
+        let Ok((_, events)) = scanned(lines.last().expect("lines")) else { panic!("the 10,000-event line") };
+        assert_eq!(events.len(), 10_000);
     }
 
     /// A line's index and its events' (Topic, Type, Key, Namespace, bytes).

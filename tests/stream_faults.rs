@@ -462,3 +462,26 @@ async fn a_start_index_above_nomads_is_not_an_index_reset() {
     assert!(relay.terminate().success());
     assert_eq!(scratch.lines("events.ndjson"), vec![job(1000, "wanted").events[0].to_json(1000)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_cut_at_max_line_bytes_after_decompression() {
+    // Nomad before 1.11.2 compresses the stream when asked: a 64 MiB line of one repeated
+    // byte arrives as about 64 KiB of gzip.
+    let emulator = emulator(EmulatorConfig { framing: Framing::Legacy, ..EmulatorConfig::default() }).await;
+    emulator.publish(job(10, "small"));
+    emulator.publish(Batch { index: 11, events: vec![job_event("bomb", "JobRegistered", 64 << 20)] });
+    emulator.publish(job(12, "next"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "max_line_bytes = \"1MiB\"", "");
+    let mut relay = Relay::start(&config);
+    eventually("3 lines", WAIT, || (scratch.lines("events.ndjson").len() == 3).then_some(())).await;
+    let peak = relay.peak_resident_bytes();
+    assert!(relay.terminate().success());
+    assert!(stream_requests(&emulator)[0].accept_encoding.as_deref().is_some_and(|e| e.contains("gzip")));
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(index_and_type(&lines[1]), (11, "GapDetected".to_owned()));
+    assert!(lines[1].contains("exceeds nomad.max_line_bytes"), "{}", lines[1]);
+    assert_eq!(lines[2], job(12, "next").events[0].to_json(12));
+    // The line was dropped as it was decompressed, never held whole.
+    assert!(peak < 48 << 20, "the relay peaked at {} MiB", peak >> 20);
+}

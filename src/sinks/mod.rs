@@ -35,13 +35,7 @@ impl SinkKindConfig {
     /// What the sink is set to do, for `validate`: one line an operator reads, with URL
     /// passwords shown as `***` (the caller scrubs every other secret).
     pub fn summary(&self) -> String {
-        let hide = |url: &str| match reqwest::Url::parse(url) {
-            Ok(mut parsed) if parsed.password().is_some() => {
-                let _ = parsed.set_password(Some("***"));
-                parsed.to_string()
-            }
-            _ => url.to_owned(),
-        };
+        let hide = nomad_relay_sink_api::units::redact_url;
         match self {
             SinkKindConfig::File(file) => {
                 format!("file {} (created with mode {:04o})", file.path.display(), file.mode.0)
@@ -58,7 +52,7 @@ impl SinkKindConfig {
             }
             SinkKindConfig::Amqp(amqp) => format!(
                 "RabbitMQ at {}, exchange `{}` ({}), routing key {}",
-                hide(&amqp.uri.0),
+                amqp.redacted_uri(),
                 amqp.exchange,
                 amqp.exchange_type,
                 amqp.routing_key

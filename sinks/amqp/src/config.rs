@@ -1,6 +1,6 @@
 //! `[sinks.NAME] type = "amqp"`: every key of the RabbitMQ sink, with its default.
 
-use nomad_relay_sink_api::units::{HumanDuration, Secret};
+use nomad_relay_sink_api::units::{HumanDuration, Secret, redact_url};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,16 +143,8 @@ impl AmqpSinkConfig {
 
     /// The URI with its password replaced, for messages.
     pub fn redacted_uri(&self) -> String {
-        redact(&self.uri.0)
+        redact_url(&self.uri.0)
     }
-}
-
-/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
-pub fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return "<uri>".to_owned() };
-    let Some((credentials, host)) = rest.rsplit_once('@') else { return uri.to_owned() };
-    let user = credentials.split(':').next().unwrap_or("");
-    format!("{scheme}://{user}:***@{host}")
 }
 
 #[cfg(test)]
@@ -161,8 +153,11 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:s3cr3t@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(
+            redact_url("amqp://guest:s3cr3t@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The RabbitMQ sink itself: connection and confirm-mode channel, topology, and pipelined
 //! publishing with one outcome per confirm.
 
-use crate::config::{AmqpSinkConfig, OnFailure, redact};
+use crate::config::{AmqpSinkConfig, OnFailure};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -381,7 +381,7 @@ impl Sink for AmqpSink {
     async fn send(&mut self, batch: &[Envelope]) -> Vec<Outcome> {
         let usable = self.channel.as_ref().is_some_and(|c| c.status().connected());
         if !usable {
-            warn!("AMQP channel to {} is down; reconnecting", redact(&self.config.uri.0));
+            warn!("AMQP channel to {} is down; reconnecting", self.config.redacted_uri());
             // A broker that came back may have lost what `declare` declared: declare it again.
             if let Err(error) = self.connect().await {
                 return Outcome::retry_all(batch.len(), &error);

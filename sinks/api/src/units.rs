@@ -153,8 +153,33 @@ impl<T: Clone> OneOrMany<T> {
     }
 }
 
+/// A URL with the secret in its user-info hidden, for messages: `scheme://user:secret@host/x`
+/// becomes `scheme://user:***@host/x`, and `scheme://token@host` (a NATS token) becomes
+/// `scheme://***@host`; a URL without user-info is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') { "<url>".to_owned() } else { url.to_owned() };
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((credentials, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let shown = match credentials.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{shown}@{host}{path}")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_secrets_are_hidden() {
+        use super::redact_url;
+        assert_eq!(redact_url("nats://u:s3cr3t@127.0.0.1:4222"), "nats://u:***@127.0.0.1:4222");
+        assert_eq!(redact_url("nats://t0ken@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
+        assert_eq!(redact_url("http://127.0.0.1:4646/v1"), "http://127.0.0.1:4646/v1");
+        assert_eq!(redact_url("user:pass@host"), "<url>");
+    }
+
     use super::*;
 
     #[test]

@@ -366,8 +366,11 @@ impl KafkaSink {
     /// Per topic, the oldest parked event that `batch` does not offer again: the topic's
     /// newer events in the batch wait behind it.
     fn held_back(&self, batch: &[Envelope]) -> BTreeMap<String, u64> {
-        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
         let mut oldest = BTreeMap::new();
+        if self.parked.is_empty() {
+            return oldest;
+        }
+        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
         for (seq, topic) in &self.parked {
             if !offered.contains(seq) {
                 oldest.entry(topic.clone()).or_insert(*seq);

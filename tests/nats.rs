@@ -612,3 +612,74 @@ async fn replay_says_what_jetstream_already_had_and_republish_stores_it_again() 
     let originals = expected_ids(&emulator.published());
     assert!(stored.iter().all(|m| originals.iter().all(|(_, id)| *id != m.msg_id)), "new ids");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_no_stream_captures_holds_back_only_its_own_events_across_a_sigkill() {
+    let url = shared_url();
+    let (prefix, stream) = (unique("park"), unique("PARK"));
+    // The stream captures the Job subjects only: the Allocation ones have no stream.
+    let context = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut stream_config = async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{prefix}.Job.>")],
+        duplicate_window: Duration::from_secs(1),
+        ..Default::default()
+    };
+    context.create_stream(stream_config.clone()).await.unwrap();
+    let emulator = emulator(EmulatorConfig::default()).await;
+    for n in 0..10u64 {
+        emulator.publish(job(100 + 2 * n, &format!("job-{n}")));
+        let allocation = nomad_emulator::Event {
+            topic: "Allocation".into(),
+            event_type: "AllocationUpdated".into(),
+            key: format!("alloc-{n}"),
+            namespace: "default".into(),
+            filter_keys: None,
+            payload: format!(r#"{{"Allocation":{{"ID":"alloc-{n}"}}}}"#),
+        };
+        emulator.publish(Batch { index: 101 + 2 * n, events: vec![allocation] });
+    }
+    let scratch = Scratch::new();
+    let port = free_port();
+    let sink = format!(
+        "[sinks.nats]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{prefix}.{{{{Topic}}}}.{{{{Type}}}}\"\nstream = \"{stream}\"\nretry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\n"
+    );
+    let config =
+        scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{sink}"));
+    let parked = "nomad_relay_sink_parked_events{sink=\"nats\"}";
+    let duplicates = "nomad_relay_sink_duplicate_events_total{sink=\"nats\"}";
+
+    let mut relay = Relay::start(&config);
+    // The Job events go through while the Allocation events, before and between them, wait.
+    assert_eq!(support::endpoint::wait_for_metric(port, parked, WAIT, |n| n == 10.0).await, Some(10.0));
+    eventually_async_stream_len(&url, &stream, 10).await;
+    relay.kill();
+    // Past the stream's duplicate window (what is waited for here), only the sink's own read
+    // of the stream can recognise what it stored after the parked events.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The saved cursor waited at the first parked event: the restart publishes the 9 Job
+    // events after it again, and the read of the stream finds them.
+    let mut relay = Relay::start(&config);
+    assert_eq!(support::endpoint::wait_for_metric(port, duplicates, WAIT, |n| n >= 9.0).await, Some(9.0));
+    assert_eq!(support::endpoint::wait_for_metric(port, parked, WAIT, |n| n == 10.0).await, Some(10.0));
+
+    stream_config.subjects = vec![format!("{prefix}.>")];
+    context.update_stream(stream_config).await.unwrap();
+    assert_eq!(support::endpoint::wait_for_metric(port, parked, WAIT, |n| n == 0.0).await, Some(0.0));
+    assert!(relay.terminate().success());
+    let stored = read_stream(&url, &stream).await;
+    delete_stream(&url, &stream).await;
+    let published = emulator.published();
+    let expected = expected_lines(&published, DEFAULT_TOPICS);
+    assert_exactly_once_in_subject_order(&stored, &expected, &expected_ids(&published), &prefix);
+}
+
+/// Waits until `stream` holds `count` messages.
+async fn eventually_async_stream_len(url: &str, stream: &str, count: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while read_stream(url, stream).await.len() != count {
+        assert!(std::time::Instant::now() < deadline, "the stream never held {count} messages");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -33,7 +33,8 @@
 //!   deferred events again without a back-off. A sink defers only on such a change, never
 //!   twice in a row for the same reason.
 //! - [`Outcome::Parked`]: not delivered, because this event's own destination is broken (a
-//!   Kafka topic that does not exist or cannot be described), while the sink's other
+//!   Kafka topic that does not exist or cannot be described, a subject no JetStream stream
+//!   captures), while the sink's other
 //!   destinations work. The relay sets the event aside and goes on with later events; it
 //!   offers the parked events again with [`Sink::send`], in journal order among themselves,
 //!   after a growing back-off, until each is delivered or rejected. The cursor stays at the

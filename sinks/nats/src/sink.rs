@@ -11,7 +11,7 @@ use bytes::Bytes;
 use nomad_relay_sink_api::{
     Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -27,6 +27,11 @@ pub struct NatsSink {
     window: DuplicateWindow,
     /// JetStream batches published whose PubAcks the relay has not asked for yet.
     published: VecDeque<PublishedBatch>,
+    /// Events parked (no stream captures their subject) and not yet final, by journal
+    /// position, with their subject: they stay pending in the duplicate window (the relay's
+    /// cursor waits at the oldest), and a subject's newer events wait behind its parked ones,
+    /// so the stream keeps each subject in order.
+    parked: BTreeMap<u64, String>,
 }
 
 /// A batch published to JetStream, awaiting its PubAcks.
@@ -56,6 +61,7 @@ impl NatsSink {
             stream: None,
             window,
             published: VecDeque::new(),
+            parked: BTreeMap::new(),
         })
     }
 
@@ -219,13 +225,25 @@ impl NatsSink {
         }
         let mut submitted =
             PublishedBatch { outcomes: batch.iter().map(|_| None).collect(), awaiting: VecDeque::new() };
+        let held_back = self.held_back(batch);
         for (position, event) in batch.iter().enumerate() {
             if self.window.already_stored(event) {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
                 continue;
             }
-            self.window.publishing(event.seq);
             let subject = self.subject.render(event);
+            if let Some(&oldest) = held_back.get(&subject).filter(|oldest| **oldest < event.seq) {
+                let outcome = Outcome::Parked(SinkError::new(
+                    SinkErrorKind::Config,
+                    format!(
+                        "held behind the parked event at journal position {oldest} for {subject}, so the stream keeps the subject in order"
+                    ),
+                ));
+                self.settle(event.seq, &subject, &outcome);
+                submitted.outcomes[position] = Some(outcome);
+                continue;
+            }
+            self.window.publishing(event.seq);
             let message = PublishMessage::build()
                 .payload(event.raw.clone())
                 .headers(Self::headers(event))
@@ -237,7 +255,7 @@ impl NatsSink {
                 }
                 Err(e) => {
                     let outcome = self.failed(event, &subject, e.kind(), e.to_string()).await;
-                    self.window.settled(event.seq, !matches!(outcome, Outcome::Retry(_)));
+                    self.settle(event.seq, &subject, &outcome);
                     submitted.outcomes[position] = Some(outcome)
                 }
             }
@@ -287,8 +305,35 @@ impl NatsSink {
         due: Instant,
     ) -> Outcome {
         let outcome = self.await_ack(event, subject, ack, due).await;
-        self.window.settled(event.seq, !matches!(outcome, Outcome::Retry(_)));
+        self.settle(event.seq, subject, &outcome);
         outcome
+    }
+
+    /// Notes the outcome of the event at `seq`, published to `subject`: a parked one stays
+    /// pending in the duplicate window and holds its subject's newer events back.
+    fn settle(&mut self, seq: u64, subject: &str, outcome: &Outcome) {
+        let parked = matches!(outcome, Outcome::Parked(_));
+        if parked {
+            self.parked.insert(seq, subject.to_owned());
+        } else if !matches!(outcome, Outcome::Retry(_)) {
+            self.parked.remove(&seq);
+        }
+        self.window.settled(seq, !parked && !matches!(outcome, Outcome::Retry(_)));
+    }
+
+    /// Per subject, the oldest parked event that `batch` does not offer again.
+    fn held_back(&self, batch: &[Envelope]) -> BTreeMap<String, u64> {
+        let mut oldest = BTreeMap::new();
+        if self.parked.is_empty() {
+            return oldest;
+        }
+        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
+        for (seq, subject) in &self.parked {
+            if !offered.contains(seq) {
+                oldest.entry(subject.clone()).or_insert(*seq);
+            }
+        }
+        oldest
     }
 
     async fn await_ack(
@@ -335,7 +380,8 @@ impl NatsSink {
                 );
                 self.reject(event, reason).await
             }
-            PublishErrorKind::StreamNotFound => Outcome::Retry(SinkError::new(
+            // This subject alone has no stream: its events wait apart, the others go on.
+            PublishErrorKind::StreamNotFound => Outcome::Parked(SinkError::new(
                 SinkErrorKind::Config,
                 format!(
                     "no JetStream stream captures subject {subject}; create one, or set `stream` and `create_stream = true` on this sink"

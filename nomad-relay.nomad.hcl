@@ -45,6 +45,10 @@ job "nomad-relay" {
     }
 
     network {
+      # The docker driver publishes this port on one host address only: the one Nomad
+      # allocated it on (NOMAD_IP_http, from the client's network_interface), which is where
+      # the Nomad client runs the check below from. To keep /metrics off a public interface,
+      # give the port a `host_network` the client defines on a private network.
       port "http" {
         static = 8686
       }
@@ -95,6 +99,10 @@ job "nomad-relay" {
           # 30 s by default), so a stop lets the sinks finish and save their cursors.
           shutdown_timeout = "20s"
 
+          # 0.0.0.0 here is the container's own private interface, not the host's: Docker
+          # forwards the published host address above to it. Under raw_exec or exec, where
+          # the task shares the host's network, listen on the NOMAD_ADDR_http variable's
+          # address instead (a template `env` call).
           [http]
           listen = "0.0.0.0:8686"
 

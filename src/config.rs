@@ -92,6 +92,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port to listen on, such as "127.0.0.1:8686".
     pub listen: std::net::SocketAddr,
+    /// Connections served at once (default 64); one more is closed unanswered and counted in
+    /// `nomad_relay_http_refused_connections_total`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: std::num::NonZeroUsize,
+}
+
+fn default_max_connections() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN)
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,7 +332,12 @@ impl NomadConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) that signed Nomad's certificate (default: the system's roots).
+    /// Takes precedence over `ca_path`, as in Nomad's CLI (go-rootcerts' `LoadCACerts`).
     pub ca_file: Option<PathBuf>,
+    /// Directory of PEM CA certificates (`NOMAD_CAPATH`), read recursively; every file in it
+    /// must hold at least one certificate, as Nomad's CLI requires (go-rootcerts'
+    /// `LoadCAPath`).
+    pub ca_path: Option<PathBuf>,
     /// PEM client certificate for mTLS.
     pub cert_file: Option<PathBuf>,
     /// PEM private key for `cert_file`.
@@ -551,11 +564,83 @@ const NOMAD_VARIABLES: &[(&str, &str)] = &[
     ("NOMAD_REGION", "nomad.region"),
     ("NOMAD_NAMESPACE", "nomad.namespace"),
     ("NOMAD_CACERT", "nomad.tls.ca_file"),
+    ("NOMAD_CAPATH", "nomad.tls.ca_path"),
     ("NOMAD_CLIENT_CERT", "nomad.tls.cert_file"),
     ("NOMAD_CLIENT_KEY", "nomad.tls.key_file"),
     ("NOMAD_TLS_SERVER_NAME", "nomad.tls.server_name"),
     ("NOMAD_SKIP_VERIFY", "nomad.tls.skip_verify"),
 ];
+
+/// What Nomad sets in a task's environment about the task itself (hashicorp/nomad
+/// `client/taskenv/env.go`): not configuration, so never reported as unused. Entries ending
+/// in `_` are prefixes.
+const NOMAD_TASK_VARIABLES: &[&str] = &[
+    "NOMAD_ALLOC_DIR",
+    "NOMAD_TASK_DIR",
+    "NOMAD_SECRETS_DIR",
+    "NOMAD_MEMORY_LIMIT",
+    "NOMAD_MEMORY_MAX_LIMIT",
+    "NOMAD_CPU_LIMIT",
+    "NOMAD_CPU_CORES",
+    "NOMAD_ALLOC_ID",
+    "NOMAD_SHORT_ALLOC_ID",
+    "NOMAD_ALLOC_NAME",
+    "NOMAD_ALLOC_INDEX",
+    "NOMAD_TASK_NAME",
+    "NOMAD_GROUP_NAME",
+    "NOMAD_JOB_ID",
+    "NOMAD_JOB_NAME",
+    "NOMAD_JOB_PARENT_ID",
+    "NOMAD_DC",
+    "NOMAD_PARENT_CGROUP",
+    "NOMAD_UNIX_ADDR",
+    "NOMAD_ADDR_",
+    "NOMAD_HOST_ADDR_",
+    "NOMAD_IP_",
+    "NOMAD_HOST_IP_",
+    "NOMAD_IPv4_",
+    "NOMAD_IPv6_",
+    "NOMAD_PORT_",
+    "NOMAD_ALLOC_",
+    "NOMAD_HOST_PORT_",
+    "NOMAD_META_",
+    "NOMAD_UPSTREAM_",
+];
+
+/// The `NOMAD_*` variables in `environment` that the relay does not use, each with what to
+/// do instead: a Nomad CLI variable the relay does not support (`NOMAD_HTTP_AUTH`), or a name
+/// neither Nomad's API client nor its task environment defines (a typo, most often). The
+/// relay's own `NOMAD_RELAY_*` variables, the ones it maps from Nomad's CLI and the task
+/// environment Nomad provides are not reported.
+pub fn unused_nomad_variables(
+    environment: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<String> {
+    let mut unused = Vec::new();
+    for (name, value) in environment {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("NOMAD_") || name.starts_with("NOMAD_RELAY_") || value.is_empty() {
+            continue;
+        }
+        let used = NOMAD_VARIABLES.iter().any(|(variable, _)| *variable == name);
+        let task = NOMAD_TASK_VARIABLES
+            .iter()
+            .any(|known| if known.ends_with('_') { name.starts_with(known) } else { name == *known });
+        if used || task {
+            continue;
+        }
+        unused.push(match name {
+            "NOMAD_HTTP_AUTH" => format!(
+                "{name} is set but nomad-relay does not send HTTP basic authentication; put a proxy's credentials in `nomad.address` or use `nomad.token`"
+            ),
+            _ => format!(
+                "{name} is set but nomad-relay does not use it (it reads {}; its own settings are NOMAD_RELAY_*)",
+                NOMAD_VARIABLES.iter().map(|(variable, _)| *variable).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    unused.sort();
+    unused
+}
 
 /// Built-in configuration used when no file is given: stdout sink, journal in `./data`.
 pub const EMBEDDED_DEFAULTS: &str = r#"
@@ -772,6 +857,27 @@ fn parse_sink(name: &str, mut table: Dict) -> Result<SinkConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unused_nomad_variables_skip_the_relays_own_and_the_task_environment() {
+        let environment = [
+            ("NOMAD_ADDR", "http://n:4646"),
+            ("NOMAD_CAPATH", "/etc/nomad.d/ca"),
+            ("NOMAD_HTTP_AUTH", "user:pass"),
+            ("NOMAD_TOKNE", "typo"),
+            ("NOMAD_ALLOC_ID", "x"),
+            ("NOMAD_META_owner", "ops"),
+            ("NOMAD_ADDR_http", "10.0.0.1:8686"),
+            ("NOMAD_RELAY_DATA_DIR", "/d"),
+            ("NOMAD_EMPTY", ""),
+            ("HOME", "/root"),
+        ]
+        .map(|(name, value)| (name.into(), value.into()));
+        let unused = unused_nomad_variables(environment);
+        assert_eq!(unused.len(), 2, "{unused:?}");
+        assert!(unused[0].starts_with("NOMAD_HTTP_AUTH is set but") && !unused[0].contains("user:pass"));
+        assert!(unused[1].starts_with("NOMAD_TOKNE is set but") && unused[1].contains("NOMAD_TOKEN"));
+    }
 
     #[test]
     fn a_file_sink_mode_is_octal_permission_bits() {

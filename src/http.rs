@@ -2,27 +2,60 @@
 //! process answers) and `/readyz` (connected to Nomad and every sink delivering, or 503 with
 //! a JSON body naming what is not).
 //!
-//! A deliberately small HTTP/1.1 server: GET and HEAD only, one request per connection, a
-//! bounded request head, a time limit per connection and a bounded number of connections, so
-//! a slow or hostile client costs one task and nothing else.
+//! Routing is axum's; connections are served by hyper's HTTP/1.1 server under limits that
+//! keep a slow or hostile client from costing more than one connection slot for a bounded
+//! time:
+//!
+//! - at most `[http] max_connections` connections at once (default 64); one over the limit
+//!   is closed as soon as it is accepted, and counted;
+//! - a request head must arrive within [`HEADER_TIME`], and the same limit closes a kept-alive
+//!   connection that sends nothing ([hyper's `header_read_timeout`], which restarts before
+//!   each request);
+//! - a request head is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] header fields (hyper
+//!   answers 431 past them);
+//! - a connection lives at most [`CONNECTION_TIME`], however busy.
+//!
+//! Everything the endpoint answers passes [`crate::redact::scrub`] first.
+//!
+//! [hyper's `header_read_timeout`]: https://docs.rs/hyper/1/hyper/server/conn/http1/struct.Builder.html#method.header_read_timeout
 
 use crate::metrics::Telemetry;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-/// Longest request head accepted.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const HEAD_TIME: Duration = Duration::from_secs(2);
-/// Time a client has to send its request and read the answer.
-const CONNECTION_TIME: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed unanswered.
-const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a whole request head, and the longest a kept-alive connection
+/// may sit idle between requests.
+pub const HEADER_TIME: Duration = Duration::from_secs(5);
+/// Longest request head read, in bytes (hyper's read buffer; its minimum is 8 KiB).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 32;
+/// Longest a connection is served, however many requests it sends.
+pub const CONNECTION_TIME: Duration = Duration::from_secs(60);
+/// Time open connections get to finish their request when the relay stops.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// The endpoint's own counters, rendered with the other metrics.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections being served now.
+    pub open_connections: AtomicU64,
+    /// Connections closed unanswered because `max_connections` were open.
+    pub refused_connections: AtomicU64,
+}
 
 /// Binds `listen`; fails with the reason (address in use, not permitted).
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
@@ -31,17 +64,26 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: CancellationToken) {
+/// Serves until `shutdown` is cancelled, at most `max_connections` connections at once.
+pub async fn serve(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!("serving /metrics, /healthz and /readyz on http://{addr}");
+        info!(
+            "serving /metrics, /healthz and /readyz on http://{addr} (at most {max_connections} connections)"
+        );
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let stats = telemetry.http.clone();
+    let routes = router(telemetry);
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, typically: wait rather than spin.
                     debug!("accepting an HTTP connection failed: {e}");
@@ -51,101 +93,62 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("{MAX_CONNECTIONS} HTTP connections open already; answering a new one with 503");
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let busy = respond(&mut stream, "503 Service Unavailable", "text/plain", b"busy\n", true);
-                let _ = tokio::time::timeout(HEAD_TIME, busy).await;
-            });
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                "{max_connections} HTTP connections open already; closing a new one (`[http] max_connections`)"
+            );
             continue;
         };
-        let telemetry = telemetry.clone();
+        let service = TowerToHyperService::new(routes.clone());
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_TIME, answer(stream, telemetry)).await;
+            stats.open_connections.fetch_add(1, Ordering::Relaxed);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIME)
+                .max_buf_size(MAX_HEAD)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_TIME) => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_TIME, connection).await;
+                }
+            }
+            stats.open_connections.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, telemetry: Arc<Telemetry>) -> std::io::Result<()> {
-    let Ok(head) = tokio::time::timeout(HEAD_TIME, read_head(&mut stream)).await else {
-        return respond(&mut stream, "408 Request Timeout", "text/plain", b"", true).await;
-    };
-    let Some(head) = head? else {
-        return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"", true).await;
-    };
-    if head.is_empty() {
-        return Ok(());
-    }
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let with_body = method != "HEAD";
-    if method != "GET" && method != "HEAD" {
-        let head = "HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        stream.write_all(head.as_bytes()).await?;
-        return stream.shutdown().await;
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    match path {
-        "/metrics" => match tokio::task::spawn_blocking(move || telemetry.render()).await {
-            Ok(text) => {
-                let text = crate::redact::scrub(&text);
-                let content_type = "text/plain; version=0.0.4; charset=utf-8";
-                respond(&mut stream, "200 OK", content_type, text.as_bytes(), with_body).await
-            }
-            Err(_) => respond(&mut stream, "500 Internal Server Error", "text/plain", b"", with_body).await,
-        },
-        "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n", with_body).await,
-        "/readyz" => {
-            let problems = telemetry.not_ready();
-            let body = serde_json::json!({ "ready": problems.is_empty(), "not_ready": problems }).to_string();
-            let body = crate::redact::scrub(&body);
-            let status = if problems.is_empty() { "200 OK" } else { "503 Service Unavailable" };
-            respond(&mut stream, status, "application/json", body.as_bytes(), with_body).await
+/// The three paths; `GET` and `HEAD` only (axum answers 405 with `Allow` otherwise).
+fn router(telemetry: Arc<Telemetry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readiness))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "/metrics, /healthz or /readyz\n") })
+        .with_state(telemetry)
+}
+
+async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    // Rendering reads the journal directory's size from the disk.
+    match tokio::task::spawn_blocking(move || telemetry.render()).await {
+        Ok(text) => {
+            let content_type = "text/plain; version=0.0.4; charset=utf-8";
+            ([(header::CONTENT_TYPE, content_type)], crate::redact::scrub(&text).into_owned()).into_response()
         }
-        _ => {
-            respond(&mut stream, "404 Not Found", "text/plain", b"/metrics, /healthz or /readyz\n", with_body)
-                .await
-        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
-/// Reads up to the blank line that ends a request head (CRLF or bare LF). `None` when the
-/// head is too long; an empty head when the client closed first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
-        }
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(Some(head));
-        }
-        head.extend_from_slice(&chunk[..read]);
-        if head.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    with_body: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if with_body {
-        stream.write_all(body).await?;
-    }
-    stream.shutdown().await
+async fn readiness(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    let problems = telemetry.not_ready();
+    let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({ "ready": problems.is_empty(), "not_ready": problems }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], crate::redact::scrub(&body).into_owned())
+        .into_response()
 }

@@ -54,6 +54,9 @@ fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
         ExitCode::from(2)
     })?;
     redact::install(redact::secrets_of(&config));
+    for unused in nomad_relay::config::unused_nomad_variables(std::env::vars_os()) {
+        tracing::warn!("{unused}");
+    }
     Ok(config)
 }
 

@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub head: watch::Receiver<u64>,
     /// Set once shutdown has begun: the relay is no longer ready.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The endpoint's own connection counters.
+    pub http: Arc<crate::http::HttpStats>,
 }
 
 /// Why the relay is not ready.
@@ -81,6 +83,7 @@ impl Telemetry {
         self.render_sources(&mut out);
         self.render_sinks(&mut out, head);
         self.render_journal(&mut out, head);
+        self.render_http(&mut out);
         out
     }
 
@@ -291,6 +294,24 @@ impl Telemetry {
             sample(out, name, &[], oldest.map_or(0, |oldest| (head + 1).saturating_sub(oldest)));
         });
     }
+
+    /// The endpoint itself: connections open and refused.
+    fn render_http(&self, out: &mut String) {
+        let name = "nomad_relay_http_open_connections";
+        metric(out, name, "gauge", "Connections to this endpoint being served.", |out| {
+            sample(out, name, &[], self.http.open_connections.load(Ordering::Relaxed));
+        });
+        let name = "nomad_relay_http_refused_connections_total";
+        metric(
+            out,
+            name,
+            "counter",
+            "Connections to this endpoint closed unanswered because `[http] max_connections` were open.",
+            |out| {
+                sample(out, name, &[], self.http.refused_connections.load(Ordering::Relaxed));
+            },
+        );
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: impl FnOnce(&mut String)) {
@@ -353,6 +374,7 @@ mod tests {
             journal: Arc::default(),
             head,
             stopping: Arc::default(),
+            http: Arc::default(),
         };
         let text = telemetry.render();
         assert!(text.contains("nomad_relay_sink_lag_index{sink=\"out \\\"1\\\"\"} 20"), "{text}");

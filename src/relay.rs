@@ -173,8 +173,15 @@ impl Running {
                 journal: journal_stats,
                 head: head_rx,
                 stopping: running.stopping.clone(),
+                http: Arc::default(),
             });
-            tokio::spawn(crate::http::serve(listener, telemetry, running.http_shutdown.clone()));
+            let max_connections = config.http.as_ref().map_or(64, |http| http.max_connections.get());
+            tokio::spawn(crate::http::serve(
+                listener,
+                telemetry,
+                max_connections,
+                running.http_shutdown.clone(),
+            ));
         }
         Ok(running)
     }

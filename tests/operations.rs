@@ -350,3 +350,130 @@ librdkafka = {{ "security.protocol" = "sasl_plaintext", "sasl.mechanisms" = "PLA
     assert!(log.contains("***"), "the log shows where a secret was: {log}");
     leaks("the log", &log);
 }
+
+/// A client that sends its request one byte a second holds one connection until the header
+/// time runs out (then hyper closes it), and scrapes meanwhile are answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_a_byte_a_second_does_not_block_scrapes_and_is_cut_off() {
+    use std::io::{Read, Write};
+    let emulator = emulator(EmulatorConfig::default()).await;
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = scratch.config(&emulator.url(), "", &format!("[http]\nlisten = \"127.0.0.1:{port}\""));
+    let mut relay = Relay::start(&config);
+    eventually("the endpoint answers", WAIT, || get(port, "/healthz")).await;
+
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let opened = std::time::Instant::now();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n";
+    let trickle = std::thread::spawn(move || {
+        slow.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        for byte in request {
+            if slow.write_all(&[*byte]).is_err() {
+                return opened.elapsed();
+            }
+            // A read of 0 bytes (or a reset) is the server closing the connection.
+            let mut buf = [0u8; 64];
+            match slow.read(&mut buf) {
+                Ok(0) => return opened.elapsed(),
+                Ok(_) => panic!("the slow client got an answer to a request it has not finished"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return opened.elapsed(),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("the slow client sent its whole request without being cut off");
+    });
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        let (status, body) = get(port, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("nomad_relay_http_open_connections"));
+        assert!(started.elapsed() < Duration::from_secs(1), "a scrape took {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cut_after = tokio::task::spawn_blocking(move || trickle.join().unwrap()).await.unwrap();
+    assert!(
+        cut_after >= Duration::from_secs(4) && cut_after < Duration::from_secs(9),
+        "the slow client was cut off after {cut_after:?}; the header time is 5 s"
+    );
+    assert!(relay.terminate().success());
+}
+
+/// Connections beyond `max_connections` are closed as they arrive: the relay's open file
+/// descriptors stay bounded while a flood holds connections open, every event is delivered
+/// meanwhile, and the endpoint answers again once the flood is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_is_bounded_and_delivery_goes_on() {
+    const MAX: usize = 8;
+    let emulator = emulator(EmulatorConfig { buffer_size: 100_000, ..EmulatorConfig::default() }).await;
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = scratch.config(
+        &emulator.url(),
+        "",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {MAX}"),
+    );
+    let mut relay = Relay::start(&config);
+    eventually("the endpoint answers", WAIT, || get(port, "/healthz")).await;
+    let open_files = {
+        let pid = relay.pid();
+        move || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    };
+    let generator = emulator.generator(GeneratorConfig {
+        rate: Some(1_000.0),
+        total_events: Some(3_000),
+        seed: 67,
+        ..GeneratorConfig::default()
+    });
+    let publishing = tokio::spawn(generator.run());
+    // The relay's own files (journal, sink output, Nomad's stream) are open from here on.
+    eventually("the first events delivered", WAIT, || {
+        (!scratch.lines("events.ndjson").is_empty()).then_some(())
+    })
+    .await;
+    let before = open_files();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Idle connections, opened as fast as the relay accepts them and held.
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    held.push(stream);
+                }
+                if held.len() >= 400 {
+                    held.drain(..200);
+                }
+            }
+            held.len()
+        })
+    };
+    let mut most_open = 0;
+    while !publishing.is_finished() {
+        most_open = most_open.max(open_files());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publishing.await.unwrap();
+    let expected = expected_lines(&emulator.published(), DEFAULT_TOPICS);
+    let delivered = eventually("every event delivered during the flood", WAIT, || {
+        most_open = most_open.max(open_files());
+        let lines = scratch.lines("events.ndjson");
+        (lines.len() >= expected.len()).then_some(lines)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    assert!(held > MAX, "the flood held {held} connections");
+    assert_lines_equal(&delivered, &expected);
+    assert!(
+        // A journal segment rolled meanwhile may add one; without the limit it is hundreds.
+        most_open <= before + MAX + 4,
+        "the relay had {most_open} files open during the flood ({before} before, max_connections {MAX})"
+    );
+    let samples = eventually("a scrape after the flood", WAIT, || get(port, "/metrics")).await.1;
+    let samples = parse_metrics(&samples);
+    assert!(samples["nomad_relay_http_refused_connections_total"] > 0.0);
+    assert!(relay.terminate().success());
+}

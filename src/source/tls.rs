@@ -1,5 +1,5 @@
-//! Builds the rustls client configuration for `https://` Nomad addresses: CA file or the
-//! system's roots, an optional client certificate (mTLS), an optional server-name override
+//! Builds the rustls client configuration for `https://` Nomad addresses: CA file, CA
+//! directory or the system's roots, an optional client certificate (mTLS), an optional server-name override
 //! (Nomad's certificates name `server.<region>.nomad`, not the host), and skip-verify for
 //! tests. Only HTTP/1.1 is offered, as Nomad's event stream speaks nothing else.
 
@@ -62,11 +62,10 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> 
 
 fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsError(format!("`nomad.tls.ca_file` {}: {e}", path.display())))?;
+    // go-rootcerts' order, as Nomad's CLI: the file, else the directory, else the system's.
+    match (&tls.ca_file, &tls.ca_path) {
+        (Some(path), _) => {
+            let certs = pem_certificates(path, "nomad.tls.ca_file")?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(TlsError(format!(
@@ -75,12 +74,56 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
                 )));
             }
         }
-        None => {
+        (None, Some(dir)) => {
+            let mut files = Vec::new();
+            files_under(dir, &mut files)?;
+            for file in files {
+                let (added, _) =
+                    roots.add_parsable_certificates(pem_certificates(&file, "nomad.tls.ca_path")?);
+                if added == 0 {
+                    return Err(TlsError(format!(
+                        "`nomad.tls.ca_path` {}: {} holds no usable certificate; every file in the directory must be a PEM CA certificate",
+                        dir.display(),
+                        file.display()
+                    )));
+                }
+            }
+        }
+        (None, None) => {
             let loaded = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(loaded.certs);
         }
     }
     Ok(roots)
+}
+
+/// The certificates of a PEM file; `key` names the setting in errors.
+fn pem_certificates(path: &std::path::Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("`{key}` {}: {e}", path.display())))
+}
+
+/// Every file under `dir`, recursively, in name order (symbolic links to files included, as
+/// hashed OpenSSL CA directories use them).
+fn files_under(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> Result<(), TlsError> {
+    let unreadable =
+        |e: std::io::Error| TlsError(format!("`nomad.tls.ca_path` {}: cannot read it: {e}", dir.display()));
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(unreadable)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    entries.sort();
+    for path in entries {
+        let is_real_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if is_real_dir {
+            files_under(&path, files)?;
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Verifies the chain normally but against a configured name instead of the URL's host.
@@ -161,5 +204,30 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_ca_path(dir: &std::path::Path) -> TlsConfig {
+        TlsConfig { ca_path: Some(dir.to_owned()), ..TlsConfig::default() }
+    }
+
+    #[test]
+    fn a_ca_path_with_a_file_that_is_no_certificate_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("README"), "not a certificate\n").unwrap();
+        let error = client_config(&with_ca_path(dir.path())).unwrap_err().to_string();
+        assert!(error.contains("`nomad.tls.ca_path`") && error.contains("README"), "{error}");
+    }
+
+    #[test]
+    fn a_ca_path_that_does_not_exist_is_an_error_naming_it() {
+        let error =
+            client_config(&with_ca_path(std::path::Path::new("/nonexistent/ca"))).unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/ca") && error.contains("cannot read it"), "{error}");
     }
 }

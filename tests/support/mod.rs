@@ -168,6 +168,14 @@ impl Relay {
         Relay::spawn(config, relay_command(&["run", "--config", config.to_str().unwrap()]))
     }
 
+    /// Starts `run` with `environment` added to the process's environment.
+    #[allow(dead_code)]
+    pub fn start_with_env(config: &Path, environment: &[(&str, &str)]) -> Relay {
+        let mut command = relay_command(&["run", "--config", config.to_str().unwrap()]);
+        command.envs(environment.iter().copied());
+        Relay::spawn(config, command)
+    }
+
     /// Starts `run` with the process umask set to `umask` (octal, as the shell takes it).
     #[allow(dead_code)]
     pub fn start_with_umask(config: &Path, umask: &str) -> Relay {
@@ -194,6 +202,12 @@ impl Relay {
         let started_at = LogMark(stderr.metadata().map(|m| m.len() as usize).unwrap_or(0));
         let child = command.stdout(Stdio::null()).stderr(Stdio::from(stderr)).spawn().unwrap();
         Relay { child, stderr_path, started_at }
+    }
+
+    /// The process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, and waits for the process to be gone.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod cursor;
+pub mod fuzzing;
 pub mod http;
 pub mod journal;
 pub mod metrics;

@@ -485,3 +485,100 @@ async fn a_gzip_bomb_is_cut_at_max_line_bytes_after_decompression() {
     // The line was dropped as it was decompressed, never held whole.
     assert!(peak < 48 << 20, "the relay peaked at {} MiB", peak >> 20);
 }
+
+/// What a broken or malicious server can send, each line after a good one: an `Index` that is
+/// a string, negative or beyond u64; invalid UTF-8 and a raw NUL in a key; an event that is
+/// not an object. Each is logged and becomes a gap marker; a payload nested 100,000 deep and
+/// a line of 10,000 events are valid and relayed whole; the relay runs on to the last line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_lines_are_each_a_logged_gap_and_valid_extremes_are_relayed() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    let event = |key: &str| {
+        format!(r#"{{"Topic":"Job","Type":"JobRegistered","Key":"{key}","Index":11,"Payload":{{}}}}"#)
+    };
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("a string Index", format!(r#"{{"Index":"11","Events":[{}]}}"#, event("a")).into_bytes()),
+        ("a negative Index", format!(r#"{{"Index":-11,"Events":[{}]}}"#, event("b")).into_bytes()),
+        (
+            "an Index beyond u64",
+            format!(r#"{{"Index":18446744073709551616,"Events":[{}]}}"#, event("c")).into_bytes(),
+        ),
+        (
+            "invalid UTF-8",
+            [
+                &br#"{"Index":11,"Events":[{"Topic":"Job","Type":"T","Key":""#[..],
+                b"\xff\xfe",
+                br#"","Payload":{}}]}"#,
+            ]
+            .concat(),
+        ),
+        (
+            "a raw NUL",
+            [
+                &br#"{"Index":11,"Events":[{"Topic":"Job","Type":"T","Key":"a"#[..],
+                b"\0",
+                br#"b","Payload":{}}]}"#,
+            ]
+            .concat(),
+        ),
+        ("an event that is a number", br#"{"Index":11,"Events":[7]}"#.to_vec()),
+    ];
+    emulator.publish(job(10, "before"));
+    for (_, line) in &hostile {
+        emulator.publish_hostile_line(11, line.clone());
+    }
+    let depth = 100_000;
+    let mut deep = job_event("deep", "JobRegistered", 0);
+    deep.payload = format!(r#"{{"Job":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    emulator.publish(Batch { index: 12, events: vec![deep.clone()] });
+    let many: Vec<Event> = (0..10_000).map(|n| job_event(&format!("job-{n}"), "JobRegistered", 0)).collect();
+    emulator.publish(Batch { index: 13, events: many });
+    emulator.publish(job(14, "after"));
+
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "", "");
+    let mut relay = Relay::start(&config);
+    let expected = 1 + hostile.len() + 1 + 10_000 + 1;
+    eventually("every line relayed or marked", WAIT, || {
+        (scratch.lines("events.ndjson").len() >= expected).then_some(())
+    })
+    .await;
+    assert!(relay.is_running());
+    assert!(relay.terminate().success());
+    let lines = scratch.lines("events.ndjson");
+    assert_eq!(lines.len(), expected, "nothing more after the relay stopped");
+    assert_eq!(lines[0], job(10, "before").events[0].to_json(10));
+    for (n, (what, _)) in hostile.iter().enumerate() {
+        let marker = &lines[1 + n];
+        assert_eq!(index_and_type(marker).1, "GapDetected", "{what}: {marker}");
+        assert!(marker.contains("a malformed line of"), "{what}: {marker}");
+    }
+    assert_eq!(lines[1 + hostile.len()], deep.to_json(12), "the deep payload byte for byte");
+    assert_eq!(index_and_type(&lines[expected - 2]), (13, "JobRegistered".to_owned()));
+    assert_eq!(lines[expected - 1], job(14, "after").events[0].to_json(14));
+    let log = relay.log();
+    let skipped = log.matches("skipping a line Nomad sent that is not a valid event frame").count();
+    assert_eq!(skipped, hostile.len(), "one log line per hostile line: {log}");
+}
+
+/// A server that answers the subscription's headers and then never sends a byte: the
+/// watchdog reconnects after `idle_timeout`, says so, and the stream resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_after_the_headers_is_left_after_the_idle_timeout() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    emulator.set_stalled(true);
+    emulator.publish(job(5, "waiting"));
+    let scratch = Scratch::new();
+    let config = scratch.config(&emulator.url(), "idle_timeout = \"1s\"", "");
+    let mut relay = Relay::start(&config);
+    emulator.wait_for_connections(2).await;
+    assert!(scratch.lines("events.ndjson").is_empty(), "nothing came through the silent stream");
+    emulator.set_stalled(false);
+    eventually("the event once the server speaks", WAIT, || {
+        (scratch.lines("events.ndjson").len() == 1).then_some(())
+    })
+    .await;
+    assert!(relay.is_running());
+    assert!(relay.terminate().success());
+    assert!(relay.log().contains("no data for 1s"), "{}", relay.log());
+}

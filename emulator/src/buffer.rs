@@ -17,6 +17,9 @@ pub(crate) struct Item {
     pub batch: Batch,
     /// Its rendering, computed once at publish time.
     pub rendered: Rendered,
+    /// Bytes sent instead of the rendering, whatever the subscriber asked for (see
+    /// `Emulator::publish_hostile_line`).
+    pub hostile: Option<Vec<u8>>,
 }
 
 /// Result of asking for the item with a given sequence number.
@@ -69,8 +72,17 @@ impl Buffer {
 
     /// Appends one batch, evicting from the head while over capacity.
     pub fn append(&self, batch: Batch) {
+        self.append_item(batch, None);
+    }
+
+    /// Appends an item whose line is `hostile`, sent as it is.
+    pub fn append_hostile(&self, index: u64, hostile: Vec<u8>) {
+        self.append_item(Batch { index, events: Vec::new() }, Some(hostile));
+    }
+
+    fn append_item(&self, batch: Batch, hostile: Option<Vec<u8>>) {
         let rendered = Rendered::new(&batch);
-        let item = Arc::new(Item { batch, rendered });
+        let item = Arc::new(Item { batch, rendered, hostile });
         let next = {
             let mut inner = self.lock();
             if inner.record_history {

@@ -122,6 +122,14 @@ impl Emulator {
         self.shared().buffer.append(batch);
     }
 
+    /// A hook for tests of a broken or malicious server, not something Nomad does: sends
+    /// `line` byte for byte (then a newline) to every subscriber, unfiltered, where a frame of
+    /// index `index` would be in the buffer. `index` only orders it for resumption.
+    pub fn publish_hostile_line(&self, index: u64, line: Vec<u8>) {
+        self.shared().last_index.fetch_max(index, Ordering::Relaxed);
+        self.shared().buffer.append_hostile(index, line);
+    }
+
     /// Highest index ever published (0 if none); survives [`Emulator::restart`].
     pub fn last_index(&self) -> u64 {
         self.shared().last_index.load(Ordering::Relaxed)

@@ -143,11 +143,12 @@ pub(crate) async fn run(
                     Fetch::Pending => continue,
                 };
                 seq += 1;
-                let line: Cow<'_, str> = match sub.filter.select(&item.batch) {
-                    Selection::Nothing => continue,
-                    Selection::All => Cow::Borrowed(&item.rendered.line),
-                    Selection::Some(picked) => {
-                        Cow::Owned(item.rendered.select(item.batch.index, &picked))
+                let line: Cow<'_, [u8]> = match (&item.hostile, sub.filter.select(&item.batch)) {
+                    (Some(hostile), _) => Cow::Borrowed(hostile),
+                    (None, Selection::Nothing) => continue,
+                    (None, Selection::All) => Cow::Borrowed(item.rendered.line.as_bytes()),
+                    (None, Selection::Some(picked)) => {
+                        Cow::Owned(item.rendered.select(item.batch.index, &picked).into_bytes())
                     }
                 };
                 if sub.token.as_ref().is_some_and(|t| is_expired(t, SystemTime::now())) {
@@ -155,10 +156,10 @@ pub(crate) async fn run(
                 }
                 if cut_mid_line {
                     let half = (line.len() / 2).max(1);
-                    let _ = body.write_unit(&line.as_bytes()[..half]).await;
+                    let _ = body.write_unit(&line[..half]).await;
                     return StreamEnd::Close;
                 }
-                if body.write_line(line.as_bytes()).await.is_err() {
+                if body.write_line(&line).await.is_err() {
                     return StreamEnd::Close;
                 }
             }

@@ -8,7 +8,7 @@
 //! shape is an error the caller reports with the line's position; it never panics, and
 //! nesting depth costs heap, never stack.
 //!
-//! The scanner accepts exactly what [`reference`] (serde_json over the same shape) accepts,
+//! The scanner accepts exactly what [`crate::fuzzing::reference`] (serde_json over the same shape) accepts,
 //! and reads the same values: the unit tests, the property tests and the fuzz target
 //! `frame` (`fuzz/`) hold it to that.
 
@@ -447,6 +447,7 @@ pub fn index_from_prefix(prefix: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::{reference, scanned};
     use rand::{Rng, SeedableRng};
 
     #[test]
@@ -529,75 +530,10 @@ mod tests {
             format!(r#"{{"Index":5,"Events":[{}]}}"#, many.join(",")).into_bytes(),
         ];
         for line in &lines {
-            let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
-            match (scanned(line), reference(line)) {
-                (Ok(ours), Some(theirs)) => assert_eq!(ours, theirs, "{shown}"),
-                (Err(_), None) => {}
-                (ours, theirs) => {
-                    // The scanner may be stricter than serde (never looser) on what it reads.
-                    assert!(ours.is_err(), "accepted what serde refuses: {shown}: {ours:?} / {theirs:?}");
-                }
-            }
+            crate::fuzzing::frame_parsing(line);
         }
         let Ok((_, events)) = scanned(lines.last().expect("lines")) else { panic!("the 10,000-event line") };
         assert_eq!(events.len(), 10_000);
-    }
-
-    /// A line's index and its events' (Topic, Type, Key, Namespace, bytes).
-    type Parsed = (u64, Vec<(String, String, String, String, Vec<u8>)>);
-
-    /// The parser this scanner replaced: serde_json over the whole envelope, then over each
-    /// event's head. Kept as the oracle the scanner must agree with.
-    fn reference(line: &[u8]) -> Option<Parsed> {
-        #[derive(serde::Deserialize)]
-        struct Envelope<'a> {
-            #[serde(rename = "Index", default)]
-            index: u64,
-            #[serde(rename = "Events", borrow, default)]
-            events: Option<Vec<&'a serde_json::value::RawValue>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(rename = "Topic")]
-            topic: String,
-            #[serde(rename = "Type")]
-            event_type: String,
-            #[serde(rename = "Key", default)]
-            key: String,
-            #[serde(rename = "Namespace", default)]
-            namespace: String,
-        }
-        let text = std::str::from_utf8(line).ok()?;
-        let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
-        let mut events = Vec::new();
-        for raw in envelope.events.unwrap_or_default() {
-            let head: Head = serde_json::from_str(raw.get()).ok()?;
-            events.push((
-                head.topic,
-                head.event_type,
-                head.key,
-                head.namespace,
-                raw.get().as_bytes().to_vec(),
-            ));
-        }
-        match (envelope.index, events.is_empty()) {
-            (0, true) => Some((0, events)),
-            (_, true) => None,
-            (index, false) => Some((index, events)),
-        }
-    }
-
-    fn scanned(line: &[u8]) -> Result<Parsed, FrameError> {
-        match parse_line(&Bytes::copy_from_slice(line))? {
-            Frame::Heartbeat => Ok((0, Vec::new())),
-            Frame::Data { index, events } => Ok((
-                index,
-                events
-                    .into_iter()
-                    .map(|e| (e.topic, e.event_type, e.key, e.namespace, e.raw.to_vec()))
-                    .collect(),
-            )),
-        }
     }
 
     fn generated_lines(count: usize) -> Vec<Vec<u8>> {

@@ -52,7 +52,12 @@ impl LineSplitter {
         let mut at = 0;
         while at < chunk.len() {
             let rest = &chunk[at..];
-            if let Some((length, _)) = &mut self.discarding {
+            if let Some((length, prefix)) = &mut self.discarding {
+                // A limit under the prefix's length: keep the prefix whole all the same.
+                if prefix.len() < OVERSIZED_PREFIX {
+                    let end = memchr(rest).unwrap_or(rest.len()).min(OVERSIZED_PREFIX - prefix.len());
+                    *prefix = [&prefix[..], &rest[..end]].concat().into();
+                }
                 match memchr(rest) {
                     Some(newline) => {
                         *length += newline as u64;

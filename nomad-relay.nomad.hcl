@@ -109,6 +109,9 @@ job "nomad-relay" {
           # This client's own agent (use https:// and [nomad.tls] if the cluster uses TLS).
           [nomad]
           address = "http://{{ env "attr.unique.network.ip-address" }}:4646"
+          # Every namespace. Nomad puts the job's own namespace in NOMAD_NAMESPACE in every
+          # task, which the relay (like Nomad's CLI) would otherwise follow alone.
+          namespace = "*"
 
           # Placeholder sink: replace it with your real sinks (type = "kafka", "nats" or
           # "amqp"; see config.example.toml) before relying on this job.

@@ -14,7 +14,7 @@ if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny 0.20"; then
   echo "cargo-deny: installing with cargo install cargo-deny --version 0.20.2 --locked"
   cargo install cargo-deny --version 0.20.2 --locked
 fi
-cargo deny --log-level error check licenses bans sources
+cargo deny check licenses bans sources
 
 echo "==> cargo build (workspace, all targets)"
 cargo build --workspace --all-targets --locked

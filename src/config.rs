@@ -92,14 +92,18 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port to listen on, such as "127.0.0.1:8686".
     pub listen: std::net::SocketAddr,
-    /// Connections served at once (default 64); one more is closed unanswered and counted in
-    /// `nomad_relay_http_refused_connections_total`.
+    /// Connections served at once, 1 to 65,536 (default 64); one more is closed unanswered
+    /// and counted in `nomad_relay_http_refused_connections_total`.
     #[serde(default = "default_max_connections")]
-    pub max_connections: std::num::NonZeroUsize,
+    pub max_connections: usize,
 }
 
-fn default_max_connections() -> std::num::NonZeroUsize {
-    std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN)
+/// Most `[http] max_connections` accepted: far above any scraping setup, and below what the
+/// process's file descriptors allow by default.
+pub const MAX_HTTP_CONNECTIONS: usize = 65_536;
+
+fn default_max_connections() -> usize {
+    64
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,17 +579,13 @@ const NOMAD_VARIABLES: &[(&str, &str)] = &[
 /// `client/taskenv/env.go`): not configuration, so never reported as unused. Entries ending
 /// in `_` are prefixes.
 const NOMAD_TASK_VARIABLES: &[&str] = &[
-    "NOMAD_ALLOC_DIR",
     "NOMAD_TASK_DIR",
     "NOMAD_SECRETS_DIR",
     "NOMAD_MEMORY_LIMIT",
     "NOMAD_MEMORY_MAX_LIMIT",
     "NOMAD_CPU_LIMIT",
     "NOMAD_CPU_CORES",
-    "NOMAD_ALLOC_ID",
     "NOMAD_SHORT_ALLOC_ID",
-    "NOMAD_ALLOC_NAME",
-    "NOMAD_ALLOC_INDEX",
     "NOMAD_TASK_NAME",
     "NOMAD_GROUP_NAME",
     "NOMAD_JOB_ID",
@@ -601,6 +601,7 @@ const NOMAD_TASK_VARIABLES: &[&str] = &[
     "NOMAD_IPv4_",
     "NOMAD_IPv6_",
     "NOMAD_PORT_",
+    // NOMAD_ALLOC_DIR, _ID, _NAME, _INDEX and the NOMAD_ALLOC_PORT_/IP_/ADDR_ families.
     "NOMAD_ALLOC_",
     "NOMAD_HOST_PORT_",
     "NOMAD_META_",
@@ -738,6 +739,14 @@ impl Config {
     /// Checks the whole tree: each part checks itself, then what ties parts together
     /// (sink and source names, routes naming sinks).
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(http) = &self.http
+            && !(1..=MAX_HTTP_CONNECTIONS).contains(&http.max_connections)
+        {
+            return Err(ConfigError(format!(
+                "`http.max_connections`: {} is out of range; give 1 to {MAX_HTTP_CONNECTIONS}",
+                http.max_connections
+            )));
+        }
         if self.sinks.is_empty() {
             return Err(ConfigError(format!(
                 "no sinks configured: add a `[sinks.NAME]` table with `type` one of {}",

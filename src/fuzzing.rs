@@ -9,8 +9,8 @@
 //! | [`line_splitting`] | [`LineSplitter`] | the pieces do not depend on where the chunks were cut |
 //! | [`frame_parsing`] | [`parse_line`] | the same reading as [`reference`] (serde_json), or both refuse |
 //! | [`record_decoding`] | [`record::decode`] | never panics; what decodes encodes back to the same bytes |
-//! | [`config_loading`] | [`Config::from_toml`] | never panics; a loaded configuration can be summarised |
-//! | [`template_rendering`] | [`Template::parse`] | never panics; fields render as given |
+//! | [`config_loading`] | [`Config::from_toml`] | never panics: the text loads (and validates) or is an error |
+//! | [`template_rendering`] | [`Template::parse`] | never panics; renders the text with each `{{Field}}` replaced by the event's value |
 //!
 //! None of them reads past a buffer: the workspace forbids `unsafe`, so every index is
 //! bounds-checked, and a violation is a panic the fuzzer reports.
@@ -41,7 +41,9 @@ pub fn scanned(line: &[u8]) -> Result<Reading, crate::source::frame::FrameError>
 /// (`Index` a u64, default 0; `Events` null or an array) and over each event's head (`Topic`
 /// and `Type` strings, `Key` and `Namespace` strings defaulting to empty), each event kept as
 /// its raw bytes. A line of JSON whitespace only is a heartbeat (the relay's own rule, not
-/// JSON's); a data line must have events.
+/// JSON's); a data line must have events. The envelope and each event must be objects:
+/// serde's derive would also read a struct from an array (`[5,[...]]`), which is not Nomad's
+/// shape (the fuzz target `frame` found this difference).
 pub fn reference(line: &[u8]) -> Option<Reading> {
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
@@ -65,9 +67,16 @@ pub fn reference(line: &[u8]) -> Option<Reading> {
     if text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         return Some((0, Vec::new()));
     }
+    let is_object = |text: &str| text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{');
+    if !is_object(text) {
+        return None;
+    }
     let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
     let mut events = Vec::new();
     for raw in envelope.events.unwrap_or_default() {
+        if !is_object(raw.get()) {
+            return None;
+        }
         let head: Head = serde_json::from_str(raw.get()).ok()?;
         events.push((head.topic, head.event_type, head.key, head.namespace, raw.get().as_bytes().to_vec()));
     }
@@ -158,8 +167,8 @@ pub fn record_decoding(body: &[u8]) {
     assert_eq!(&encoded[record::HEADER_LEN..], body, "decode then encode changed the record");
 }
 
-/// Loading any text as the configuration file never panics; a configuration that loads can be
-/// summarised by `validate`.
+/// Loading any text as the configuration file (TOML, then every check `validate` makes)
+/// never panics: it loads or is an error. The summary `validate` prints is rendered too.
 pub fn config_loading(text: &[u8]) {
     let Ok(text) = std::str::from_utf8(text) else { return };
     if let Ok(config) = Config::from_toml(text) {
@@ -167,9 +176,10 @@ pub fn config_loading(text: &[u8]) {
     }
 }
 
-/// Parsing any template never panics, and one that parses renders each literal part and
-/// field as given. `data` is the template, a NUL, then the event's Topic, Type, Key,
-/// Namespace and Source separated by NULs.
+/// Parsing any template never panics, and one that parses renders as its text with each
+/// `{{Field}}` (spaces allowed inside the braces) replaced by the event's value. `data` is
+/// the template, a NUL, then the event's Topic, Type, Key, Namespace and Source separated by
+/// NULs.
 pub fn template_rendering(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.split('\0');
@@ -185,10 +195,25 @@ pub fn template_rendering(data: &[u8]) {
         source: field(),
         raw: Bytes::new(),
     };
-    let rendered = template.render(&event);
-    if !template.source().contains("{{") {
-        assert_eq!(rendered, template.source(), "a template without fields renders as itself");
+    let value = |name: &str| match name {
+        "Topic" => event.topic.clone(),
+        "Type" => event.event_type.clone(),
+        "Key" => event.key.clone(),
+        "Namespace" => event.namespace.clone(),
+        "Source" => event.source.clone(),
+        "Index" => event.id.index.to_string(),
+        "Id" => event.id.to_string(),
+        other => panic!("the template parsed with an unknown field `{other}`"),
+    };
+    // Every `{{` opens a field that the next `}}` closes; the text between is literal.
+    let mut pieces = template.source().split("{{");
+    let mut expected = pieces.next().unwrap_or_default().to_owned();
+    for piece in pieces {
+        let (name, literal) = piece.split_once("}}").expect("a template that parsed closes every field");
+        expected.push_str(&value(name.trim()));
+        expected.push_str(literal);
     }
+    assert_eq!(template.render(&event), expected, "template {:?}", template.source());
 }
 
 fn shown(line: &[u8]) -> String {

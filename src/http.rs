@@ -13,7 +13,8 @@
 //!   each request);
 //! - a request head is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] header fields (hyper
 //!   answers 431 past them);
-//! - a connection lives at most [`CONNECTION_TIME`], however busy.
+//! - a connection lives at most [`CONNECTION_TIME`], however busy (then, as when the relay
+//!   stops, it gets [`DRAIN_TIME`] to finish the request in hand).
 //!
 //! Everything the endpoint answers passes [`crate::redact::scrub`] first.
 //!
@@ -45,7 +46,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 32;
 /// Longest a connection is served, however many requests it sends.
 pub const CONNECTION_TIME: Duration = Duration::from_secs(60);
-/// Time open connections get to finish their request when the relay stops.
+/// Time a connection gets to finish the request in hand when it is closed (its time is up,
+/// or the relay stops; the process's exit closes whatever is still open).
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// The endpoint's own counters, rendered with the other metrics.
@@ -87,8 +89,10 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors, typically: wait rather than spin.
                     debug!("accepting an HTTP connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
                 }
             },
         };
@@ -102,7 +106,8 @@ pub async fn serve(
         let service = TowerToHyperService::new(routes.clone());
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
         tokio::spawn(async move {
-            stats.open_connections.fetch_add(1, Ordering::Relaxed);
+            // Holds the slot and the count together, released however the task ends.
+            let _open = OpenConnection::new(slot, stats);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIME)
@@ -111,16 +116,33 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => {}
+                _ = connection.as_mut() => return,
                 _ = tokio::time::sleep(CONNECTION_TIME) => {}
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIME, connection).await;
-                }
+                _ = shutdown.cancelled() => {}
             }
-            stats.open_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIME, connection).await;
         });
+    }
+}
+
+/// A connection being served: its slot under `max_connections` and its place in
+/// `open_connections`, given back together when dropped.
+struct OpenConnection {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<HttpStats>,
+}
+
+impl OpenConnection {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, stats: Arc<HttpStats>) -> Self {
+        stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { _slot: slot, stats }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -165,7 +165,7 @@ impl Running {
         let source_stats = running.start_sources(config, &mut recovered, events_tx)?;
         let sink_stats = running.start_workers(config, prepared, &journal_dir, &head_rx);
         running.tracker.close();
-        if let Some(listener) = listener {
+        if let (Some(listener), Some(http)) = (listener, &config.http) {
             let telemetry = Arc::new(crate::metrics::Telemetry {
                 sources: source_stats,
                 sinks: sink_stats,
@@ -175,11 +175,10 @@ impl Running {
                 stopping: running.stopping.clone(),
                 http: Arc::default(),
             });
-            let max_connections = config.http.as_ref().map_or(64, |http| http.max_connections.get());
             tokio::spawn(crate::http::serve(
                 listener,
                 telemetry,
-                max_connections,
+                http.max_connections,
                 running.http_shutdown.clone(),
             ));
         }

@@ -308,6 +308,8 @@ fn nomad_job_runs_one_relay_with_its_volume_port_check_and_config() {
     let config = Config::from_toml(&rendered)
         .unwrap_or_else(|e| panic!("the templated relay.toml does not load: {e}"));
     assert_eq!(config.nomad[0].address.to_vec(), vec!["http://192.0.2.10:4646".to_owned()]);
+    // Nomad sets NOMAD_NAMESPACE (the job's own) in every task; the file must override it.
+    assert_eq!(config.nomad[0].namespace, "*", "the relay follows every namespace");
     assert!(
         config.shutdown_timeout.0.as_secs() < kill_timeout,
         "the relay's shutdown_timeout must end before Nomad's kill_timeout"

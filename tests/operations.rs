@@ -389,7 +389,9 @@ async fn a_client_sending_a_byte_a_second_does_not_block_scrapes_and_is_cut_off(
         let (status, body) = get(port, "/metrics").unwrap();
         assert_eq!(status, 200);
         assert!(body.contains("nomad_relay_http_open_connections"));
-        assert!(started.elapsed() < Duration::from_secs(1), "a scrape took {:?}", started.elapsed());
+        // Well under the 5 s a server blocked by the slow client would take (and generous
+        // for a busy 2-core machine).
+        assert!(started.elapsed() < Duration::from_secs(3), "a scrape took {:?}", started.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cut_after = tokio::task::spawn_blocking(move || trickle.join().unwrap()).await.unwrap();
@@ -439,15 +441,20 @@ async fn a_flood_of_connections_is_bounded_and_delivery_goes_on() {
         std::thread::spawn(move || {
             // Idle connections, opened as fast as the relay accepts them and held.
             let mut held = Vec::new();
+            let mut opened = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
                     held.push(stream);
+                    opened += 1;
                 }
                 if held.len() >= 400 {
                     held.drain(..200);
                 }
+                // Thousands of connections a second, without taking a whole core from the
+                // relay and from the tests running beside this one.
+                std::thread::sleep(Duration::from_micros(200));
             }
-            held.len()
+            opened
         })
     };
     let mut most_open = 0;
@@ -464,16 +471,21 @@ async fn a_flood_of_connections_is_bounded_and_delivery_goes_on() {
     })
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let held = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
-    assert!(held > MAX, "the flood held {held} connections");
+    let opened = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
     assert_lines_equal(&delivered, &expected);
     assert!(
         // A journal segment rolled meanwhile may add one; without the limit it is hundreds.
         most_open <= before + MAX + 4,
         "the relay had {most_open} files open during the flood ({before} before, max_connections {MAX})"
     );
-    let samples = eventually("a scrape after the flood", WAIT, || get(port, "/metrics")).await.1;
-    let samples = parse_metrics(&samples);
-    assert!(samples["nomad_relay_http_refused_connections_total"] > 0.0);
+    // Once the flood's connections are closed (or cut by the header time), only the scrape
+    // itself is open: no connection was left counted.
+    let samples = eventually("a scrape with the flood gone", WAIT, || {
+        let samples = parse_metrics(&get(port, "/metrics")?.1);
+        (samples["nomad_relay_http_open_connections"] == 1.0).then_some(samples)
+    })
+    .await;
+    let refused = samples["nomad_relay_http_refused_connections_total"];
+    assert!(refused > 0.0 && refused < opened as f64, "{refused} of {opened} connections refused");
     assert!(relay.terminate().success());
 }

@@ -191,7 +191,7 @@ fn every_input_a_fuzzer_found_still_holds() {
         let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for entry in entries {
             let path = entry.unwrap().path();
-            if path.file_name().is_some_and(|name| name == ".gitkeep") {
+            if !path.is_file() || path.file_name().is_some_and(|name| name == ".gitkeep") {
                 continue;
             }
             let input = std::fs::read(&path).unwrap();

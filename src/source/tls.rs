@@ -77,6 +77,13 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
         (None, Some(dir)) => {
             let mut files = Vec::new();
             files_under(dir, &mut files)?;
+            if files.is_empty() {
+                // go-rootcerts would make an empty pool, and every handshake would fail.
+                return Err(TlsError(format!(
+                    "`nomad.tls.ca_path` {}: no certificate in it; put the PEM CA certificates that signed Nomad's there",
+                    dir.display()
+                )));
+            }
             for file in files {
                 let (added, _) =
                     roots.add_parsable_certificates(pem_certificates(&file, "nomad.tls.ca_path")?);
@@ -104,24 +111,25 @@ fn pem_certificates(path: &std::path::Path, key: &str) -> Result<Vec<Certificate
         .map_err(|e| TlsError(format!("`{key}` {}: {e}", path.display())))
 }
 
-/// Every file under `dir`, recursively, in name order (symbolic links to files included, as
-/// hashed OpenSSL CA directories use them).
-fn files_under(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> Result<(), TlsError> {
+/// Every file under `path`, recursively, in name order; `path` itself if it is not a
+/// directory. As go-rootcerts' `filepath.Walk`, symbolic links are not followed into
+/// directories: a link to a file is read (hashed OpenSSL CA directories are made of them), a
+/// link to a directory is a file that cannot be read, hence an error.
+fn files_under(path: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> Result<(), TlsError> {
     let unreadable =
-        |e: std::io::Error| TlsError(format!("`nomad.tls.ca_path` {}: cannot read it: {e}", dir.display()));
-    let mut entries = std::fs::read_dir(dir)
+        |e: std::io::Error| TlsError(format!("`nomad.tls.ca_path` {}: cannot read it: {e}", path.display()));
+    if !std::fs::symlink_metadata(path).map_err(unreadable)?.is_dir() {
+        files.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(path)
         .map_err(unreadable)?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(unreadable)?;
     entries.sort();
-    for path in entries {
-        let is_real_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-        if is_real_dir {
-            files_under(&path, files)?;
-        } else if path.is_file() {
-            files.push(path);
-        }
+    for entry in entries {
+        files_under(&entry, files)?;
     }
     Ok(())
 }
@@ -222,6 +230,27 @@ mod tests {
         std::fs::write(dir.path().join("README"), "not a certificate\n").unwrap();
         let error = client_config(&with_ca_path(dir.path())).unwrap_err().to_string();
         assert!(error.contains("`nomad.tls.ca_path`") && error.contains("README"), "{error}");
+    }
+
+    #[test]
+    fn ca_file_wins_over_ca_path_as_in_nomads_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let tls = TlsConfig {
+            ca_file: Some(ca.clone()),
+            ca_path: Some("/nonexistent/ca".into()),
+            ..TlsConfig::default()
+        };
+        assert!(client_config(&tls).is_ok(), "ca_path is not read when ca_file is set");
+        // A single file as ca_path is read, as filepath.Walk visits a file root.
+        assert!(client_config(&with_ca_path(&ca)).is_ok());
+        let empty = tempfile::tempdir().unwrap();
+        let error = client_config(&with_ca_path(empty.path())).unwrap_err().to_string();
+        assert!(error.contains("no certificate in it"), "{error}");
     }
 
     #[test]

@@ -629,15 +629,7 @@ async fn a_subject_no_stream_captures_holds_back_only_its_own_events_across_a_si
     let emulator = emulator(EmulatorConfig::default()).await;
     for n in 0..10u64 {
         emulator.publish(job(100 + 2 * n, &format!("job-{n}")));
-        let allocation = nomad_emulator::Event {
-            topic: "Allocation".into(),
-            event_type: "AllocationUpdated".into(),
-            key: format!("alloc-{n}"),
-            namespace: "default".into(),
-            filter_keys: None,
-            payload: format!(r#"{{"Allocation":{{"ID":"alloc-{n}"}}}}"#),
-        };
-        emulator.publish(Batch { index: 101 + 2 * n, events: vec![allocation] });
+        emulator.publish(allocation(101 + 2 * n, &format!("alloc-{n}")));
     }
     let scratch = Scratch::new();
     let port = free_port();

@@ -32,6 +32,20 @@ pub fn job_event(key: &str, event_type: &str, payload_bytes: usize) -> Event {
     }
 }
 
+/// A one-event `AllocationUpdated` line for allocation `key`.
+#[allow(dead_code)]
+pub fn allocation(index: u64, key: &str) -> Batch {
+    let event = nomad_emulator::Event {
+        topic: "Allocation".into(),
+        event_type: "AllocationUpdated".into(),
+        key: key.into(),
+        namespace: "default".into(),
+        filter_keys: None,
+        payload: format!(r#"{{"Allocation":{{"ID":"{key}"}}}}"#),
+    };
+    Batch { index, events: vec![event] }
+}
+
 /// A one-event `JobRegistered` line.
 pub fn job(index: u64, key: &str) -> Batch {
     Batch { index, events: vec![job_event(key, "JobRegistered", 100)] }

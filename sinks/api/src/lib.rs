@@ -18,5 +18,5 @@ pub mod testing;
 pub mod units;
 
 pub use envelope::{Envelope, EventId};
-pub use sink::{DRAIN_EVERY, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission};
+pub use sink::{DRAIN_EVERY, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, held_back};
 pub use template::{TEMPLATE_FIELDS, Template, TemplateError};

@@ -283,3 +283,25 @@ pub trait Sink: Send {
         None
     }
 }
+
+/// For a sink that parks events per destination (a Kafka topic, a JetStream subject): given
+/// the parked events (journal position to destination) and the batch being submitted, the
+/// oldest parked event of each destination that the batch does not offer again. The batch's
+/// newer events for that destination must wait behind it, so per-destination order holds.
+/// Allocates nothing while nothing is parked.
+pub fn held_back(
+    parked: &std::collections::BTreeMap<u64, String>,
+    batch: &[Envelope],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut oldest = std::collections::BTreeMap::new();
+    if parked.is_empty() {
+        return oldest;
+    }
+    let offered: std::collections::BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
+    for (seq, destination) in parked {
+        if !offered.contains(seq) {
+            oldest.entry(destination.clone()).or_insert(*seq);
+        }
+    }
+    oldest
+}

@@ -322,7 +322,7 @@ impl KafkaSink {
             failed: false,
             unsent: None,
         };
-        let held_back = self.held_back(batch);
+        let held_back = nomad_relay_sink_api::held_back(&self.parked, batch);
         for (position, event) in batch.iter().enumerate() {
             let id = event.id.to_string();
             if self.progress.is_found(event.seq, &id) {
@@ -361,22 +361,6 @@ impl KafkaSink {
         // The sink keeps its own handle; the last one is dropped off the runtime.
         drop(producer);
         self.submitted.push_back(submitted);
-    }
-
-    /// Per topic, the oldest parked event that `batch` does not offer again: the topic's
-    /// newer events in the batch wait behind it.
-    fn held_back(&self, batch: &[Envelope]) -> BTreeMap<String, u64> {
-        let mut oldest = BTreeMap::new();
-        if self.parked.is_empty() {
-            return oldest;
-        }
-        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
-        for (seq, topic) in &self.parked {
-            if !offered.contains(seq) {
-                oldest.entry(topic.clone()).or_insert(*seq);
-            }
-        }
-        oldest
     }
 
     /// Hands the record of `event` (the batch's `position`th) to the producer, or records why

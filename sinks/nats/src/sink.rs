@@ -11,7 +11,7 @@ use bytes::Bytes;
 use nomad_relay_sink_api::{
     Envelope, Guarantee, Outcome, Sink, SinkError, SinkErrorKind, Submission, Template,
 };
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -225,7 +225,7 @@ impl NatsSink {
         }
         let mut submitted =
             PublishedBatch { outcomes: batch.iter().map(|_| None).collect(), awaiting: VecDeque::new() };
-        let held_back = self.held_back(batch);
+        let held_back = nomad_relay_sink_api::held_back(&self.parked, batch);
         for (position, event) in batch.iter().enumerate() {
             if self.window.already_stored(event) {
                 submitted.outcomes[position] = Some(Outcome::Duplicate);
@@ -319,21 +319,6 @@ impl NatsSink {
             self.parked.remove(&seq);
         }
         self.window.settled(seq, !parked && !matches!(outcome, Outcome::Retry(_)));
-    }
-
-    /// Per subject, the oldest parked event that `batch` does not offer again.
-    fn held_back(&self, batch: &[Envelope]) -> BTreeMap<String, u64> {
-        let mut oldest = BTreeMap::new();
-        if self.parked.is_empty() {
-            return oldest;
-        }
-        let offered: BTreeSet<u64> = batch.iter().map(|e| e.seq).collect();
-        for (seq, subject) in &self.parked {
-            if !offered.contains(seq) {
-                oldest.entry(subject.clone()).or_insert(*seq);
-            }
-        }
-        oldest
     }
 
     async fn await_ack(

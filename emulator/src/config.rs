@@ -41,6 +41,10 @@ pub struct EmulatorConfig {
     pub fragment_writes: Option<u64>,
     /// Status of an ACL denial in the legacy framing: 403 (v1.9.6+, default) or 500.
     pub legacy_denial_status: u16,
+    /// The shortest variable lock TTL accepted. Nomad's is 10 s (`minLockTTL` in
+    /// `nomad/structs/variables.go`), the default; a test-only setting below it keeps
+    /// failover tests fast. Nomad has no such option.
+    pub min_lock_ttl: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -54,6 +58,7 @@ impl Default for EmulatorConfig {
             acl: None,
             fragment_writes: None,
             legacy_denial_status: 403,
+            min_lock_ttl: crate::variables::NOMAD_MIN_LOCK_TTL,
         }
     }
 }

@@ -231,11 +231,13 @@ pub(crate) fn bad_request(err: &HeadError) -> Vec<u8> {
 pub(crate) fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -257,6 +259,8 @@ pub(crate) struct SimpleResponse<'a> {
     pub no_cache: bool,
     /// `X-Nomad-Index`, for list endpoints.
     pub index: Option<u64>,
+    /// `X-Nomad-NextToken`, for a list page with more after it.
+    pub next_token: Option<&'a str>,
 }
 
 impl SimpleResponse<'_> {
@@ -279,6 +283,9 @@ impl SimpleResponse<'_> {
         head.push_str("Vary: Accept-Encoding\r\n");
         if let Some(index) = self.index {
             head.push_str(&format!("X-Nomad-Index: {index}\r\n"));
+        }
+        if let Some(token) = self.next_token {
+            head.push_str(&format!("X-Nomad-NextToken: {token}\r\n"));
         }
         head.push_str(&format!("Date: {}\r\n", http_date(SystemTime::now())));
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));

@@ -33,6 +33,7 @@ mod query;
 mod server;
 mod state;
 mod stream;
+mod variables;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -89,6 +90,7 @@ impl Emulator {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
         let accept_task = tokio::spawn(server::accept_loop(Arc::clone(&shared), listener));
+        tokio::spawn(server::run_lock_timers(Arc::clone(&shared)));
         tracing::info!(%addr, framing = ?shared.config.framing, "nomad emulator listening");
         Ok(Emulator {
             handle: Arc::new(Handle { shared, addr, accept_task: std::sync::Mutex::new(Some(accept_task)) }),
@@ -118,8 +120,14 @@ impl Emulator {
     /// blocks on readers. Indexes are not checked: keeping them non-decreasing is the
     /// caller's job, as it is Nomad's FSM's.
     pub fn publish(&self, batch: Batch) {
-        self.shared().last_index.fetch_max(batch.index, Ordering::Relaxed);
-        self.shared().buffer.append(batch);
+        self.shared().publish(batch, false);
+    }
+
+    /// [`Emulator::publish`] for a generator, which picked `batch.index` before a concurrent
+    /// variables write may have taken a higher one: an index below the last published is
+    /// raised to it.
+    pub(crate) fn publish_generated(&self, batch: Batch) {
+        self.shared().publish(batch, true);
     }
 
     /// A hook for tests of a broken or malicious server, not something Nomad does: sends

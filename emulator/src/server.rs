@@ -17,6 +17,7 @@ use crate::http::{self, HeadError, Request, SimpleResponse};
 use crate::query::{self, Topics};
 use crate::state::{Gauge, RecordedRequest, Shared, lock};
 use crate::stream::{self, ReadSide, StreamEnd, Subscription};
+use crate::variables::{Reply, VarRequest, Variables, Watch};
 
 /// The only route.
 pub(crate) const STREAM_PATH: &str = "/v1/event/stream";
@@ -74,28 +75,137 @@ async fn serve(shared: &Shared, sock: TcpStream) {
                 return;
             }
         };
-        let reusable_body = match req.body_len() {
-            Ok(n) => discard(&mut rd, &mut pending, n).await,
-            Err(()) => false,
+        let keep = is_variables_path(&req.path);
+        let (reusable_body, body) = match req.body_len() {
+            Ok(n) => take_body(&mut rd, &mut pending, n, keep).await,
+            Err(()) => (false, None),
         };
         record(shared, &req);
+        if keep {
+            let reply = variables(shared, &req, body).await;
+            wr = reply_variables(w, &req, &reply, reusable_body && req.keep_alive()).await;
+            continue;
+        }
         wr = handle(shared, conn_id, req, &mut rd, &mut pending, w, reusable_body).await;
     }
 }
 
-/// Skips a request body of `n` bytes; `false` if the connection broke.
-async fn discard(rd: &mut OwnedReadHalf, pending: &mut Vec<u8>, mut n: usize) -> bool {
+/// Reads a request body of `n` bytes, keeping it when `keep` and it is at most
+/// [`MAX_KEPT_BODY`] (else skipping it). Returns whether the connection is still usable, and
+/// the body (`None` for no body, as Go's `http.NoBody`, or a skipped one).
+async fn take_body(
+    rd: &mut OwnedReadHalf,
+    pending: &mut Vec<u8>,
+    mut n: usize,
+    keep: bool,
+) -> (bool, Option<Vec<u8>>) {
+    let keep = keep && n > 0 && n <= MAX_KEPT_BODY;
+    let mut body = Vec::new();
     let from_pending = n.min(pending.len());
+    if keep {
+        body.extend_from_slice(&pending[..from_pending]);
+    }
     pending.drain(..from_pending);
     n -= from_pending;
     let mut chunk = [0u8; 8192];
     while n > 0 {
         match rd.read(&mut chunk[..n.min(8192)]).await {
-            Ok(0) | Err(_) => return false,
-            Ok(k) => n -= k,
+            Ok(0) | Err(_) => return (false, None),
+            Ok(k) => {
+                if keep {
+                    body.extend_from_slice(&chunk[..k]);
+                }
+                n -= k;
+            }
         }
     }
-    true
+    (true, keep.then_some(body))
+}
+
+/// The largest variables request body read; a variable holds at most 64 KiB of items.
+const MAX_KEPT_BODY: usize = 1 << 20;
+
+/// `/v1/vars` and `/v1/var/...` (and `/v1/var/`, which Nomad answers 400).
+fn is_variables_path(path: &str) -> bool {
+    path == "/v1/vars" || path.starts_with("/v1/var/")
+}
+
+/// Serves a variables request ([`crate::variables`]): ACL check, then a blocking read waits
+/// for its index to pass `index` (or `wait`), then the request is applied as one raft write.
+async fn variables(shared: &Shared, req: &Request, body: Option<Vec<u8>>) -> Reply {
+    let pairs = query::parse_query(&req.query);
+    let var_req = VarRequest { method: &req.method, path: &req.path, query: &pairs, body: body.as_deref() };
+    if let Some(acl) = lock(&shared.acl).as_ref() {
+        let token = query::parse_token(&req.headers);
+        if !acl.tokens.iter().any(|t| t.management && Some(&t.secret) == token.as_ref()) {
+            return Reply {
+                status: 403,
+                body: "Permission denied".into(),
+                json: false,
+                index: None,
+                next_token: None,
+            };
+        }
+    }
+    match Variables::watch(&var_req) {
+        Err(reply) => return reply,
+        Ok(Watch::None) => {}
+        Ok(Watch::Until { min_index, wait }) => {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut changed = shared.variables_changed.subscribe();
+            let mut shutdown = shared.shutdown.subscribe();
+            while lock(&shared.variables).read_index(&var_req) <= min_index {
+                tokio::select! {
+                    woke = tokio::time::timeout_at(deadline, changed.changed()) => if !matches!(woke, Ok(Ok(()))) { break },
+                    () = until_shutdown(&mut shutdown) => break,
+                }
+            }
+        }
+    }
+    let wall_ns = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    shared.write_variables(|vars, index| {
+        let applied = vars.apply(&var_req, index, Instant::now(), wall_ns);
+        (applied.reply, applied.event)
+    })
+}
+
+/// Writes a variables reply, with `X-Nomad-Index` and `X-Nomad-NextToken` as Nomad sets them.
+async fn reply_variables(
+    wr: OwnedWriteHalf,
+    req: &Request,
+    answer: &Reply,
+    keep_alive: bool,
+) -> Option<OwnedWriteHalf> {
+    let reply_json = answer.json;
+    let content_type = if reply_json { "application/json" } else { "text/plain; charset=utf-8" };
+    let resp = SimpleResponse {
+        code: answer.status,
+        body: &answer.body,
+        content_type,
+        no_cache: false,
+        index: answer.index,
+        next_token: answer.next_token.as_deref(),
+    };
+    reply(wr, req, &resp, keep_alive).await
+}
+
+/// Runs the variable lock timers (Nomad's leader-only `lockTTLTimer` and lock-delay
+/// callbacks) until shutdown: each due timer is applied as a raft write.
+pub(crate) async fn run_lock_timers(shared: Arc<Shared>) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = until_shutdown(&mut shutdown) => return,
+        }
+        while shared.write_variables(|vars, index| {
+            let event = vars.expire(Instant::now(), index);
+            (event.is_some(), event)
+        }) {}
+    }
 }
 
 fn record(shared: &Shared, req: &Request) {
@@ -140,6 +250,7 @@ async fn handle(
             content_type: if resp.0 == 200 { "application/json" } else { plain },
             no_cache: false,
             index: resp.2,
+            next_token: None,
         };
         return reply(wr, &req, &resp, keep_alive).await;
     }
@@ -150,6 +261,7 @@ async fn handle(
             content_type: plain,
             no_cache: false,
             index: None,
+            next_token: None,
         };
         return reply(wr, &req, &resp, keep_alive).await;
     }
@@ -159,7 +271,14 @@ async fn handle(
         Err((code, msg)) => {
             tracing::debug!(code, %msg, "stream request rejected");
             shared.count_connection();
-            let resp = SimpleResponse { code, body: &msg, content_type: plain, no_cache: false, index: None };
+            let resp = SimpleResponse {
+                code,
+                body: &msg,
+                content_type: plain,
+                no_cache: false,
+                index: None,
+                next_token: None,
+            };
             return reply(wr, &req, &resp, keep_alive).await;
         }
     };
@@ -205,6 +324,7 @@ async fn handle(
                     content_type: "application/json",
                     no_cache: true,
                     index: None,
+                    next_token: None,
                 };
                 reply(wr, &req, &resp, keep_alive).await
             }

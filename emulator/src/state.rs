@@ -10,6 +10,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::buffer::Buffer;
 use crate::config::{AclConfig, Cut, EmulatorConfig, Reject};
+use crate::event::{Batch, Event};
+use crate::variables::Variables;
 
 /// One HTTP request the emulator received (any path).
 #[derive(Debug, Clone)]
@@ -84,6 +86,12 @@ pub(crate) struct Shared {
     pub requests: Mutex<Vec<RecordedRequest>>,
     /// Numbers connections (seeds per-connection randomness).
     pub conn_seq: AtomicU64,
+    /// Serializes raft writes: taking an index and appending its batch happen together.
+    pub raft: Mutex<()>,
+    /// The variables table (taken after `raft`, never before it).
+    pub variables: Mutex<Variables>,
+    /// Bumped on every variables write; blocking variable reads wait on it.
+    pub variables_changed: watch::Sender<u64>,
 }
 
 /// One row of the namespace table.
@@ -127,6 +135,9 @@ impl Shared {
             shutdown: watch::Sender::new(false),
             requests: Mutex::new(Vec::new()),
             conn_seq: AtomicU64::new(0),
+            raft: Mutex::new(()),
+            variables: Mutex::new(Variables::new(config.min_lock_ttl, 0x5EED_0F_10C6)),
+            variables_changed: watch::Sender::new(0),
             config,
         }
     }
@@ -134,6 +145,33 @@ impl Shared {
     /// Counts one handled stream request.
     pub fn count_connection(&self) {
         self.connections.send_modify(|c| *c += 1);
+    }
+
+    /// Appends `batch` as one raft write. With `at_head`, an index below the last one is
+    /// raised to it, so a generator that chose its index before a concurrent variables write
+    /// stays in order.
+    pub fn publish(&self, mut batch: Batch, at_head: bool) {
+        let _raft = lock(&self.raft);
+        let last = self.last_index.load(Ordering::Relaxed);
+        if at_head {
+            batch.index = batch.index.max(last);
+        }
+        self.last_index.store(last.max(batch.index), Ordering::Relaxed);
+        self.buffer.append(batch);
+    }
+
+    /// Makes one variables write at the next raft index: `write` gets the table and the index
+    /// and returns its result and, when it wrote, its event, which is published at that index.
+    pub fn write_variables<T>(&self, write: impl FnOnce(&mut Variables, u64) -> (T, Option<Event>)) -> T {
+        let _raft = lock(&self.raft);
+        let index = self.last_index.load(Ordering::Relaxed) + 1;
+        let (result, event) = write(&mut lock(&self.variables), index);
+        if let Some(event) = event {
+            self.last_index.store(index, Ordering::Relaxed);
+            self.buffer.append(Batch::new(index, vec![event]));
+            self.variables_changed.send_modify(|n| *n += 1);
+        }
+        result
     }
 
     /// Next connection number.

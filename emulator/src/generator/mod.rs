@@ -150,7 +150,7 @@ impl Generator {
                 sent += batch.events.len() as u64;
                 since_yield += batch.events.len() as u64;
                 if let Some(emu) = &self.emulator {
-                    emu.publish(batch);
+                    emu.publish_generated(batch);
                 }
             }
             if since_yield >= 256 {

@@ -136,7 +136,7 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             conn_seq: AtomicU64::new(0),
             raft: Mutex::new(()),
-            variables: Mutex::new(Variables::new(config.min_lock_ttl, 0x5EED_0F_10C6)),
+            variables: Mutex::new(Variables::new(config.min_lock_ttl, 0x5EED_0F10_C6C6)),
             variables_changed: watch::Sender::new(0),
             config,
         }

@@ -348,10 +348,8 @@ impl Variables {
         }
         let lock = body.lock.map(|l| self.canonical_lock(l));
         let key = (namespace.clone(), path.clone());
-        if let Some(cas) = cas {
-            if let Some(conflict) = self.cas_conflict(&key, cas) {
-                return conflict.into();
-            }
+        if let Some(conflict) = cas.and_then(|cas| self.cas_conflict(&key, cas)) {
+            return conflict.into();
         }
         let existing = self.vars.get(&key);
         if existing.is_some_and(|v| {
@@ -380,10 +378,8 @@ impl Variables {
             return Reply::text(400, format!("RPC Error:: 400,{message}")).into();
         }
         let key = (namespace.clone(), path.clone());
-        if let Some(held) = self.vars.get(&key).and_then(|v| v.lock.as_ref()) {
-            if held.id != lock.id {
-                return zero_conflict(&namespace, &path, None).into();
-            }
+        if self.vars.get(&key).and_then(|v| v.lock.as_ref()).is_some_and(|held| held.id != lock.id) {
+            return zero_conflict(&namespace, &path, None).into();
         }
         let ttl = lock.ttl;
         let var = self.store(key, body.items.filter(|i| !i.is_empty()), Some(lock), index, wall_ns);
@@ -452,10 +448,8 @@ impl Variables {
             Err(reply) => return reply.into(),
         };
         let key = (namespace.clone(), path.to_owned());
-        if let Some(cas) = cas {
-            if let Some(conflict) = self.cas_conflict(&key, cas) {
-                return conflict.into();
-            }
+        if let Some(conflict) = cas.and_then(|cas| self.cas_conflict(&key, cas)) {
+            return conflict.into();
         }
         let Some(var) = self.vars.get(&key) else {
             return Reply::text(204, "").with_index(Some(self.table_index())).into();

@@ -675,10 +675,8 @@ fn validate(
             }
         }
     }
-    if let Some(lock) = lock {
-        if lock.ttl < min_ttl || lock.ttl > MAX_LOCK_TTL {
-            return Err("TTL must be between 10 seconds and 24 hours".to_owned());
-        }
+    if lock.is_some_and(|lock| lock.ttl < min_ttl || lock.ttl > MAX_LOCK_TTL) {
+        return Err("TTL must be between 10 seconds and 24 hours".to_owned());
     }
     Ok(())
 }

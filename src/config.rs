@@ -84,6 +84,102 @@ pub struct Config {
     /// How long a shutdown (SIGTERM, SIGINT) may take to finish the batches in flight and
     /// save the cursors before the relay exits anyway.
     pub shutdown_timeout: HumanDuration,
+    /// High availability; none without an `[ha]` table.
+    pub ha: Option<HaConfig>,
+}
+
+/// `[ha]`: run as one of several instances, of which only the holder of a lease in Nomad's
+/// Variables delivers (see `crate::ha`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Where the lease lives: `"nomad"` (a Nomad variable lock; the only backend so far).
+    #[serde(default = "default_ha_backend")]
+    pub backend: String,
+    /// The `[[nomad]]` source whose address, token and TLS settings reach the Variables API
+    /// (default: the first).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The variable that holds the lock and the shared checkpoint, such as
+    /// "nomad-relay/leader"; every instance of one relay group names the same one.
+    #[serde(default = "default_ha_path")]
+    pub path: String,
+    /// The variable's namespace (default "default").
+    #[serde(default = "default_ha_namespace")]
+    pub namespace: String,
+    /// The lock's TTL: Nomad accepts 10s to 24h and expires a lock not renewed for twice
+    /// this (`nomad/locks.go`). The leader renews every third of it and stops delivering once
+    /// its last renewal is older than 0.9 of it. Default 15s.
+    #[serde(default = "default_ha_duration")]
+    pub ttl: HumanDuration,
+    /// How long an expired lock stays held before another instance may take it (Nomad's
+    /// `LockDelay`). Default 15s.
+    #[serde(default = "default_ha_duration")]
+    pub lock_delay: HumanDuration,
+    /// How often the leader writes the shared checkpoint (it also writes one at every clean
+    /// stop). Nomad's docs advise against fast-changing variables. Default 5s.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
+}
+
+fn default_ha_backend() -> String {
+    "nomad".into()
+}
+
+fn default_ha_path() -> String {
+    "nomad-relay/leader".into()
+}
+
+fn default_ha_namespace() -> String {
+    "default".into()
+}
+
+fn default_ha_duration() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl HaConfig {
+    /// Checks the table against the configured sources and sinks.
+    fn validate(
+        &self,
+        sources: &[NomadConfig],
+        sinks: &BTreeMap<String, SinkConfig>,
+    ) -> Result<(), ConfigError> {
+        if self.backend != "nomad" {
+            return Err(ConfigError(format!(
+                "`ha.backend`: `{}` is not a lease backend; use \"nomad\"",
+                self.backend
+            )));
+        }
+        if let Some(source) = &self.source
+            && !sources.iter().any(|n| &n.name == source)
+        {
+            return Err(ConfigError(format!("`ha.source`: no [[nomad]] table is named `{source}`")));
+        }
+        let valid = (1..=128).contains(&self.path.len())
+            && self.path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_~/".contains(&b));
+        if !valid {
+            return Err(ConfigError(format!(
+                "`ha.path`: `{}` is not a Nomad variable path (1 to 128 of a-z, A-Z, 0-9, -, _, ~ and /)",
+                self.path
+            )));
+        }
+        if self.ttl.0 < Duration::from_secs(1) || self.checkpoint_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "`ha.ttl` must be at least 1s and `ha.checkpoint_interval` at least 100ms".into(),
+            ));
+        }
+        if let Some((name, _)) = sinks.iter().find(|(_, s)| s.kind.kind() == "file") {
+            return Err(ConfigError(format!(
+                "`sinks.{name}`: a file sink writes to one host's disk, so another instance taking over cannot see or continue its file; with [ha], send events to a broker"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[http]`: where `/metrics`, `/healthz` and `/readyz` are served.
@@ -123,6 +219,8 @@ struct RawConfig {
     http: Option<HttpConfig>,
     #[serde(default = "default_shutdown_timeout")]
     shutdown_timeout: HumanDuration,
+    #[serde(default)]
+    ha: Option<HaConfig>,
 }
 
 fn default_shutdown_timeout() -> HumanDuration {
@@ -731,6 +829,7 @@ impl Config {
             routes: raw.routes,
             http: raw.http,
             shutdown_timeout: raw.shutdown_timeout,
+            ha: raw.ha,
         };
         config.validate()?;
         Ok(config)
@@ -787,6 +886,9 @@ impl Config {
         self.journal.validate()?;
         for (position, route) in self.routes.iter().enumerate() {
             route.validate(position, &self.sinks)?;
+        }
+        if let Some(ha) = &self.ha {
+            ha.validate(&self.nomad, &self.sinks)?;
         }
         Ok(())
     }

@@ -170,7 +170,9 @@ async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
 async fn readiness(State(telemetry): State<Arc<Telemetry>>) -> Response {
     let problems = telemetry.not_ready();
     let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = serde_json::json!({ "ready": problems.is_empty(), "not_ready": problems }).to_string();
+    let body =
+        serde_json::json!({ "ready": problems.is_empty(), "role": telemetry.role(), "not_ready": problems })
+            .to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], crate::redact::scrub(&body).into_owned())
         .into_response()
 }

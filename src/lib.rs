@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod cursor;
 pub mod fuzzing;
+pub mod ha;
 pub mod http;
 pub mod journal;
 pub mod metrics;

@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub head: watch::Receiver<u64>,
     /// Set once shutdown has begun: the relay is no longer ready.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The high-availability role and counters; `None` without `[ha]`.
+    pub ha: Option<Arc<crate::ha::HaStats>>,
     /// The endpoint's own connection counters.
     pub http: Arc<crate::http::HttpStats>,
 }
@@ -64,7 +66,9 @@ impl Telemetry {
                 });
             }
         }
-        for (name, stats) in &self.sinks {
+        // A standby delivers nothing, so its sinks are not expected to run.
+        let standby = self.ha.as_ref().is_some_and(|ha| !ha.leader.load(Ordering::Relaxed));
+        for (name, stats) in self.sinks.iter().filter(|_| !standby) {
             if !stats.healthy.load(Ordering::Relaxed) {
                 problems.push(NotReady { kind: "sink", name: name.clone(), reason: stats.problem() });
             }
@@ -84,7 +88,57 @@ impl Telemetry {
         self.render_sinks(&mut out, head);
         self.render_journal(&mut out, head);
         self.render_http(&mut out);
+        self.render_ha(&mut out);
         out
+    }
+
+    /// The role ("leader", "standby"), or "single" without `[ha]`.
+    pub fn role(&self) -> &'static str {
+        match &self.ha {
+            None => "single",
+            Some(ha) if ha.leader.load(Ordering::Relaxed) => "leader",
+            Some(_) => "standby",
+        }
+    }
+
+    fn render_ha(&self, out: &mut String) {
+        let Some(ha) = &self.ha else { return };
+        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
+            metric(out, name, kind, help, |out| sample(out, name, &[], value));
+        };
+        gauge(
+            out,
+            "nomad_relay_ha_leader",
+            "gauge",
+            "1 while this instance holds the lease and delivers, else 0.",
+            u64::from(ha.leader.load(Ordering::Relaxed)),
+        );
+        gauge(
+            out,
+            "nomad_relay_ha_failovers_total",
+            "counter",
+            "Terms as leader this instance has begun.",
+            ha.failovers.load(Ordering::Relaxed),
+        );
+        gauge(
+            out,
+            "nomad_relay_ha_lease_renew_failures_total",
+            "counter",
+            "Lease renewals that failed.",
+            ha.renew_failures.load(Ordering::Relaxed),
+        );
+        let written = ha.checkpoint_unix_ms.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age = if written == 0 { 0 } else { now.saturating_sub(written) / 1000 };
+        gauge(
+            out,
+            "nomad_relay_ha_checkpoint_age_seconds",
+            "gauge",
+            "Seconds since the shared checkpoint was last written (leader) or read (standby); 0 before the first.",
+            age,
+        );
     }
 
     /// Per source: connection, index and line counters.
@@ -375,6 +429,7 @@ mod tests {
             head,
             stopping: Arc::default(),
             http: Arc::default(),
+            ha: None,
         };
         let text = telemetry.render();
         assert!(text.contains("nomad_relay_sink_lag_index{sink=\"out \\\"1\\\"\"} 20"), "{text}");

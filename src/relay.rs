@@ -163,7 +163,14 @@ impl Running {
             writer,
         };
         let source_stats = running.start_sources(config, &mut recovered, events_tx)?;
-        let sink_stats = running.start_workers(config, prepared, &journal_dir, &head_rx);
+        let (sink_stats, ha_stats) = match &config.ha {
+            None => (running.start_workers(config, prepared, &journal_dir, &head_rx), None),
+            Some(ha) => {
+                let (sink_stats, ha_stats) =
+                    running.start_roles(config, ha, prepared, &journal_dir, &head_rx)?;
+                (sink_stats, Some(ha_stats))
+            }
+        };
         running.tracker.close();
         if let (Some(listener), Some(http)) = (listener, &config.http) {
             let telemetry = Arc::new(crate::metrics::Telemetry {
@@ -174,6 +181,7 @@ impl Running {
                 head: head_rx,
                 stopping: running.stopping.clone(),
                 http: Arc::default(),
+                ha: ha_stats,
             });
             tokio::spawn(crate::http::serve(
                 listener,
@@ -245,39 +253,94 @@ impl Running {
         journal_dir: &Path,
         head: &tokio::sync::watch::Receiver<u64>,
     ) -> Vec<(String, Arc<SinkStats>)> {
-        let router = Arc::new(Router::new(config.routes.clone()));
+        let router = Arc::new(router(config));
         let mut all_stats = Vec::new();
         for Prepared { name, sink, cursor, slot } in prepared {
-            let sink_config = &config.sinks[&name];
             let stats = Arc::new(SinkStats::default());
-            stats.cursor.store(cursor.next_seq(), Ordering::Relaxed);
-            stats.cursor_index.store(cursor.position.last_index, Ordering::Relaxed);
             all_stats.push((name.clone(), stats.clone()));
-            let span = info_span!("sink", sink = %name, kind = sink_config.kind.kind());
-            let worker = SinkWorker {
-                name: name.clone(),
-                sink,
-                settings: sink_config.common.clone(),
-                cursor,
-                data_dir: config.data_dir.clone(),
+            let parts = WorkerParts {
+                config: config.clone(),
                 journal_dir: journal_dir.to_owned(),
                 router: router.clone(),
                 board: self.board.clone(),
-                slot,
                 head: head.clone(),
-                stats,
-                parked: crate::worker::Parked::default(),
+                failure: self.failure.clone(),
             };
-            let (token, failure) = (self.worker_shutdown.clone(), self.failure.clone());
-            self.tracker.spawn(async move {
-                match tokio::spawn(worker.run(token).instrument(span)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failure.fail(format!("the worker of sink `{name}` failed: {e}")),
-                    Err(e) => failure.fail(format!("the worker of sink `{name}` crashed: {e}")),
-                }
-            });
+            parts.spawn(&self.tracker, name, sink, cursor, slot, stats, self.worker_shutdown.clone());
         }
         all_stats
+    }
+
+    /// Starts the high-availability roles ([`crate::ha`]): the sink workers run only in a
+    /// term as leader, each term from the cursors the shared checkpoint gives.
+    fn start_roles(
+        &mut self,
+        config: &Config,
+        ha: &crate::config::HaConfig,
+        prepared: Vec<Prepared>,
+        journal_dir: &Path,
+        head: &tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(SinkStatsList, Arc<crate::ha::HaStats>), RelayError> {
+        let source = match &ha.source {
+            Some(name) => config.nomad.iter().find(|n| &n.name == name),
+            None => config.nomad.first(),
+        }
+        .ok_or_else(|| RelayError::Other("`ha.source` names no [[nomad]] table".into()))?;
+        let instance = format!("{:032x}", rand::random::<u128>());
+        let instance = format!(
+            "{}-{}-{}-{}-{}",
+            &instance[..8],
+            &instance[8..12],
+            &instance[12..16],
+            &instance[16..20],
+            &instance[20..]
+        );
+        let lease =
+            crate::ha::lease::NomadLease::new(ha, source, instance.clone()).map_err(RelayError::Other)?;
+        let parts = WorkerParts {
+            config: config.clone(),
+            journal_dir: journal_dir.to_owned(),
+            router: Arc::new(router(config)),
+            board: self.board.clone(),
+            head: head.clone(),
+            failure: self.failure.clone(),
+        };
+        let mut sinks = Vec::new();
+        let mut all_stats = Vec::new();
+        for Prepared { name, cursor, slot, .. } in prepared {
+            let stats = Arc::new(SinkStats::default());
+            all_stats.push((name.clone(), stats.clone()));
+            sinks.push((crate::ha::HaSink { name, slot, first_seq: cursor.next_seq() }, stats));
+        }
+        let ha_sinks = sinks.iter().map(|(sink, _)| sink.clone()).collect();
+        let start_workers: crate::ha::StartWorkers = Box::new(move |token, tracker| {
+            for (sink, stats) in &sinks {
+                parts.spawn_loading(tracker, sink, stats.clone(), token.clone());
+            }
+        });
+        let stats = Arc::new(crate::ha::HaStats::default());
+        let roles = crate::ha::Roles {
+            lease,
+            config: ha.clone(),
+            instance,
+            data_dir: config.data_dir.clone(),
+            journal_dir: journal_dir.to_owned(),
+            head: head.clone(),
+            sinks: ha_sinks,
+            board: self.board.clone(),
+            stats: stats.clone(),
+            start_workers,
+            shutdown_timeout: config.shutdown_timeout.0,
+        };
+        let (token, failure) = (self.worker_shutdown.clone(), self.failure.clone());
+        self.tracker.spawn(async move {
+            match tokio::spawn(roles.run(token)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => failure.fail(format!("high availability: {reason}")),
+                Err(e) => failure.fail(format!("high availability crashed: {e}")),
+            }
+        });
+        Ok((all_stats, stats))
     }
 
     /// Stops in order: sources stop reading, workers finish the batch in hand (within
@@ -306,6 +369,98 @@ impl Running {
                 Ok(())
             }
         }
+    }
+}
+
+/// The router of `config`: its routes, and never the `Variable` events of the relay's own
+/// lease variable (its checkpoint writes).
+fn router(config: &Config) -> Router {
+    let router = Router::new(config.routes.clone());
+    match &config.ha {
+        Some(ha) => router.ignoring_variable(&ha.namespace, ha.path.trim_matches('/')),
+        None => router,
+    }
+}
+
+/// Each sink's name and counters.
+type SinkStatsList = Vec<(String, Arc<SinkStats>)>;
+
+/// What every sink worker shares: enough to start one whenever it is needed.
+#[derive(Clone)]
+struct WorkerParts {
+    config: Config,
+    journal_dir: PathBuf,
+    router: Arc<Router>,
+    board: Arc<CursorBoard>,
+    head: tokio::sync::watch::Receiver<u64>,
+    failure: Failure,
+}
+
+impl WorkerParts {
+    /// Runs sink `name`'s worker on `tracker` until `token` is cancelled, in its `sink` span
+    /// (`sink`, `kind`), which the lines the sink itself logs inherit.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        name: String,
+        sink: AnySink,
+        cursor: Cursor,
+        slot: crate::journal::board::Slot,
+        stats: Arc<SinkStats>,
+        token: CancellationToken,
+    ) {
+        let sink_config = &self.config.sinks[&name];
+        stats.cursor.store(cursor.next_seq(), Ordering::Relaxed);
+        stats.cursor_index.store(cursor.position.last_index, Ordering::Relaxed);
+        let span = info_span!("sink", sink = %name, kind = sink_config.kind.kind());
+        let worker = SinkWorker {
+            name: name.clone(),
+            sink,
+            settings: sink_config.common.clone(),
+            cursor,
+            data_dir: self.config.data_dir.clone(),
+            journal_dir: self.journal_dir.clone(),
+            router: self.router.clone(),
+            board: self.board.clone(),
+            slot,
+            head: self.head.clone(),
+            stats,
+            parked: crate::worker::Parked::default(),
+        };
+        let failure = self.failure.clone();
+        tracker.spawn(async move {
+            match tokio::spawn(worker.run(token).instrument(span)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure.fail(format!("the worker of sink `{name}` failed: {e}")),
+                Err(e) => failure.fail(format!("the worker of sink `{name}` crashed: {e}")),
+            }
+        });
+    }
+
+    /// [`WorkerParts::spawn`] for a term as leader: the sink is built anew and its cursor
+    /// loaded from the file the roles just moved.
+    fn spawn_loading(
+        &self,
+        tracker: &TaskTracker,
+        sink: &crate::ha::HaSink,
+        stats: Arc<SinkStats>,
+        token: CancellationToken,
+    ) {
+        let (parts, sink, inner) = (self.clone(), sink.clone(), tracker.clone());
+        tracker.spawn(async move {
+            let (data_dir, name) = (parts.config.data_dir.clone(), sink.name.clone());
+            let loaded = tokio::task::spawn_blocking(move || cursor::load(&data_dir, &name)).await;
+            let cursor = match loaded {
+                Ok(Ok(cursor)) => cursor.unwrap_or_else(|| Cursor::new(&sink.name, sink.first_seq)),
+                Ok(Err(e)) => return parts.failure.fail(format!("sink `{}`: {e}", sink.name)),
+                Err(e) => return parts.failure.fail(format!("sink `{}`: {e}", sink.name)),
+            };
+            match AnySink::from_config(&parts.config.sinks[&sink.name].kind) {
+                Ok(built) => parts.spawn(&inner, sink.name.clone(), built, cursor, sink.slot, stats, token),
+                Err(e) => parts.failure.fail(format!("sink `{}`: {e}", sink.name)),
+            }
+        });
     }
 }
 

@@ -4,6 +4,8 @@
 //! of every route it matches; a route matches when each of its non-empty selectors (topics,
 //! types, namespaces, keys) has a glob that matches the event's field. The relay's own
 //! `NomadRelay` events (gap markers) go to every sink regardless, so no consumer misses a gap.
+//! With high availability, the `Variable` events of the relay's own lease variable (Nomad
+//! emits one for each checkpoint it writes) go nowhere.
 
 use crate::config::RouteConfig;
 use crate::source::resume::RELAY_TOPIC;
@@ -13,16 +15,31 @@ use nomad_relay_sink_api::Envelope;
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<RouteConfig>,
+    /// The lease variable, `(namespace, path)`, whose events go nowhere.
+    lease_variable: Option<(String, String)>,
 }
 
 impl Router {
     /// A router for `routes` (empty: everything everywhere).
     pub fn new(routes: Vec<RouteConfig>) -> Self {
-        Router { routes }
+        Router { routes, lease_variable: None }
+    }
+
+    /// The same router, sending the `Variable` events of variable `path` in `namespace` nowhere.
+    pub fn ignoring_variable(mut self, namespace: &str, path: &str) -> Self {
+        self.lease_variable = Some((namespace.to_owned(), path.to_owned()));
+        self
     }
 
     /// Whether `event` goes to the sink named `sink`.
     pub fn routes_to(&self, sink: &str, event: &Envelope) -> bool {
+        if let Some((namespace, path)) = &self.lease_variable
+            && event.topic == "Variable"
+            && &event.key == path
+            && &event.namespace == namespace
+        {
+            return false;
+        }
         if self.routes.is_empty() || event.topic == RELAY_TOPIC {
             return true;
         }

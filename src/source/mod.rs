@@ -65,6 +65,11 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
+    /// The token `nomad.token` or `nomad.token_file` of `config` gives.
+    pub fn from_config(config: &NomadConfig) -> TokenSource {
+        TokenSource { token: config.token.as_ref().map(|t| t.0.clone()), file: config.token_file.clone() }
+    }
+
     /// The token to send now, if any.
     pub async fn read(&self) -> Result<Option<String>, String> {
         if let Some(path) = &self.file {
@@ -75,6 +80,25 @@ impl TokenSource {
         }
         Ok(self.token.clone().filter(|t| !t.is_empty()))
     }
+}
+
+/// The HTTP client for one Nomad source's servers: its TLS settings, compression and
+/// connect timeout; HTTP/1.1 only, no idle connections kept (a new stream after a cut opens a
+/// new connection, and so may reach another server).
+pub fn http_client(config: &NomadConfig) -> Result<reqwest::Client, SourceError> {
+    let tls = tls::client_config(&config.tls).map_err(|e| SourceError(e.to_string()))?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .gzip(config.compression)
+        .deflate(config.compression)
+        .connect_timeout(config.connect_timeout.0)
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(0)
+        .user_agent(concat!("nomad-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| SourceError(format!("cannot build the HTTP client: {e}")))
 }
 
 /// The Nomad source.
@@ -100,24 +124,9 @@ impl Source {
         out: EventSender,
         stats: Arc<SourceStats>,
     ) -> Result<Source, SourceError> {
-        let tls = tls::client_config(&config.tls).map_err(|e| SourceError(e.to_string()))?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .http1_only()
-            .gzip(config.compression)
-            .deflate(config.compression)
-            .connect_timeout(config.connect_timeout.0)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(0)
-            .user_agent(concat!("nomad-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SourceError(format!("cannot build the HTTP client: {e}")))?;
+        let client = http_client(&config)?;
         let addresses = config.address.to_vec();
-        let token = TokenSource {
-            token: config.token.as_ref().map(|t| t.0.clone()),
-            file: config.token_file.clone(),
-        };
+        let token = TokenSource::from_config(&config);
         Ok(Source {
             config,
             addresses,
